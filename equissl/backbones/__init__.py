@@ -1,0 +1,3 @@
+"""Backbones; importing this package registers them in ``equissl.registry.BACKBONES``."""
+
+from equissl.backbones import resnet  # noqa: F401

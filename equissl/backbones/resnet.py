@@ -1,0 +1,75 @@
+"""torchvision ResNets behind the backbone contract.
+
+The module *is* a ``torchvision.models.ResNet`` with ``fc`` replaced by ``nn.Identity``, so its state
+dict keys are torchvision's and ``export_state_dict()`` loads into ``torchvision.models.resnetXX()``
+with ``strict=True`` once ``fc`` is excluded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torchvision import models
+
+from equissl.config import BackboneConfig
+from equissl.registry import BACKBONES
+
+
+@dataclass
+class ResNetConfig(BackboneConfig):
+    # "imagenet": 7x7 stride-2 conv + max-pool (total stride 32); "cifar": 3x3 stride-1 conv, no
+    # max-pool (total stride 8, 16x the compute at equal input size); "strided": 3x3 stride-2 conv,
+    # no max-pool (total stride 16), a middle ground for small images on CPUs.
+    stem: Literal["imagenet", "cifar", "strided"] = "imagenet"
+    zero_init_residual: bool = False
+
+
+_CONSTRUCTORS = {
+    "resnet18": models.resnet18,
+    "resnet34": models.resnet34,
+    "resnet50": models.resnet50,
+}
+
+
+class ResNet(models.ResNet):
+    """A torchvision ResNet whose ``forward`` returns pooled features instead of logits."""
+
+    def __init__(self, arch: str, stem: str = "imagenet", zero_init_residual: bool = False) -> None:
+        reference = _CONSTRUCTORS[arch](weights=None, zero_init_residual=zero_init_residual)
+        super().__init__(type(reference.layer1[0]), [len(reference.layer1), len(reference.layer2),
+                         len(reference.layer3), len(reference.layer4)], zero_init_residual=zero_init_residual)
+        self.arch = arch
+        self.stem = stem
+        self.num_features = self.fc.in_features
+        self.fc = nn.Identity()
+        if stem in ("cifar", "strided"):
+            stride = 1 if stem == "cifar" else 2
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=stride, padding=1, bias=False)
+            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+            self.maxpool = nn.Identity()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> spatial map (B, num_features, H/s, W/s), s the total stride."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, num_features) globally average-pooled features."""
+        return torch.flatten(self.avgpool(self.forward_features(x)), 1)
+
+    def export_state_dict(self) -> dict[str, Tensor]:
+        """torchvision key names (``conv1.weight``, ``layer1.0.bn1.running_mean``, ...), no ``fc``."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+
+def _register(arch: str) -> None:
+    @BACKBONES.register(arch, ResNetConfig)
+    def build(cfg: ResNetConfig) -> ResNet:
+        return ResNet(arch, stem=cfg.stem, zero_init_residual=cfg.zero_init_residual)
+
+
+for _arch in _CONSTRUCTORS:
+    _register(_arch)

@@ -1,0 +1,1 @@
+"""Datasets; importing this package registers them in ``equissl.registry.DATASETS``."""

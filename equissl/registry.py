@@ -1,0 +1,76 @@
+"""Name -> factory registries for backbones, objectives and datasets.
+
+Each entry pairs a factory with the dataclass that types its config section, so that a recipe's
+``backbone:`` / ``objective:`` / ``data:`` section is validated against the chosen entry before any work
+starts (see :mod:`equissl.config`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    factory: Callable[..., Any]
+    config_cls: type
+
+
+class Registry:
+    """A named table of factories; ``register`` is used as a decorator on the factory."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, config_cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._entries:
+                raise KeyError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = Entry(name, factory, config_cls)
+            return factory
+
+        return decorator
+
+    def get(self, name: str) -> Entry:
+        _import_builtin_modules()
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, list(self._entries), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names())})")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        _import_builtin_modules()
+        return sorted(self._entries)
+
+    def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.get(name).factory(*args, **kwargs)
+
+
+BACKBONES = Registry("backbone")
+OBJECTIVES = Registry("objective")
+DATASETS = Registry("dataset")
+
+# Modules whose import registers the built-in entries. Imported lazily so that importing the registry
+# (e.g. from config.py) stays cheap and free of cycles.
+_BUILTIN_MODULES = (
+    "equissl.backbones",
+    "equissl.ssl",
+    "equissl.datasets",
+)
+_imported = False
+
+
+def _import_builtin_modules() -> None:
+    global _imported
+    if _imported:
+        return
+    _imported = True
+    import importlib
+
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)

@@ -1,0 +1,1 @@
+"""Objectives; importing this package registers them in ``equissl.registry.OBJECTIVES``."""

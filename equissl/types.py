@@ -1,0 +1,75 @@
+"""The data that flows between the parts of one training step (see DESIGN.md, "The path of one step").
+
+``ViewSpec`` is what an objective asks of the data pipeline; ``Views`` is what the pipeline hands it;
+``StepOutput`` is what the objective hands the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """What an objective needs from the data pipeline.
+
+    source: ``"image"`` -- every view is an augmentation of the same image;
+        ``"object"`` -- view k is the k-th distinct rendered view of the same object (3DIEBench pairs or
+        sequences), each then augmented as ``augment.object_views`` says, and ``Views.latents`` holds
+        their latents.
+    num_views: global views per sample (for ``"object"``: rendered views per object).
+    num_small: extra small crops per sample (E-SSL's rotation crop), in ``Views.small``.
+    shared_chunks: 0 draws augmentation parameters per sample; ``n > 0`` splits the batch into ``n``
+        chunks and shares one parameter draw within each chunk (CARE).
+    """
+
+    source: Literal["image", "object"] = "image"
+    num_views: int = 2
+    num_small: int = 0
+    shared_chunks: int = 0
+
+
+@dataclass
+class Views:
+    """A batch of views with the parameters of the transformations that produced them.
+
+    images: ``num_views`` tensors (B, 3, H, W), float, normalised with the data's mean/std.
+    params: one dict per view of per-sample tensors (B, ...), units documented in
+        :mod:`equissl.augmentations.image` (pixels of the output frame, radians, factors).
+    small / small_params: the small crops and their parameters (empty unless ``num_small > 0``).
+    labels: (B,) int64 class labels (used only by the online probe), or None.
+    latents: for ``source="object"``, one (B, 7) float tensor per view: extrinsic xyz Euler angles
+        (radians), floor hue, light theta, light phi, light hue -- the 3DIEBench latent layout.
+    """
+
+    images: list[Tensor]
+    params: list[dict[str, Tensor]]
+    small: list[Tensor] = field(default_factory=list)
+    small_params: list[dict[str, Tensor]] = field(default_factory=list)
+    labels: Tensor | None = None
+    latents: list[Tensor] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.images[0].shape[0]
+
+
+@dataclass
+class StepOutput:
+    """What an objective returns for one batch.
+
+    loss: scalar tensor to back-propagate.
+    metrics: scalars to log, named ``"loss/<term>"`` or ``"<metric>"`` (tensors or floats).
+    features: (B, D) backbone features of the first view, detached, for the online linear probe.
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor | float] = field(default_factory=dict)
+    features: Tensor | None = None
+
+    def detached_metrics(self) -> dict[str, float]:
+        return {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in self.metrics.items()}
