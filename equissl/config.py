@@ -229,6 +229,10 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         if key not in fields:
             raise ConfigError(f"unknown config key {key_path!r}: {_suggest(str(key), list(fields))}")
         kwargs[key] = _convert(value, hints[key], key_path)
+    polymorphic = _polymorphic_registries()
+    for key in fields.keys() - kwargs.keys():
+        if hints[key] in polymorphic:  # an absent section still gets its entry's typed defaults
+            kwargs[key] = from_dict(hints[key], {}, f"{path}.{key}" if path else key)
     return cls(**kwargs)
 
 
