@@ -253,7 +253,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 # Recipes and overrides.
 
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
+def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value, for example optim.lr=0.01")
     key, raw = text.split("=", 1)
@@ -266,7 +266,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+def set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
     node = tree
     for depth, key in enumerate(keys[:-1]):
         child = node.setdefault(key, {})
@@ -293,8 +293,8 @@ def build_config(recipe: str | Path | None = None, overrides: list[str] | tuple[
     """Defaults <- recipe file <- ``key=value`` overrides, validated as a whole."""
     tree = load_recipe(recipe) if recipe else {}
     for text in overrides:
-        keys, value = _parse_override(text)
-        _set_path(tree, keys, value)
+        keys, value = parse_override(text)
+        set_path(tree, keys, value)
     config = from_dict(Config, tree)
     validate(config)
     return config

@@ -1,0 +1,39 @@
+# The README's two commands: `make pretrain` (main job) and `make test`.
+# Both create the virtual environment when missing and install the package into it.
+VENV ?= .venv
+PYTHON ?= python3
+RECIPE ?= configs/simclr_resnet18_shapes3d.yaml
+BIN := $(VENV)/bin
+
+.PHONY: install system-deps pretrain test benchmark clean
+
+# open3d needs the system library libusb-1.0 at import time.
+system-deps:
+	@if ! ldconfig -p | grep -q 'libusb-1.0.so'; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing libusb-1.0-0 (needed by open3d)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 >/dev/null; \
+	  else \
+	    echo "open3d needs libusb-1.0: run 'sudo apt-get install libusb-1.0-0' and retry" >&2; exit 1; \
+	  fi; \
+	fi
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: system-deps $(BIN)/.installed
+
+pretrain: install
+	$(BIN)/equissl pretrain --config $(RECIPE) --probe
+
+test: install
+	$(BIN)/python -m pytest
+
+benchmark: install
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf runs

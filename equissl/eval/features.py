@@ -1,0 +1,82 @@
+"""Frozen features of a run's backbone (or of a randomly initialised one), cached on disk."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from equissl.config import Config, from_dict
+from equissl.launch import checkpoint as ckpt
+from equissl.registry import BACKBONES, DATASETS
+
+BACKBONE_PREFIX = "objective.backbone."
+
+
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> tuple[Config, Path]:
+    """The resolved config of a run and its newest complete checkpoint (or the one given)."""
+    run_dir = Path(run_dir)
+    path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir)
+    if path is None or not (path / ckpt.COMPLETE_MARKER).is_file():
+        raise ValueError(f"no complete checkpoint in {run_dir / 'checkpoints'}: run `equissl pretrain` first")
+    config = from_dict(Config, yaml.safe_load((path / "config.yaml").read_text()))
+    return config, path
+
+
+def backbone_state(checkpoint: Path) -> dict[str, Tensor]:
+    state = ckpt.load_model_state(checkpoint)
+    return {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+
+
+def build_backbone(config: Config, checkpoint: Path | None, seed: int = 0) -> nn.Module:
+    """The run's backbone with its pretrained weights, or randomly initialised (``checkpoint=None``)."""
+    torch.manual_seed(seed)
+    backbone = BACKBONES.build(config.backbone.name, config.backbone)
+    if checkpoint is not None:
+        backbone.load_state_dict(backbone_state(checkpoint), strict=True)
+    return backbone.eval()
+
+
+def preprocess(images: Tensor, config: Config) -> Tensor:
+    """uint8 (B, 3, H, W) -> float, resized to the training crop size, normalised: the eval view."""
+    x = images.float() / 255.0
+    size = config.augment.crop_size
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(config.augment.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(config.augment.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, config: Config, split: str, batch_size: int = 256,
+                     device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+    """Pooled features (N, D) and labels (N,) of every image of ``split``, in dataset order."""
+    dataset = DATASETS.build(config.data.name, config.data, split=split, source="image", num_views=1,
+                             seed=config.trainer.seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=config.data.num_workers)
+    backbone = backbone.to(device).eval()
+    features, labels = [], []
+    for batch in loader:
+        features.append(backbone(preprocess(batch["image"].to(device), config)).float().cpu())
+        labels.append(batch["label"])
+    return torch.cat(features), torch.cat(labels)
+
+
+def cached_features(backbone: nn.Module, config: Config, split: str, cache_dir: Path, key: str,
+                    device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+    """``extract_features`` memoised in ``cache_dir`` under ``key`` (checkpoint identity) and split."""
+    digest = hashlib.sha1(f"{key}|{split}|{config.augment.crop_size}|{config.data}".encode()).hexdigest()[:12]
+    path = Path(cache_dir) / f"features-{split}-{digest}.pt"
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        return cached["features"], cached["labels"]
+    features, labels = extract_features(backbone, config, split, device=device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"features": features, "labels": labels}, path)
+    return features, labels

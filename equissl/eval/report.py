@@ -1,0 +1,61 @@
+"""``equissl probe`` / ``equissl knn``: evaluate a run's frozen backbone, optionally beside a randomly
+initialised one of the same architecture, print and save the figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from equissl.config import Config, ProbeConfig
+from equissl.eval.features import build_backbone, cached_features, load_run
+from equissl.eval.knn import knn_top1
+from equissl.eval.linear_probe import linear_probe
+from equissl.eval.plots import probe_figure
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def evaluate_model(config: Config, checkpoint: Path | None, probe_cfg: ProbeConfig, methods: tuple[str, ...],
+                   cache_dir: Path) -> dict[str, float]:
+    backbone = build_backbone(config, checkpoint, seed=config.trainer.seed)
+    key = str(checkpoint.resolve()) if checkpoint is not None else f"random-init-seed{config.trainer.seed}"
+    train_x, train_y = cached_features(backbone, config, "train", cache_dir, key, _device())
+    val_x, val_y = cached_features(backbone, config, "val", cache_dir, key, _device())
+    scores = {}
+    if "linear" in methods:
+        result = linear_probe(train_x, train_y, val_x, val_y, probe_cfg, seed=config.trainer.seed)
+        scores["linear"] = result.top1
+    if "knn" in methods:
+        scores["knn"] = knn_top1(train_x, train_y, val_x, val_y, probe_cfg.knn_k, probe_cfg.knn_temperature)
+    return scores
+
+
+def evaluate_run(run_dir: str | Path, methods: tuple[str, ...] = ("linear", "knn"), compare_random: bool = False,
+                 checkpoint: str | Path | None = None, probe_cfg: ProbeConfig | None = None) -> dict:
+    """Scores of the run's newest checkpoint (and of random init), saved as JSON and a figure."""
+    run_dir = Path(run_dir)
+    config, path = load_run(run_dir, checkpoint)
+    probe_cfg = probe_cfg or config.probe
+    cache = run_dir / "eval"
+    results = {"pretrained": evaluate_model(config, path, probe_cfg, methods, cache)}
+    if compare_random:
+        results["random init"] = evaluate_model(config, None, probe_cfg, methods, cache)
+    step = int((path / "COMPLETE").read_text())
+    name = "_".join(methods)
+    report = {"run": str(run_dir), "checkpoint": str(path), "step": step, "results": results}
+    (cache / f"{name}.json").write_text(json.dumps(report, indent=2))
+    title = f"{config.objective.name} / {config.backbone.name} on {config.data.name}, step {step}"
+    report["figure"] = str(probe_figure(run_dir, results, cache / f"{name}.png", title))
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['run']} (step {report['step']}): val top-1 %"]
+    for model, scores in report["results"].items():
+        lines.append(f"  {model:<12} " + "  ".join(f"{k} {v:5.1f}" for k, v in scores.items()))
+    lines.append(f"  figure: {report['figure']}")
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""Optimizers (SGD, Adam, AdamW, LARS), parameter groups and the warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from equissl.config import OptimConfig
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
+
+    The trust ratio ``eta * ||w|| / (||g|| + wd * ||w||)`` multiplies the update of every parameter
+    whose group has ``lars_adapt=True``; groups of biases and norms set it to False (as in the
+    SimCLR/BYOL/VICReg recipes, which exclude them from both weight decay and adaptation).
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.02):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_adapt=True)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad.clone()
+                if group["lars_adapt"]:
+                    param_norm, update_norm = torch.norm(p), torch.norm(update)
+                    trust = torch.where(
+                        (param_norm > 0) & (update_norm > 0), group["eta"] * param_norm / update_norm, torch.ones_like(param_norm)
+                    )
+                    update.mul_(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buffer = state["momentum_buffer"]
+                buffer.mul_(group["momentum"]).add_(update)
+                p.add_(buffer, alpha=-group["lr"])
+        return loss
+
+
+def is_bias_or_norm(name: str, param: nn.Parameter) -> bool:
+    """Biases and the affine parameters of norm layers are 1-d; so are learnable scalars/tokens."""
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
+def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if cfg.exclude_bias_and_norm and is_bias_or_norm(name, param) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_adapt": False})
+    return groups
+
+
+def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
+    """Base lr scaled by the global batch (processes x accumulation x per-process batch)."""
+    ratio = global_batch / cfg.reference_batch
+    return {"none": cfg.lr, "linear": cfg.lr * ratio, "sqrt": cfg.lr * math.sqrt(ratio)}[cfg.lr_scaling]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg)
+    lr = scaled_lr(cfg, global_batch)
+    if cfg.name == "sgd":
+        for group in groups:
+            group.pop("lars_adapt", None)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    if cfg.name == "lars":
+        return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
+    for group in groups:
+        group.pop("lars_adapt", None)
+    optimizer_cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return optimizer_cls(groups, lr=lr, betas=cfg.betas)
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Multiplier of the base lr at ``step``: linear warmup from 0, then cosine to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(1.0, progress)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
+    )

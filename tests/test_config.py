@@ -1,0 +1,83 @@
+import subprocess
+import sys
+
+import pytest
+
+from equissl.config import Config, ConfigError, build_config, from_dict, save_config, load_recipe
+from equissl.backbones.resnet import ResNetConfig
+
+
+def test_defaults_resolve_polymorphic_sections():
+    config = build_config()
+    assert isinstance(config.backbone, ResNetConfig)
+    assert config.backbone.stem == "imagenet"
+
+
+def test_recipe_then_overrides_take_precedence(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim:\n  lr: 0.5\ntrainer:\n  max_steps: 7\n")
+    config = build_config(recipe, ["optim.lr=0.25", "augment.crop_scale=[0.3, 0.9]"])
+    assert config.optim.lr == 0.25
+    assert config.trainer.max_steps == 7
+    assert config.augment.crop_scale == (0.3, 0.9)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("trainer.max_stpes=3", "trainer.max_stpes"),
+        ("optim.lr=abc", "optim.lr"),
+        ("trainer.max_steps=2.5", "trainer.max_steps"),
+        ("trainer.precision=fp16", "trainer.precision"),
+        ("augment.crop_scale=[0.2]", "augment.crop_scale"),
+        ("backbone.stemm=cifar", "backbone.stemm"),
+        ("backbone.name=resnet19", "backbone.name"),
+        ("trainer.online_probe=3", "trainer.online_probe"),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(override, fragment):
+    with pytest.raises(ConfigError) as info:
+        build_config(None, [override])
+    assert fragment in str(info.value)
+
+
+def test_misspelt_key_suggests_the_closest_valid_name():
+    with pytest.raises(ConfigError, match="max_steps"):
+        build_config(None, ["trainer.max_stpes=3"])
+
+
+def test_unknown_section_and_non_mapping_are_refused():
+    with pytest.raises(ConfigError, match="trainr"):
+        from_dict(Config, {"trainr": {}})
+    with pytest.raises(ConfigError, match="trainer"):
+        from_dict(Config, {"trainer": 3})
+
+
+def test_override_without_equals_is_refused():
+    with pytest.raises(ConfigError, match="key=value"):
+        build_config(None, ["optim.lr"])
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    config = build_config(None, ["optim.lr=0.125", "backbone.stem=strided"])
+    save_config(config, tmp_path / "c.yaml")
+    again = from_dict(Config, load_recipe(tmp_path / "c.yaml"))
+    assert again == config
+
+
+def test_cli_refuses_bad_key_before_training(tmp_path):
+    for override in ("trainer.max_stpes=3", "optim.lr=abc"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "equissl.cli", "pretrain", "--config", "configs/simclr_resnet18_shapes3d.yaml",
+             override, f"trainer.run_dir={tmp_path}/run"],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert override.split("=")[0] in proc.stderr
+        assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_stdlib_ssl_is_not_shadowed():
+    import ssl
+
+    assert hasattr(ssl, "SSLContext")
