@@ -54,6 +54,8 @@ class Registry:
 BACKBONES = Registry("backbone")
 OBJECTIVES = Registry("objective")
 DATASETS = Registry("dataset")
+# ViewSpec.source -> view-maker factory, called with the whole Config; "image" and "object" are built in.
+VIEW_MAKERS = Registry("view source")
 
 # Modules whose import registers the built-in entries. Imported lazily so that importing the registry
 # (e.g. from config.py) stays cheap and free of cycles.
@@ -61,6 +63,7 @@ _BUILTIN_MODULES = (
     "equissl.backbones",
     "equissl.ssl",
     "equissl.datasets",
+    "equissl.augmentations",
 )
 _imported = False
 

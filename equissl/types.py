@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,7 +27,7 @@ class ViewSpec:
         chunks and shares one parameter draw within each chunk (CARE).
     """
 
-    source: Literal["image", "object"] = "image"
+    source: str = "image"  # "image", "object", or a modality registered in VIEW_MAKERS (e.g. LiDAR)
     num_views: int = 2
     num_small: int = 0
     shared_chunks: int = 0
@@ -44,6 +44,8 @@ class Views:
     labels: (B,) int64 class labels (used only by the online probe), or None.
     latents: for ``source="object"``, one (B, 7) float tensor per view: extrinsic xyz Euler angles
         (radians), floor hue, light theta, light phi, light hue -- the 3DIEBench latent layout.
+    extras: modality-specific tensors for sources other than images (e.g. point clouds, flows),
+        documented by the view maker that fills them.
     """
 
     images: list[Tensor]
@@ -52,6 +54,7 @@ class Views:
     small_params: list[dict[str, Tensor]] = field(default_factory=list)
     labels: Tensor | None = None
     latents: list[Tensor] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:

@@ -27,7 +27,7 @@ from equissl.launch.errors import NonFiniteLossError
 from equissl.launch.logging import MetricLogger
 from equissl.launch.optim import build_optimizer, build_scheduler
 from equissl.launch.sampler import ResumableSampler
-from equissl.registry import BACKBONES, DATASETS, OBJECTIVES
+from equissl.registry import BACKBONES, DATASETS, OBJECTIVES, VIEW_MAKERS
 from equissl.ssl.base import Objective
 from equissl.types import StepOutput, Views
 
@@ -91,6 +91,13 @@ def build_objective(config: Config) -> Objective:
     return OBJECTIVES.build(config.objective.name, config.objective, backbone)
 
 
+def make_view_maker(config: Config, spec):
+    """Images ("image", "object") use the kornia pipeline; other modalities register their own."""
+    if spec.source in ("image", "object"):
+        return ViewMaker(config.augment)
+    return VIEW_MAKERS.build(spec.source, config)
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -112,12 +119,13 @@ class Trainer:
         self.spec = objective.required_views
         self.dataset = DATASETS.build(config.data.name, config.data, split="train", source=self.spec.source,
                                       num_views=self.spec.num_views, seed=tc.seed)
-        model = PretrainModel(objective, self.dataset.num_classes, tc.online_probe)
+        num_classes = getattr(self.dataset, "num_classes", 0)  # unlabelled data: no online probe
+        model = PretrainModel(objective, num_classes, tc.online_probe and num_classes > 0)
         optimizer = build_optimizer(model, config.optim, self.global_batch)
         self.scheduler = build_scheduler(optimizer, config.optim, tc.max_steps)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.sampler = ResumableSampler(len(self.dataset), tc.batch_size, tc.seed, self.rank, self.world_size)
-        self.view_maker = ViewMaker(config.augment)
+        self.view_maker = make_view_maker(config, self.spec)
         self.generators = {"augment": torch.Generator(device=self.accelerator.device).manual_seed(tc.seed + 7919 * self.rank)}
         self.state = ckpt.TrainerState()
 
@@ -160,6 +168,7 @@ class Trainer:
                 self.dataset.set_epoch(self.state.epoch)
             loader = DataLoader(self.dataset, batch_size=tc.batch_size, sampler=self.sampler, drop_last=True,
                                 num_workers=self.config.data.num_workers,
+                                collate_fn=getattr(self.dataset, "collate_fn", None),
                                 pin_memory=self.accelerator.device.type == "cuda")
             for batch in loader:
                 self.state.batch_in_epoch += 1
