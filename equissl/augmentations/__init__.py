@@ -1,0 +1,25 @@
+"""Batched augmentations on the training device that return their parameters (see DESIGN.md)."""
+
+from equissl.augmentations.image import (
+    PARAM_KEYS,
+    ImageAugment,
+    apply_params,
+    chunk_index,
+    identity_params,
+    sample_params,
+)
+from equissl.augmentations.rotation import RandomFourFoldRotation, rotate_by_index, rotate_four_ways
+from equissl.augmentations.views import ViewMaker
+
+__all__ = [
+    "PARAM_KEYS",
+    "ImageAugment",
+    "RandomFourFoldRotation",
+    "ViewMaker",
+    "apply_params",
+    "chunk_index",
+    "identity_params",
+    "rotate_by_index",
+    "rotate_four_ways",
+    "sample_params",
+]

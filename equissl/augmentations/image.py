@@ -38,7 +38,6 @@ import math
 
 import kornia
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from equissl.config import AugmentConfig
@@ -113,7 +112,7 @@ def sample_crop_boxes(
         raise ValueError(f"crop scale must satisfy 0 < lo <= hi, got {scale}")
     if not (0 < ratio[0] <= ratio[1]):
         raise ValueError(f"crop ratio must satisfy 0 < lo <= hi, got {ratio}")
-    f64 = dict(generator=generator, device=device, dtype=torch.float64)
+    f64 = {"generator": generator, "device": device, "dtype": torch.float64}
     area = float(height * width)
     draws = torch.rand(n, _CROP_ATTEMPTS, 2, **f64)
     target_area = area * (scale[0] + (scale[1] - scale[0]) * draws[..., 0])
@@ -128,9 +127,9 @@ def sample_crop_boxes(
 
     in_ratio = width / height
     if in_ratio < min(ratio):
-        w_fb, h_fb = width, int(round(width / min(ratio)))
+        w_fb, h_fb = width, round(width / min(ratio))
     elif in_ratio > max(ratio):
-        w_fb, h_fb = int(round(height * max(ratio))), height
+        w_fb, h_fb = round(height * max(ratio)), height
     else:
         w_fb, h_fb = width, height
     any_valid = valid.any(dim=1)
@@ -145,7 +144,9 @@ def sample_crop_boxes(
     return torch.stack([left, top, left + w, top + h], dim=1).float()
 
 
-def identity_params(batch_size: int, height: int, width: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+def identity_params(
+    batch_size: int, height: int, width: int, device: torch.device | str = "cpu"
+) -> dict[str, Tensor]:
     """Parameters of the identity augmentation: full-image box, no flip/jitter/gray/blur."""
     crop = torch.tensor([0.0, 0.0, float(width), float(height)], device=device)
     return {
@@ -348,7 +349,9 @@ class ImageAugment(nn.Module):
         small crops); crop_scale: RandomResizedCrop area range (``cfg.crop_scale`` / ``cfg.small_crop_scale``).
     """
 
-    def __init__(self, cfg: AugmentConfig, out_size: Size | None = None, crop_scale: tuple[float, float] | None = None):
+    def __init__(
+        self, cfg: AugmentConfig, out_size: Size | None = None, crop_scale: tuple[float, float] | None = None
+    ):
         super().__init__()
         self.cfg = cfg
         self.out_size = _pair(out_size if out_size is not None else cfg.crop_size)
@@ -357,7 +360,12 @@ class ImageAugment(nn.Module):
             raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
 
     def sample_params(
-        self, batch_size: int, height: int, width: int, generator: torch.Generator | None = None, shared_chunks: int = 0
+        self,
+        batch_size: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | None = None,
+        shared_chunks: int = 0,
     ) -> dict[str, Tensor]:
         return sample_params(self.cfg, batch_size, height, width, self.crop_scale, generator, shared_chunks)
 
