@@ -1,1 +1,3 @@
 """Objectives; importing this package registers them in ``equissl.registry.OBJECTIVES``."""
+
+from equissl.ssl import essl, simclr, vicreg  # noqa: F401
