@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny shapes3d render and a tiny pretraining recipe, both fast on 2 CPU cores."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes3d_root(tmp_path_factory):
+    """10 classes x (2 train + 1 val) objects x 4 views at 32 px, rendered once per test session."""
+    from equissl.config import build_config
+    from equissl.registry import DATASETS
+
+    root = tmp_path_factory.mktemp("shapes3d")
+    config = build_config(None, [f"data.root={root}", *TINY_DATA])
+    DATASETS.build("shapes3d", config.data, split="train", source="image", num_views=1, seed=0)
+    return root
+
+
+TINY_DATA = [
+    "data.objects_per_class=2", "data.val_objects_per_class=1", "data.views_per_object=4",
+    "data.render_size=32", "data.image_size=32", "data.num_workers=0",
+]
+
+
+@pytest.fixture
+def tiny_overrides(tiny_shapes3d_root, tmp_path):
+    """Overrides turning the default recipe into a seconds-long run in ``tmp_path/run``."""
+    return [
+        f"data.root={tiny_shapes3d_root}", *TINY_DATA,
+        "augment.crop_size=32", "augment.small_crop_size=16", "backbone.stem=strided",
+        "objective.proj_hidden_dim=64", "objective.proj_out_dim=32",
+        "trainer.batch_size=8", "trainer.max_steps=6", "trainer.checkpoint_every=2", "trainer.log_every=1",
+        "trainer.progress=false", "probe.epochs=5", f"trainer.run_dir={tmp_path}/run",
+    ]

@@ -1,0 +1,117 @@
+"""End-to-end behaviour of the pretraining loop on a tiny shapes3d render."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from equissl.config import build_config
+from equissl.launch import checkpoint as ckpt
+from equissl.launch.errors import NonFiniteLossError
+from equissl.launch.trainer import Trainer, pretrain
+
+RECIPE = "configs/simclr_resnet18_shapes3d.yaml"
+
+
+def _cli(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "equissl.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, timeout: float = 120) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = ckpt.latest_checkpoint(run_dir)
+        if found is not None:
+            return found
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_run_writes_config_metrics_and_keeps_the_last_checkpoints(tiny_overrides, tmp_path):
+    config = build_config(RECIPE, tiny_overrides)
+    result = pretrain(config)
+    run = tmp_path / "run"
+    assert result.status == "finished" and result.step == 6
+    assert (run / "config.yaml").is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all({"loss", "lr", "probe/acc", "images_per_s"} <= r.keys() for r in rows)
+    assert [p.name for p in ckpt.complete_checkpoints(run)] == ["step-00000004", "step-00000006"]
+    assert ckpt.load_trainer_state(ckpt.latest_checkpoint(run)).finished
+    assert pretrain(config).status == "already finished"
+
+
+def test_sigkill_then_same_command_resumes_and_matches_uninterrupted(tiny_overrides, tmp_path):
+    common = ["pretrain", "--config", RECIPE, *tiny_overrides, "trainer.max_steps=10", "trainer.checkpoint_every=3"]
+    reference_dir = tmp_path / "reference"
+    assert subprocess.run([sys.executable, "-m", "equissl.cli", *common, f"trainer.run_dir={reference_dir}"],
+                          capture_output=True, timeout=300).returncode == 0
+    killed = _cli(common)
+    first = _wait_for_checkpoint(tmp_path / "run", killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    step_at_kill = ckpt.load_trainer_state(first).step
+    assert 3 <= step_at_kill < 10
+    resumed = subprocess.run([sys.executable, "-m", "equissl.cli", *common], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    final = ckpt.load_model_state(ckpt.latest_checkpoint(tmp_path / "run"))
+    expected = ckpt.load_model_state(ckpt.latest_checkpoint(reference_dir))
+    assert ckpt.load_trainer_state(ckpt.latest_checkpoint(tmp_path / "run")).step == 10
+    for key, value in expected.items():  # same data order, same augmentations, same weights
+        assert torch.equal(final[key], value), key
+
+
+def test_sigterm_writes_a_complete_checkpoint_and_exits_zero(tiny_overrides, tmp_path):
+    process = _cli(["pretrain", "--config", RECIPE, *tiny_overrides, "trainer.max_steps=400",
+                    "trainer.checkpoint_every=1000"])
+    run = tmp_path / "run"
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text().strip():
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    latest = ckpt.latest_checkpoint(run)
+    assert latest is not None and (latest / ckpt.COMPLETE_MARKER).is_file()
+    state = ckpt.load_trainer_state(latest)
+    assert 1 <= state.step < 400 and not state.finished
+
+
+def test_non_finite_loss_stops_with_the_step(tiny_overrides, monkeypatch):
+    trainer = Trainer(build_config(RECIPE, tiny_overrides))
+    objective = trainer.accelerator.unwrap_model(trainer.model).objective
+    original = objective.forward
+    calls = {"n": 0}
+
+    def poisoned(views):
+        calls["n"] += 1
+        out = original(views)
+        if calls["n"] == 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(objective, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match="at step 2"):
+        trainer.fit()
+
+
+def test_gradient_accumulation_consumes_micro_batches_per_step(tiny_overrides):
+    """Each optimizer step consumes grad_accum_steps micro-batches (the data position is what resumes)."""
+    config = build_config(RECIPE, [*tiny_overrides, "trainer.grad_accum_steps=2", "trainer.batch_size=4",
+                                   "trainer.max_steps=2"])
+    trainer = Trainer(config)
+    result = trainer.fit()
+    assert result.step == 2
+    assert trainer.state.batch_in_epoch + trainer.state.epoch * trainer.sampler.batches_per_epoch == 4
