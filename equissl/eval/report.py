@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from equissl.config import Config, ProbeConfig
-from equissl.eval.features import build_backbone, cached_features, load_run
+from equissl.eval.features import build_backbone, cached_features, load_run, preprocess
+from equissl.launch.checkpoint import load_model_state
 from equissl.eval.knn import knn_top1
 from equissl.eval.linear_probe import linear_probe
 from equissl.eval.plots import probe_figure
@@ -34,6 +35,32 @@ def evaluate_model(config: Config, checkpoint: Path | None, probe_cfg: ProbeConf
     return scores
 
 
+@torch.no_grad()
+def objective_metrics(config: Config, checkpoint: Path, split: str = "val") -> dict[str, float]:
+    """The objective's own metrics (``Objective.evaluation_metrics``) averaged over ``split``, in %."""
+    from torch.utils.data import DataLoader
+
+    from equissl.launch.trainer import build_objective
+    from equissl.registry import DATASETS
+
+    objective = build_objective(config)
+    state = {k[len("objective."):]: v for k, v in load_model_state(checkpoint).items() if k.startswith("objective.")}
+    objective.load_state_dict(state)
+    objective.eval().to(_device())
+    dataset = DATASETS.build(config.data.name, config.data, split=split, source="image", num_views=1,
+                             seed=config.trainer.seed)
+    sums: dict[str, float] = {}
+    count = 0
+    for batch in DataLoader(dataset, batch_size=256, num_workers=config.data.num_workers):
+        values = objective.evaluation_metrics(preprocess(batch["image"].to(_device()), config))
+        if not values:
+            return {}
+        for name, per_sample in values.items():
+            sums[name] = sums.get(name, 0.0) + float(per_sample.sum())
+        count += len(batch["image"])
+    return {name: 100.0 * total / count for name, total in sums.items()}
+
+
 def evaluate_run(run_dir: str | Path, methods: tuple[str, ...] = ("linear", "knn"), compare_random: bool = False,
                  checkpoint: str | Path | None = None, probe_cfg: ProbeConfig | None = None) -> dict:
     """Scores of the run's newest checkpoint (and of random init), saved as JSON and a figure."""
@@ -44,9 +71,11 @@ def evaluate_run(run_dir: str | Path, methods: tuple[str, ...] = ("linear", "knn
     results = {"pretrained": evaluate_model(config, path, probe_cfg, methods, cache)}
     if compare_random:
         results["random init"] = evaluate_model(config, None, probe_cfg, methods, cache)
+    objective_scores = objective_metrics(config, path)
     step = int((path / "COMPLETE").read_text())
     name = "_".join(methods)
-    report = {"run": str(run_dir), "checkpoint": str(path), "step": step, "results": results}
+    report = {"run": str(run_dir), "checkpoint": str(path), "step": step, "results": results,
+              "objective_metrics_val": objective_scores}
     (cache / f"{name}.json").write_text(json.dumps(report, indent=2))
     title = f"{config.objective.name} / {config.backbone.name} on {config.data.name}, step {step}"
     report["figure"] = str(probe_figure(run_dir, results, cache / f"{name}.png", title))
@@ -57,5 +86,7 @@ def format_report(report: dict) -> str:
     lines = [f"{report['run']} (step {report['step']}): val top-1 %"]
     for model, scores in report["results"].items():
         lines.append(f"  {model:<12} " + "  ".join(f"{k} {v:5.1f}" for k, v in scores.items()))
+    for name, value in report.get("objective_metrics_val", {}).items():
+        lines.append(f"  {name} (val, whole image): {value:5.1f}")
     lines.append(f"  figure: {report['figure']}")
     return "\n".join(lines)

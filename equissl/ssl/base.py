@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 from equissl.types import StepOutput, Views, ViewSpec
 
@@ -25,3 +25,11 @@ class Objective(nn.Module):
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Hook called after each optimizer step (EMA targets, schedules of loss weights)."""
+
+    def evaluation_metrics(self, images: Tensor) -> dict[str, Tensor]:
+        """Method-specific metrics on eval views (B, 3, H, W), normalised, no augmentation.
+
+        Returns per-sample values (B,) so that ``equissl probe`` can average them over a split
+        (E-SSL: rotation-prediction accuracy). Default: none.
+        """
+        return {}

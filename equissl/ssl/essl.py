@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from equissl.augmentations.rotation import rotate_four_ways
 from equissl.heads.classifiers import RotationClassifier
@@ -73,6 +74,13 @@ class ESSL(SimCLR):
             "rotation_acc": (logits.detach().argmax(dim=1) == labels).float().mean(),
         }
         return StepOutput(loss=loss, metrics=metrics, features=h_a.detach())
+
+    @torch.no_grad()
+    def evaluation_metrics(self, images: Tensor) -> dict[str, Tensor]:
+        """Per image, the fraction of its four rotations whose quarter-turn count is predicted right."""
+        rotated, labels = rotate_four_ways(images)
+        correct = (self.rotation_head(self.backbone(rotated)).argmax(dim=1) == labels).float()
+        return {"rotation_acc": correct.view(NUM_ROTATIONS, -1).mean(0)}
 
 
 @OBJECTIVES.register("essl", ESSLConfig)

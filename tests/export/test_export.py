@@ -53,3 +53,14 @@ def test_probe_cli_reports_pretrained_and_random(tiny_overrides, tmp_path, capsy
 def test_eval_of_a_run_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["probe", "--run", str(tmp_path / "nothing")]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_probe_of_an_essl_run_reports_rotation_accuracy(tiny_overrides, tmp_path, capsys):
+    overrides = [*tiny_overrides, "objective.rotation_hidden_dims=[32]", "trainer.max_steps=2"]
+    pretrain(build_config("configs/essl_resnet18_shapes3d.yaml", overrides))
+    assert main(["probe", "--run", str(tmp_path / "run"), "probe.epochs=2"]) == 0
+    assert "rotation_acc (val, whole image)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "run" / "eval" / "linear_knn.json").read_text())
+    accuracy = report["objective_metrics_val"]["rotation_acc"]
+    assert 0.0 <= accuracy <= 100.0
+    assert abs(accuracy * 160 / 100 - round(accuracy * 160 / 100)) < 1e-6  # 40 val images x 4 rotations
