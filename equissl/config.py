@@ -36,6 +36,9 @@ class DataConfig:
     root: str = ""  # empty: $EQUISSL_DATA/<name>, else ~/.cache/equissl/<name>
     image_size: int = 64  # images are resized to image_size x image_size when read
     num_workers: int = 2
+    # Unreadable / truncated / wrong-mode files are skipped and counted (over every worker and rank);
+    # the run aborts once more than this fraction of the items read so far was bad.
+    max_bad_fraction: float = 0.05
 
 
 @dataclass
@@ -109,6 +112,12 @@ class TrainerConfig:
     online_probe_lr: float = 1e-3
     progress: bool = True
     device: Literal["auto", "cpu"] = "auto"
+    # BatchNorm statistics over the global batch when distributed (torch SyncBatchNorm on GPUs, an
+    # all-gather BatchNorm on CPU/gloo); off by default, as in most SSL recipes (per-GPU statistics).
+    sync_batchnorm: bool = False
+    # A non-finite loss or gradient norm stops the run (the batch is saved under nonfinite/); with
+    # N > 0 up to N such optimizer steps are skipped (counted) before stopping.
+    skip_nonfinite_steps: int = 0
 
 
 @dataclass
@@ -308,6 +317,8 @@ def validate(config: Config) -> None:
         (config.trainer.grad_accum_steps > 0, "trainer.grad_accum_steps must be > 0"),
         (config.trainer.checkpoint_every > 0, "trainer.checkpoint_every must be > 0"),
         (config.trainer.keep_checkpoints > 0, "trainer.keep_checkpoints must be > 0"),
+        (config.trainer.skip_nonfinite_steps >= 0, "trainer.skip_nonfinite_steps must be >= 0"),
+        (0 <= config.data.max_bad_fraction <= 1, "data.max_bad_fraction must be in [0, 1]"),
         (config.optim.lr > 0, "optim.lr must be > 0"),
         (config.data.image_size > 0, "data.image_size must be > 0"),
         (0 < config.augment.crop_scale[0] <= config.augment.crop_scale[1] <= 1, "augment.crop_scale must satisfy 0 < lo <= hi <= 1"),

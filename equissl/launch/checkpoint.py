@@ -34,6 +34,9 @@ class TrainerState:
     batch_in_epoch: int = 0
     elapsed_seconds: float = 0.0  # training wall time over all sessions of the run
     finished: bool = False
+    skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss / gradient norm
+    bad_reads: int = 0  # unreadable files skipped, summed over workers and ranks
+    items_read: int = 0  # items delivered plus bad_reads, summed over workers and ranks
 
 
 def checkpoint_root(run_dir: Path) -> Path:
@@ -142,6 +145,7 @@ def load_model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 def load_trainer_state(checkpoint: Path) -> TrainerState:
+    """The loop state; fields added since the checkpoint was written get their defaults."""
     return TrainerState(**json.loads((Path(checkpoint) / "trainer_state.json").read_text()))
 
 

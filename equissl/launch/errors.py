@@ -2,4 +2,12 @@
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stops instead of training on garbage."""
+    """The loss or the gradient norm became NaN or infinite; the run stops instead of training on garbage."""
+
+
+class BadDataError(RuntimeError):
+    """More than ``data.max_bad_fraction`` of the items read so far were unreadable."""
+
+
+class DataItemError(RuntimeError):
+    """Reading one dataset item failed in a way the dataset does not handle; names the item's file."""

@@ -8,6 +8,7 @@ N GPUs (``accelerate launch`` / ``torchrun``) or N nodes.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import time
 from dataclasses import dataclass, field
@@ -23,10 +24,12 @@ from torch.utils.data import DataLoader
 from equissl.augmentations.views import ViewMaker
 from equissl.config import Config, to_dict
 from equissl.launch import checkpoint as ckpt
-from equissl.launch.errors import NonFiniteLossError
+from equissl.launch.data import GuardedCollate, GuardedDataset
+from equissl.launch.errors import BadDataError, NonFiniteLossError
 from equissl.launch.logging import MetricLogger
-from equissl.launch.optim import build_optimizer, build_scheduler
+from equissl.launch.optim import build_optimizer, build_scheduler, scaled_lr
 from equissl.launch.sampler import ResumableSampler
+from equissl.launch.sync_bn import convert_to_global_batchnorm
 from equissl.registry import BACKBONES, DATASETS, OBJECTIVES, VIEW_MAKERS
 from equissl.ssl.base import Objective
 from equissl.types import StepOutput, Views
@@ -121,6 +124,8 @@ class Trainer:
                                       num_views=self.spec.num_views, seed=tc.seed)
         num_classes = getattr(self.dataset, "num_classes", 0)  # unlabelled data: no online probe
         model = PretrainModel(objective, num_classes, tc.online_probe and num_classes > 0)
+        if tc.sync_batchnorm and self.world_size > 1:  # one process: its statistics already are global
+            model = convert_to_global_batchnorm(model)
         optimizer = build_optimizer(model, config.optim, self.global_batch)
         self.scheduler = build_scheduler(optimizer, config.optim, tc.max_steps)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -128,6 +133,11 @@ class Trainer:
         self.view_maker = make_view_maker(config, self.spec)
         self.generators = {"augment": torch.Generator(device=self.accelerator.device).manual_seed(tc.seed + 7919 * self.rank)}
         self.state = ckpt.TrainerState()
+        self._step_batches: list[dict] = []  # the current step's micro-batches, saved if it goes non-finite
+        self._step_losses: list[torch.Tensor] = []
+        self._step_bad = [0, 0]  # unreadable files skipped, items read (this rank, this step)
+        self._bad_names: list[str] = []
+        self.last_grad_norm = float("nan")
 
     # -- checkpoints -----------------------------------------------------------------------------
     def resume(self) -> Path | None:
@@ -147,6 +157,8 @@ class Trainer:
         tmp = ckpt.temp_dir(self.run_dir, self.state.step)
         if self.accelerator.is_main_process:
             state_dict = self.accelerator.get_state_dict(self.model)
+            # No grad scaler: precision is fp32 or bf16, neither of which scales the loss. An fp16 option
+            # would pass its GradScaler here (write_shared saves it as scaler.pt).
             ckpt.write_shared(tmp, state_dict, self.optimizer, self.scheduler, None, self.state,
                               yaml.safe_dump(to_dict(self.config), sort_keys=False))
         self.accelerator.wait_for_everyone()
@@ -166,37 +178,81 @@ class Trainer:
             self.sampler.set_position(self.state.epoch, self.state.batch_in_epoch)
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(self.state.epoch)
-            loader = DataLoader(self.dataset, batch_size=tc.batch_size, sampler=self.sampler, drop_last=True,
-                                num_workers=self.config.data.num_workers,
-                                collate_fn=getattr(self.dataset, "collate_fn", None),
+            loader = DataLoader(GuardedDataset(self.dataset), batch_size=tc.batch_size, sampler=self.sampler,
+                                drop_last=True, num_workers=self.config.data.num_workers,
+                                collate_fn=GuardedCollate(getattr(self.dataset, "collate_fn", None)),
                                 pin_memory=self.accelerator.device.type == "cuda")
-            for batch in loader:
+            for batch, bad_reads, bad_names in loader:
                 self.state.batch_in_epoch += 1
+                self._step_bad[0] += bad_reads
+                self._step_bad[1] += tc.batch_size + bad_reads
+                self._bad_names.extend(bad_names[: max(0, 10 - len(self._bad_names))])
                 yield batch
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
 
     # -- the loop --------------------------------------------------------------------------------
     def _micro_step(self, batch: dict, sync: bool) -> StepOutput:
+        self._step_batches.append(batch)
         views = self.view_maker(_to_device(batch, self.accelerator.device), self.spec, self.generators["augment"])
         context = self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
         with context:
             with self.accelerator.autocast():
                 out = self.model(views)
-            self._check_finite(out.loss)
+            self._step_losses.append(out.loss.detach().float())
+            # Backward even on a non-finite loss: every rank must join DDP's gradient all-reduce; the
+            # step is judged (and skipped or stopped) on every rank together in _optimizer_step.
             self.accelerator.backward(out.loss / self.config.trainer.grad_accum_steps)
         return out
 
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=self.accelerator.device)
+    def _grad_norm(self) -> torch.Tensor:
+        clip = self.config.trainer.clip_grad_norm
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if clip > 0:
+            return torch.as_tensor(self.accelerator.clip_grad_norm_(params, clip)).float()
+        return torch.nn.utils.get_total_norm([p.grad for p in params]).float()
+
+    def _check_step(self, grad_norm: torch.Tensor) -> tuple[bool, bool]:
+        """Reduce over ranks: (loss non-finite anywhere, gradient norm non-finite anywhere); also
+        count unreadable files and abort past ``data.max_bad_fraction``. One collective per step."""
+        losses = torch.stack(self._step_losses)
+        flags = torch.tensor([float(not torch.isfinite(losses).all()), float(not torch.isfinite(grad_norm)),
+                              float(self._step_bad[0]), float(self._step_bad[1])],
+                             dtype=torch.float64, device=self.accelerator.device)
         if self.world_size > 1:
-            bad = self.accelerator.reduce(bad, reduction="sum")
-        if bad.item() > 0:
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at step {self.state.step} (on {int(bad.item())} of "
-                f"{self.world_size} processes); lower optim.lr, set trainer.clip_grad_norm, or use "
-                f"trainer.precision=fp32. Last complete checkpoint: {ckpt.latest_checkpoint(self.run_dir)}"
+            flags = self.accelerator.reduce(flags, reduction="sum")
+        flags = flags.tolist()
+        self._step_bad = [0, 0]
+        self.state.bad_reads += int(flags[2])
+        self.state.items_read += int(flags[3])
+        self._check_bad_fraction()
+        return flags[0] > 0, flags[1] > 0
+
+    def _check_bad_fraction(self) -> None:
+        limit = self.config.data.max_bad_fraction
+        if self.state.items_read and self.state.bad_reads / self.state.items_read > limit:
+            names = ", ".join(self._bad_names) or "see the warnings above"
+            raise BadDataError(
+                f"{self.state.bad_reads} of the {self.state.items_read} items read so far were unreadable "
+                f"({self.state.bad_reads / self.state.items_read:.1%} > data.max_bad_fraction={limit}) at step "
+                f"{self.state.step}; check or re-create the dataset in {self.dataset_root()} (bad files on "
+                f"rank {self.rank}: {names})"
             )
+
+    def dataset_root(self) -> str:
+        return str(getattr(self.dataset, "root", self.config.data.root or self.config.data.name))
+
+    def _save_nonfinite(self, grad_norm: torch.Tensor) -> Path:
+        """Write this rank's micro-batches of the offending step to ``nonfinite/step-N[-rankR].pt``
+        (tensors, numbers and strings only: ``torch.load(weights_only=True)`` reads it)."""
+        folder = self.run_dir / "nonfinite"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / (f"step-{self.state.step}.pt" if self.rank == 0 else f"step-{self.state.step}-rank{self.rank}.pt")
+        batches = [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in self._step_batches]
+        torch.save({"step": self.state.step, "rank": self.rank, "epoch": self.state.epoch,
+                    "batch_in_epoch": self.state.batch_in_epoch, "losses": torch.stack(self._step_losses).cpu(),
+                    "grad_norm": grad_norm.detach().cpu(), "micro_batches": batches}, path)
+        return path
 
     def _stop_requested(self, stop: _StopFlag) -> bool:
         """True on every rank once any rank got a stop signal, so all ranks checkpoint together."""
@@ -205,14 +261,54 @@ class Trainer:
             flag = self.accelerator.reduce(flag, reduction="sum")
         return flag.item() > 0
 
-    def _optimizer_step(self) -> None:
-        clip = self.config.trainer.clip_grad_norm
-        if clip > 0:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), clip)
+    def _optimizer_step(self, logger: MetricLogger) -> bool:
+        """Check the step on every rank, then step the optimizer; False when a non-finite step was
+        skipped (``trainer.skip_nonfinite_steps``). Raises NonFiniteLossError past that limit."""
+        tc = self.config.trainer
+        grad_norm = self._grad_norm()
+        bad_loss, bad_grad = self._check_step(grad_norm)
+        self.last_grad_norm = float(grad_norm)
+        try:
+            if bad_loss or bad_grad:
+                saved = self._save_nonfinite(grad_norm)
+                what = "loss" if bad_loss else "gradient norm"
+                if self.state.skipped_steps < tc.skip_nonfinite_steps:
+                    self.state.skipped_steps += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    logger.message(f"non-finite {what} at step {self.state.step}: step skipped "
+                                   f"({self.state.skipped_steps} of at most {tc.skip_nonfinite_steps}); batch in {saved}")
+                    return False
+                losses = ", ".join(f"{v:.4g}" for v in torch.stack(self._step_losses).tolist())
+                raise NonFiniteLossError(
+                    f"non-finite {what} at step {self.state.step} (loss {losses}, gradient norm {float(grad_norm):.4g}; "
+                    f"{self.state.skipped_steps} steps skipped before, trainer.skip_nonfinite_steps="
+                    f"{tc.skip_nonfinite_steps}); the batch is saved in {saved}. Lower optim.lr, set "
+                    f"trainer.clip_grad_norm, or use trainer.precision=fp32. Last complete checkpoint: "
+                    f"{ckpt.latest_checkpoint(self.run_dir)}"
+                )
+        finally:
+            self._step_batches, self._step_losses = [], []
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.accelerator.unwrap_model(self.model).objective.on_step_end(self.state.step + 1, self.config.trainer.max_steps)
+        self.accelerator.unwrap_model(self.model).objective.on_step_end(self.state.step + 1, tc.max_steps)
+        return True
+
+    def _log_setup(self, logger: MetricLogger) -> None:
+        """The distributed maths a run actually uses, on screen and in ``launch.json``."""
+        tc, oc = self.config.trainer, self.config.optim
+        info = {"world_size": self.world_size, "batch_size_per_process": tc.batch_size,
+                "grad_accum_steps": tc.grad_accum_steps, "global_batch": self.global_batch,
+                "base_lr": oc.lr, "lr_scaling": oc.lr_scaling, "reference_batch": oc.reference_batch,
+                "effective_lr": scaled_lr(oc, self.global_batch), "sync_batchnorm": tc.sync_batchnorm,
+                "device": str(self.accelerator.device), "distributed_type": str(self.accelerator.distributed_type)}
+        if self.accelerator.is_main_process:
+            (self.run_dir / "launch.json").write_text(json.dumps(info, indent=1))
+        logger.message(
+            f"{self.world_size} process(es) x {tc.grad_accum_steps} accumulation x {tc.batch_size} per process = "
+            f"global batch {self.global_batch}; lr {info['effective_lr']:.4g} (optim.lr {oc.lr:.4g}, "
+            f"lr_scaling={oc.lr_scaling}, reference_batch {oc.reference_batch}); sync_batchnorm={tc.sync_batchnorm}"
+        )
 
     def fit(self) -> RunResult:
         tc = self.config.trainer
@@ -225,6 +321,7 @@ class Trainer:
         logger = MetricLogger(self.run_dir, tc.max_steps, self.state.step, self.accelerator.is_main_process, tc.progress)
         if resumed is not None:
             logger.message(f"resumed from {resumed} (step {self.state.step})")
+        self._log_setup(logger)
         stop = _StopFlag()
         stop.install()
         try:
@@ -243,12 +340,13 @@ class Trainer:
             for micro in range(tc.grad_accum_steps):
                 out = self._micro_step(next(batches), sync=micro == tc.grad_accum_steps - 1)
                 logger.count_images(tc.batch_size * self.world_size)
-            self._optimizer_step()
+            if not self._optimizer_step(logger):
+                continue
             self.state.step += 1
             self.state.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
             logger.advance()
             if self.state.step % tc.log_every == 0 or self.state.step == tc.max_steps:
-                metrics = logger.log(self.state.step, dict(out.detached_metrics(), lr=self.scheduler.get_last_lr()[0]))
+                metrics = logger.log(self.state.step, dict(out.detached_metrics(), **self._fault_metrics()))
             out_of_time = tc.max_minutes > 0 and self.state.elapsed_seconds >= tc.max_minutes * 60
             if self.state.step == tc.max_steps or out_of_time:
                 self.state.finished = True
@@ -262,6 +360,13 @@ class Trainer:
             if self.state.step % tc.checkpoint_every == 0:
                 self.save()
         return RunResult(self.run_dir, self.state.step, "finished", metrics)
+
+
+    def _fault_metrics(self) -> dict[str, float]:
+        state = self.state
+        return {"lr": self.scheduler.get_last_lr()[0], "grad_norm": self.last_grad_norm,
+                "data/bad_reads": state.bad_reads, "data/bad_fraction": state.bad_reads / max(state.items_read, 1),
+                "train/skipped_steps": state.skipped_steps}
 
 
 def pretrain(config: Config) -> RunResult:
