@@ -14,7 +14,8 @@ generator seeded from (seed, epoch, index), so a resumed run sees the same views
 
 An unreadable view (corrupt JPEG, missing or bad latent) is skipped with a warning naming the file and
 recorded in ``dataset.bad_files`` (per process: DataLoader workers keep their own lists); the item
-falls back deterministically to the next readable view or object.
+falls back deterministically to the next readable view or object. ``dataset.skipped_reads`` counts every
+skip, including repeats of a known-bad view, so the trainer can count bad reads per item across workers.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class IE3DDataset(Dataset):
             raise ValueError(f"{self.index_dir / f'{split}_images.npy'} lists no objects")
         self.epoch = 0
         self.bad_files: list[str] = []
+        self.skipped_reads = 0
         self._bad_views: set[tuple[int, int]] = set()
         self._init_classes()
 
@@ -168,6 +170,12 @@ class IE3DDataset(Dataset):
         """Select the views of ``source="object"`` items for ``epoch`` (call before each epoch)."""
         self.epoch = int(epoch)
 
+    def describe_item(self, index: int) -> str:
+        """Where item ``index`` is read from, for error messages."""
+        object_index = self.locate(index)[0] if self.source == "image" else index
+        folder = self.root / self.objects[object_index]
+        return str(folder / f"image_{self.locate(index)[1]}.jpg") if self.source == "image" else str(folder)
+
     def view_paths(self, object_index: int) -> list[Path]:
         """Image files of every view of an object, in view order."""
         folder = self.root / self.objects[object_index]
@@ -177,6 +185,7 @@ class IE3DDataset(Dataset):
 
     def _load_view(self, object_index: int, view: int) -> tuple[torch.Tensor, torch.Tensor]:
         if (object_index, view) in self._bad_views:
+            self.skipped_reads += 1
             raise _UnreadableView
         folder = self.root / self.objects[object_index]
         path = folder / f"image_{view}.jpg"
@@ -191,6 +200,7 @@ class IE3DDataset(Dataset):
         except (OSError, RuntimeError, ValueError) as error:
             self._bad_views.add((object_index, view))
             self.bad_files.append(str(path))
+            self.skipped_reads += 1
             warnings.warn(f"skipping unreadable view {path}: {error}", RuntimeWarning, stacklevel=3)
             raise _UnreadableView from None
         if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
