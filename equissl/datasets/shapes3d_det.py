@@ -81,7 +81,9 @@ def _render_object(rng: np.random.Generator, spec: DetectionSetSpec) -> tuple[in
     return label, rgb[crop], mask[crop]
 
 
-def compose_image(rng: np.random.Generator, spec: DetectionSetSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def compose_image(
+    rng: np.random.Generator, spec: DetectionSetSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image: (size, size, 3) uint8, boxes (K, 4) float32 xyxy pixels, labels (K,) int64."""
     size = spec.image_size
     background = _background(rng, size)

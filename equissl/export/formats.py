@@ -1,23 +1,47 @@
 """Backbone exports that downstream code loads unchanged.
 
-``safetensors``: the backbone's ``export_state_dict()`` (origin-library key names: a ResNet loads into
-``torchvision.models.resnetXX()`` with ``strict=True`` once ``fc`` is excluded) plus a JSON sidecar and
-the same metadata inside the safetensors header.
+Every export writes ``<out>`` and ``<out>.json`` (the metadata: input size, mean/std, objective, source
+checkpoint, config hash, resolved config, and how the consumer loads the file); the metadata is also
+embedded wherever the format has room for it.
+
+- ``safetensors``: the backbone's ``export_state_dict()`` (origin-library key names), metadata in the
+  safetensors header. Any backbone.
+- ``torchvision`` (ResNets with the ``imagenet`` stem): a plain ``torch.save`` state dict (or safetensors
+  if ``out`` ends in ``.safetensors``) of torchvision ResNet keys without ``fc``; it loads with
+  ``strict=True`` into ``torchvision.models.resnetXX()`` (``fc`` removed) and into ``backbone.body`` of
+  torchvision's Faster R-CNN FPN models (``fasterrcnn_resnet50_fpn``, ``resnet_fpn_backbone``).
+- ``timm``: safetensors for ``timm.create_model(name, pretrained=True, num_classes=0,
+  pretrained_cfg_overlay=dict(file=out), **timm_kwargs)``; ResNets as timm's ``resnetXX``, the
+  polyphase ViT as our registered ``equissl_poly_vit_<size>`` (:mod:`equissl.export.timm_models`).
+- ``detectron2``: the pickle detectron2's ``tools/convert-torchvision-to-d2.py`` writes: ``{"model":
+  {name: numpy array}, "__author__", "matching_heuristics": True}`` with ``stem.conv1.*``,
+  ``res2..res5``, ``convK.norm.*``, ``shortcut(.norm)``; pixel mean/std in 0-255 RGB stated in the
+  metadata (``MODEL.PIXEL_MEAN``, ``MODEL.PIXEL_STD``, ``INPUT.FORMAT``), also stored under "equissl".
+- ``mmdet``: ``torch.save({"state_dict": {"backbone." + key: ...}, "meta": metadata})``, torchvision keys
+  (= mmdet's ``ResNet`` keys) for ``init_cfg=dict(type="Pretrained", checkpoint=out, prefix="backbone.")``.
+- ``onnx``: the feature extractor ``(B, 3, H, W) normalised -> (B, num_features)`` with a dynamic batch
+  axis, metadata in the model's ``metadata_props``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
 import yaml
 from safetensors.torch import save_file
+from torch import Tensor, nn
 
 from equissl.config import Config, to_dict
 from equissl.eval.features import build_backbone, load_run
 
-FORMATS = ("safetensors",)
+FORMATS = ("safetensors", "torchvision", "timm", "detectron2", "mmdet", "onnx")
+RESNET_BODY_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 
 
 def export_metadata(config: Config, checkpoint: Path) -> dict:
@@ -29,24 +53,246 @@ def export_metadata(config: Config, checkpoint: Path) -> dict:
         "backbone_config": resolved["backbone"],
         "objective": config.objective.name,
         "input_size": [3, config.augment.crop_size, config.augment.crop_size],
-        "normalization": {"mean": list(config.augment.mean), "std": list(config.augment.std),
-                          "input_range": "RGB in [0, 1] before normalisation"},
+        "normalization": {
+            "mean": list(config.augment.mean),
+            "std": list(config.augment.std),
+            "input_range": "RGB in [0, 1] before normalisation",
+        },
         "source_checkpoint": str(checkpoint.resolve()),
         "config_hash": config_hash,
         "config": resolved,
     }
 
 
-def export_run(run_dir: str | Path, out: str | Path, fmt: str = "safetensors", checkpoint: str | Path | None = None) -> Path:
+# ----------------------------------------------------------------------------------------------------
+# Key conversions (pure functions of a torchvision-keyed ResNet state dict).
+
+
+def torchvision_resnet_state(backbone: nn.Module) -> dict[str, Tensor]:
+    """torchvision ResNet keys of the backbone's trunk (no ``fc``, no extra heads such as capsules)."""
+    from equissl.backbones.resnet import ResNet
+
+    if not isinstance(backbone, ResNet):
+        raise ValueError(f"this format needs a ResNet backbone, got {type(backbone).__name__}")  # noqa: TRY004
+    if backbone.stem != "imagenet":
+        raise ValueError(
+            f"backbone.stem={backbone.stem!r}: detectors' ResNets have the 7x7 stride-2 'imagenet' stem; "
+            "pretrain with backbone.stem=imagenet (or export --format safetensors)"
+        )
+    state = backbone.export_state_dict()
+    return OrderedDict((k, v.contiguous()) for k, v in state.items() if k.startswith(RESNET_BODY_PREFIXES))
+
+
+def detectron2_key(name: str) -> str:
+    """torchvision ResNet key -> detectron2 key, as detectron2's torchvision converter renames them."""
+    if "layer" not in name:
+        name = "stem." + name
+    for stage in (1, 2, 3, 4):
+        name = name.replace(f"layer{stage}", f"res{stage + 1}")
+    for index in (1, 2, 3):
+        name = name.replace(f"bn{index}", f"conv{index}.norm")
+    return name.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
+
+
+def to_detectron2(state: dict[str, Tensor]) -> dict[str, object]:
+    """The converter's pickle payload; ``num_batches_tracked`` dropped (detectron2's BN has none)."""
+    model = {
+        detectron2_key(k): v.detach().cpu().numpy()
+        for k, v in state.items()
+        if not k.endswith("num_batches_tracked")
+    }
+    return {"model": model, "__author__": "equissl", "matching_heuristics": True}
+
+
+def to_mmdet(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """mmdet's ``ResNet`` uses torchvision's names (``bn1``, ``downsample.0/1``); only the prefix is added."""
+    return OrderedDict(("backbone." + k, v) for k, v in state.items())
+
+
+def _pixel_stats_255(metadata: dict) -> tuple[list[float], list[float]]:
+    norm = metadata["normalization"]
+    return [round(255 * m, 3) for m in norm["mean"]], [round(255 * s, 3) for s in norm["std"]]
+
+
+def _resnet_depth(metadata: dict) -> int:
+    return int(metadata["backbone"].removeprefix("resnet").removeprefix("capsnet_resnet"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writers: (backbone, metadata, out) -> extra metadata describing how to load the file.
+
+
+def _write_safetensors(backbone: nn.Module, metadata: dict, out: Path) -> dict:
+    state = {k: v.contiguous() for k, v in backbone.export_state_dict().items()}
+    save_file(state, str(out), metadata={"equissl": json.dumps(metadata)})
+    return {}
+
+
+def _write_torchvision(backbone: nn.Module, metadata: dict, out: Path) -> dict:
+    state = torchvision_resnet_state(backbone)
+    if out.suffix == ".safetensors":
+        save_file(dict(state), str(out), metadata={"equissl": json.dumps(metadata)})
+        load = "safetensors.torch.load_file(path)"
+    else:
+        torch.save(state, out)
+        load = "torch.load(path, weights_only=True)"
+    arch = f"resnet{_resnet_depth(metadata)}"
+    return {
+        "consumer": {
+            "library": "torchvision",
+            "load": f"torchvision.models.{arch}() with fc = nn.Identity(), or the .backbone.body of a "
+            f"Faster R-CNN FPN model: .load_state_dict({load}, strict=True)",
+        }
+    }
+
+
+def _timm_spec(backbone: nn.Module, metadata: dict) -> tuple[str, dict]:
+    from equissl.backbones.poly_vit import SIZES, PolyViT
+    from equissl.backbones.resnet import ResNet
+
+    if isinstance(backbone, PolyViT):
+        cfg = metadata["backbone_config"]
+        size = metadata["backbone"].removeprefix("poly_vit_")
+        kwargs = {
+            "img_size": cfg["img_size"],
+            "patch_size": cfg["patch_size"],
+            "global_pool": cfg["global_pool"],
+            "anchor": cfg["anchor"],
+            **{k: cfg[k] or SIZES[size][k] for k in ("embed_dim", "depth", "num_heads")},
+        }
+        return f"equissl_poly_vit_{size}", kwargs
+    if isinstance(backbone, ResNet) and type(backbone) is ResNet:
+        torchvision_resnet_state(backbone)  # checks the stem
+        return f"resnet{_resnet_depth(metadata)}", {}
+    raise ValueError(f"no timm model for backbone {metadata['backbone']!r}; use --format safetensors")
+
+
+def _write_timm(backbone: nn.Module, metadata: dict, out: Path) -> dict:
+    name, kwargs = _timm_spec(backbone, metadata)
+    extra = {
+        "timm_model": name,
+        "timm_kwargs": kwargs,
+        "consumer": {
+            "library": "timm",
+            "load": f"timm.create_model({name!r}, pretrained=True, num_classes=0, "
+            f"pretrained_cfg_overlay=dict(file=path), **timm_kwargs)"
+            + (
+                "  # after `import equissl.export` (registers the name)" if name.startswith("equissl") else ""
+            ),
+        },
+    }
+    state = {k: v.contiguous() for k, v in backbone.export_state_dict().items()}
+    save_file(state, str(out), metadata={"equissl": json.dumps({**metadata, **extra})})
+    return extra
+
+
+def _write_detectron2(backbone: nn.Module, metadata: dict, out: Path) -> dict:
+    mean, std = _pixel_stats_255(metadata)
+    extra = {
+        "detectron2_config": {
+            "MODEL.WEIGHTS": str(out.resolve()),
+            "MODEL.PIXEL_MEAN": mean,
+            "MODEL.PIXEL_STD": std,
+            "INPUT.FORMAT": "RGB",
+            "MODEL.RESNETS.DEPTH": _resnet_depth(metadata),
+            "MODEL.RESNETS.STRIDE_IN_1X1": False,
+            "MODEL.RESNETS.RES2_OUT_CHANNELS": 64 if _resnet_depth(metadata) < 50 else 256,
+        },
+        "consumer": {
+            "library": "detectron2",
+            "load": "DetectionCheckpointer(model).load(path) with the "
+            "detectron2_config keys set (pixels in 0-255, RGB)",
+        },
+    }
+    payload = to_detectron2(torchvision_resnet_state(backbone))
+    payload["equissl"] = {**metadata, **extra}
+    with open(out, "wb") as handle:
+        pickle.dump(payload, handle)
+    return extra
+
+
+def _write_mmdet(backbone: nn.Module, metadata: dict, out: Path) -> dict:
+    mean, std = _pixel_stats_255(metadata)
+    extra = {
+        "mmdet_config": {
+            "model.backbone": {
+                "type": "ResNet",
+                "depth": _resnet_depth(metadata),
+                "style": "pytorch",
+                "init_cfg": {"type": "Pretrained", "checkpoint": str(out.resolve()), "prefix": "backbone."},
+            },
+            "model.data_preprocessor": {"mean": mean, "std": std, "bgr_to_rgb": True},
+        },
+        "consumer": {
+            "library": "mmdet",
+            "load": "init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.') on mmdet's ResNet",
+        },
+    }
+    torch.save(
+        {
+            "state_dict": to_mmdet(torchvision_resnet_state(backbone)),
+            "meta": json.loads(json.dumps({**metadata, **extra})),
+        },
+        out,
+    )
+    return extra
+
+
+def _write_onnx(backbone: nn.Module, metadata: dict, out: Path) -> dict:
+    import onnx
+
+    size = metadata["input_size"]
+    example = torch.randn(2, *size)
+    torch.onnx.export(
+        backbone.eval(),
+        (example,),
+        str(out),
+        input_names=["image"],
+        output_names=["features"],
+        dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    model = onnx.load(str(out))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "equissl", json.dumps(metadata)
+    onnx.save(model, str(out))
+    return {
+        "consumer": {
+            "library": "onnxruntime",
+            "load": "onnxruntime.InferenceSession(path).run(None, "
+            "{'image': x})  # x (B, 3, H, W) float32, normalised with mean/std",
+        }
+    }
+
+
+WRITERS: dict[str, Callable[[nn.Module, dict, Path], dict]] = {
+    "safetensors": _write_safetensors,
+    "torchvision": _write_torchvision,
+    "timm": _write_timm,
+    "detectron2": _write_detectron2,
+    "mmdet": _write_mmdet,
+    "onnx": _write_onnx,
+}
+
+
+def export_backbone(backbone: nn.Module, metadata: dict, out: str | Path, fmt: str = "safetensors") -> Path:
+    """Write ``backbone`` to ``out`` in ``fmt`` and ``<out>.json`` with ``metadata`` (plus loading hints)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {**metadata, "export_format": fmt}
+    extra = WRITERS[fmt](backbone.eval(), metadata, out)
+    Path(str(out) + ".json").write_text(json.dumps({**metadata, **extra}, indent=2))
+    return out
+
+
+def export_run(
+    run_dir: str | Path, out: str | Path, fmt: str = "safetensors", checkpoint: str | Path | None = None
+) -> Path:
     """Write the run's backbone to ``out`` in ``fmt``, with ``<out>.json`` metadata beside it."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
     config, path = load_run(run_dir, checkpoint)
-    backbone = build_backbone(config, path)
-    metadata = export_metadata(config, path)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in backbone.export_state_dict().items()}
-    save_file(state, str(out), metadata={"equissl": json.dumps(metadata)})
-    Path(str(out) + ".json").write_text(json.dumps(metadata, indent=2))
-    return out
+    return export_backbone(build_backbone(config, path), export_metadata(config, path), out, fmt)
