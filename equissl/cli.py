@@ -1,7 +1,7 @@
-"""The ``equissl`` command: pretrain | probe | knn | export | data.
+"""The ``equissl`` command: pretrain | probe | knn | export | data | launch.
 
 Every user error (bad config key, missing data, missing checkpoint) ends with a one-line message on
-stderr and exit status 2, before any work starts; a non-finite loss ends with status 3.
+stderr and exit status 2, before any work starts; a non-finite loss, too many unreadable files or a failing data item end with status 3.
 """
 
 from __future__ import annotations
@@ -30,11 +30,25 @@ def _add_eval(sub, name: str, help_text: str) -> None:
 def _add_export(sub) -> None:
     from equissl.export.formats import FORMATS
 
-    p = sub.add_parser("export", help="export the backbone for downstream use")
-    p.add_argument("--run", required=True)
-    p.add_argument("--checkpoint")
-    p.add_argument("--format", default="safetensors", choices=FORMATS)
+    p = sub.add_parser("export", help="export the backbone for downstream use (detectors, timm, onnx)")
+    p.add_argument("--run", required=True, help="run directory (holds checkpoints/)")
+    p.add_argument("--checkpoint", help="a checkpoint directory; default: the newest complete one")
+    p.add_argument("--format", default="safetensors", choices=FORMATS,
+                   help="safetensors | torchvision (.pth) | timm (.safetensors) | detectron2 (.pkl) | "
+                        "mmdet (.pth) | onnx (.onnx); metadata goes to <out>.json")
     p.add_argument("--out", required=True, help="output file, e.g. backbone.safetensors")
+
+
+def _add_finetune_det(sub) -> None:
+    p = sub.add_parser("finetune-det", help="short Faster R-CNN fine-tune on shapes3d_det: pretrained vs random")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help="a `equissl export --format torchvision` file (.pth/.safetensors)")
+    source.add_argument("--run", help="a run directory: its backbone is exported (torchvision) first")
+    p.add_argument("--checkpoint", help="with --run: a checkpoint directory; default: the newest complete one")
+    p.add_argument("--no-random", action="store_true", help="skip the random-initialisation baseline")
+    p.add_argument("--out", help="write the report as JSON here (with --run: default <run>/eval/detection.json)")
+    p.add_argument("--cache-dir", help="where the detection set is cached; default $EQUISSL_DATA/shapes3d_det")
+    p.add_argument("overrides", nargs="*", help="fine-tune settings key=value, e.g. iterations=100 batch_size=4")
 
 
 def _add_data(sub) -> None:
@@ -45,6 +59,23 @@ def _add_data(sub) -> None:
     make.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.root=/tmp/shapes3d")
 
 
+def _add_equivariance(sub) -> None:
+    p = sub.add_parser("equivariance", help="measure equivariance: of a backbone (--backbone) or of a run (--run)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--backbone", help="registered backbone name, e.g. poly_vit_tiny, steerable_c4")
+    target.add_argument("--run", help="run directory of an equivariant objective (3D-rotation metrics)")
+    p.add_argument("--tiny", action="store_true", help="--backbone: the small test-size configuration")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the figures as JSON here")
+
+
+def _add_launch(sub) -> None:
+    from equissl.launch.launcher import add_arguments
+
+    p = sub.add_parser("launch", help="run pretrain on N processes / GPUs / nodes (torchrun) or SLURM (submitit)")
+    add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="equissl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub, "probe", "offline linear probe (and kNN) on frozen features")
     _add_eval(sub, "knn", "weighted kNN on frozen features")
     _add_export(sub)
+    _add_finetune_det(sub)
     _add_data(sub)
+    _add_launch(sub)
+    _add_equivariance(sub)
     return parser
 
 
@@ -102,6 +136,49 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _finetune_det_config(overrides: list[str]):
+    from dataclasses import fields
+
+    from equissl.config import parse_override
+    from equissl.eval.detection import FinetuneDetConfig
+
+    known = {f.name: f for f in fields(FinetuneDetConfig)}
+    values = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        if len(keys) != 1 or keys[0] not in known:
+            raise ConfigError(f"finetune-det: unknown setting {text!r}; known: {', '.join(known)}")
+        default = getattr(FinetuneDetConfig, keys[0])
+        try:
+            values[keys[0]] = type(default)(value)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"finetune-det: {text!r}: expected {type(default).__name__}") from error
+    return FinetuneDetConfig(**values)
+
+
+def cmd_finetune_det(args) -> int:
+    import json
+    from pathlib import Path
+
+    from equissl.eval.detection import finetune_compare, format_detection_report
+
+    cfg = _finetune_det_config(args.overrides)
+    weights, out = args.weights, args.out
+    if args.run:
+        from equissl.export.formats import export_run
+
+        out = out or str(Path(args.run) / "eval" / "detection.json")
+        weights = export_run(args.run, Path(args.run) / "export" / "backbone_torchvision.pth", "torchvision",
+                             args.checkpoint)
+    report = finetune_compare(weights, cfg, compare_random=not args.no_random, cache_dir=args.cache_dir)
+    print(format_detection_report(report))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2))
+        print(f"wrote {out}")
+    return 0
+
+
 def cmd_data(args) -> int:
     from equissl.config import build_config
     from equissl.registry import DATASETS
@@ -112,9 +189,28 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_equivariance(args) -> int:
+    import json
+    from pathlib import Path
+
+    if args.backbone:
+        from equissl.eval.backbone_report import backbone_equivariance
+
+        report = backbone_equivariance(args.backbone, tiny=args.tiny, seed=args.seed)
+        text = json.dumps(report, indent=2)
+    else:
+        from equissl.eval.equivariance_report import evaluate_equivariance
+
+        report, text = evaluate_equivariance(args.run)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from equissl.launch.errors import NonFiniteLossError
+    from equissl.launch.errors import BadDataError, DataItemError, NonFiniteLossError
 
     try:
         if args.command == "pretrain":
@@ -125,12 +221,20 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_eval(args, ("knn",))
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "finetune-det":
+            return cmd_finetune_det(args)
         if args.command == "data":
             return cmd_data(args)
+        if args.command == "launch":
+            from equissl.launch.launcher import main as launch_main
+
+            return launch_main(args)
+        if args.command == "equivariance":
+            return cmd_equivariance(args)
     except (ConfigError, ValueError) as error:
         print(f"equissl {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as error:
+    except (NonFiniteLossError, BadDataError, DataItemError) as error:
         print(f"equissl {args.command}: stopped: {error}", file=sys.stderr)
         return 3
     return 1
