@@ -15,7 +15,9 @@ class MetricLogger:
         self.jsonl = None
         self.writer = None
         self.bar = None
-        if not enabled:
+        self._last_time = time.perf_counter()
+        self._images_since = 0
+        if not enabled:  # other ranks count nothing and write nothing
             return
         self.jsonl = open(Path(run_dir) / "metrics.jsonl", "a")
         try:
@@ -26,8 +28,6 @@ class MetricLogger:
             self.writer = None
         if progress:
             self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", dynamic_ncols=True)
-        self._last_time = time.perf_counter()
-        self._images_since = 0
 
     def count_images(self, images: int) -> None:
         self._images_since += images

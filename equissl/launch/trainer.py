@@ -70,12 +70,13 @@ class RunResult:
 class _StopFlag:
     """Set by SIGTERM / SIGUSR1 (preemption): the loop checkpoints after the current step and exits."""
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1)) -> None:
         self.signal: int | None = None
+        self.signals = signals
         self._previous = {}
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in self.signals:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not in the main thread (e.g. under a test runner's thread)
@@ -133,6 +134,7 @@ class Trainer:
         self.view_maker = make_view_maker(config, self.spec)
         self.generators = {"augment": torch.Generator(device=self.accelerator.device).manual_seed(tc.seed + 7919 * self.rank)}
         self.state = ckpt.TrainerState()
+        self.stop_signals = (signal.SIGTERM, signal.SIGUSR1)  # SLURM runs add SIGUSR2 (launcher.SlurmPretrain)
         self._step_batches: list[dict] = []  # the current step's micro-batches, saved if it goes non-finite
         self._step_losses: list[torch.Tensor] = []
         self._step_bad = [0, 0]  # unreadable files skipped, items read (this rank, this step)
@@ -322,7 +324,7 @@ class Trainer:
         if resumed is not None:
             logger.message(f"resumed from {resumed} (step {self.state.step})")
         self._log_setup(logger)
-        stop = _StopFlag()
+        stop = _StopFlag(self.stop_signals)
         stop.install()
         try:
             return self._loop(logger, stop)
