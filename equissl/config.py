@@ -101,7 +101,8 @@ class TrainerConfig:
     max_minutes: float = 0.0  # >0: stop (and checkpoint) after this wall time; for equal-time comparisons
     batch_size: int = 128  # per process
     grad_accum_steps: int = 1
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # fp64 is for numerical checks (e.g. 1 vs N processes agreeing to 1e-10), not for training speed.
+    precision: Literal["fp32", "bf16", "fp64"] = "fp32"
     clip_grad_norm: float = 0.0  # 0 disables clipping
     seed: int = 0
     run_dir: str = "runs/{name}"

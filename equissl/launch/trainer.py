@@ -8,6 +8,7 @@ N GPUs (``accelerate launch`` / ``torchrun``) or N nodes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import signal
 import time
@@ -51,7 +52,7 @@ class PretrainModel(nn.Module):
         metrics = dict(out.metrics, loss=out.loss.detach())
         loss = out.loss
         if self.probe is not None and out.features is not None and views.labels is not None:
-            logits = self.probe(out.features.detach().float())
+            logits = self.probe(out.features.detach().to(self.probe.weight.dtype))
             probe_loss = F.cross_entropy(logits, views.labels)
             loss = loss + probe_loss
             metrics["probe/loss"] = probe_loss.detach()
@@ -102,6 +103,19 @@ def make_view_maker(config: Config, spec):
     return VIEW_MAKERS.build(spec.source, config)
 
 
+def _as_float64(value):
+    """Floating tensors inside (nested lists / dicts / dataclasses of) ``value`` as float64."""
+    if isinstance(value, torch.Tensor):
+        return value.double() if value.is_floating_point() else value
+    if isinstance(value, list):
+        return [_as_float64(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_float64(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value, **{f.name: _as_float64(getattr(value, f.name)) for f in dataclasses.fields(value)})
+    return value
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -125,6 +139,8 @@ class Trainer:
                                       num_views=self.spec.num_views, seed=tc.seed)
         num_classes = getattr(self.dataset, "num_classes", 0)  # unlabelled data: no online probe
         model = PretrainModel(objective, num_classes, tc.online_probe and num_classes > 0)
+        if tc.precision == "fp64":
+            model = model.double()
         if tc.sync_batchnorm and self.world_size > 1:  # one process: its statistics already are global
             model = convert_to_global_batchnorm(model)
         optimizer = build_optimizer(model, config.optim, self.global_batch)
@@ -197,6 +213,8 @@ class Trainer:
     def _micro_step(self, batch: dict, sync: bool) -> StepOutput:
         self._step_batches.append(batch)
         views = self.view_maker(_to_device(batch, self.accelerator.device), self.spec, self.generators["augment"])
+        if self.config.trainer.precision == "fp64":
+            views = _as_float64(views)
         context = self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
         with context:
             with self.accelerator.autocast():
