@@ -15,9 +15,11 @@ from PIL import Image
 
 from equissl.config import build_config
 from equissl.launch.errors import BadDataError, DataItemError, NonFiniteLossError
+from equissl.launch.sampler import ResumableSampler
 from equissl.launch.trainer import Trainer
 
 RECIPE = "configs/simclr_resnet18_shapes3d.yaml"
+VIEWS = 4  # data.views_per_object of the tiny render (tests/conftest.py)
 
 
 class _NaNGradient(torch.autograd.Function):
@@ -83,11 +85,15 @@ def test_skip_option_skips_counted_steps_up_to_its_limit(tiny_overrides, tmp_pat
 
 @pytest.fixture
 def corrupt_root(tiny_shapes3d_root, tmp_path):
-    """A copy of the tiny render with 3 bad training images: truncated, empty, and a PNG named .jpg."""
+    """A copy of the tiny render with 3 bad training images among the first 32 items the sampler serves
+    (4 steps of 8): truncated, empty, and a PNG named .jpg."""
     root = tmp_path / "corrupt"
     shutil.copytree(tiny_shapes3d_root, root)
     objects = [str(p).strip("/") for p in np.load(root / "train_images.npy")]
-    bad = [root / objects[i] / "image_1.jpg" for i in (0, 5, 11)]
+    served = ResumableSampler(len(objects) * VIEWS, 8, seed=0).epoch_indices(0)[:32].tolist()
+    chosen = [i for i in served if i % VIEWS != VIEWS - 1][:3]  # the fallback item (next view) is readable
+    assert len({i // VIEWS for i in chosen}) == 3
+    bad = [root / objects[i // VIEWS] / f"image_{i % VIEWS}.jpg" for i in chosen]
     bad[0].write_bytes(bad[0].read_bytes()[:100])
     bad[1].write_bytes(b"")
     png = io.BytesIO()
@@ -98,13 +104,13 @@ def corrupt_root(tiny_shapes3d_root, tmp_path):
 
 def test_corrupt_files_are_skipped_and_counted_across_workers(tiny_overrides, corrupt_root, tmp_path):
     root, bad = corrupt_root
-    config = build_config(RECIPE, [*tiny_overrides, f"data.root={root}", "data.num_workers=2", "trainer.max_steps=10",
+    config = build_config(RECIPE, [*tiny_overrides, f"data.root={root}", "data.num_workers=2", "trainer.max_steps=4", "data.max_bad_fraction=0.5",
                                    "trainer.checkpoint_every=100"])
-    result = Trainer(config).fit()  # 10 steps x 8 = the 80 training images, each once (warnings stay in the workers)
+    result = Trainer(config).fit()  # the warnings stay in the worker processes
     assert result.status == "finished"
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["data/bad_reads"] == len(bad)
-    assert last["data/bad_fraction"] == pytest.approx(len(bad) / (80 + len(bad)))
+    assert last["data/bad_fraction"] == pytest.approx(len(bad) / (32 + len(bad)))
 
 
 def test_too_many_bad_files_abort_with_a_clear_message(tiny_overrides, corrupt_root):

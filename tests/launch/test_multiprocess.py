@@ -33,7 +33,7 @@ from equissl.launch import checkpoint as ckpt
 from equissl.launch.distributed import free_port
 from equissl.registry import OBJECTIVES
 
-WORLD, GLOBAL_BATCH, STEPS = 2, 8, 3
+WORLD, GLOBAL_BATCH, STEPS = 2, 8, 2
 
 DETERMINISTIC_VIEWS = [
     "augment.crop_scale=[1.0,1.0]", "augment.crop_ratio=[1.0,1.0]", "augment.hflip_prob=0.0",
