@@ -100,3 +100,37 @@ def test_two_gloo_processes_with_half_batches_match_one_process(runs, name):
     for run in ("1proc", "2proc"):  # the steps moved the weights: the comparison is not between initialisations
         last = (runs / f"{name}-{run}" / "metrics.jsonl").read_text().splitlines()[-1]
         assert json.loads(last)["grad_norm"] > 1e-3
+
+
+def test_launch_commands_for_processes_nodes_and_slurm(capsys):
+    from equissl.cli import main
+    from equissl.launch.launcher import LaunchSpec, build_command
+
+    recipe = RECIPES["simclr"][0]
+    single = build_command(LaunchSpec(recipe, ["trainer.max_steps=5"]))
+    assert single[1:] == ["-m", "equissl.cli", "pretrain", "--config", recipe, "trainer.max_steps=5"]
+    cpu = build_command(LaunchSpec(recipe, [], nproc_per_node=2, device="cpu"))
+    assert cpu[cpu.index("--standalone"):] == ["--standalone", "--nproc-per-node", "2", "-m", "equissl.cli", "pretrain",
+                                               "--config", recipe, "trainer.device=cpu"]
+    nodes = build_command(LaunchSpec(recipe, [], nproc_per_node=8, nnodes=2, rdzv_endpoint="node0:29500", rdzv_id="job1"))
+    assert " ".join(nodes).endswith("--nnodes 2 --rdzv-backend c10d --rdzv-endpoint node0:29500 --rdzv-id job1 "
+                                    f"--nproc-per-node 8 -m equissl.cli pretrain --config {recipe}")
+    with pytest.raises(ValueError, match="rdzv-endpoint"):
+        build_command(LaunchSpec(recipe, [], nnodes=2))
+    assert main(["launch", "--config", recipe, "--nproc-per-node", "2", "--device", "cpu", "--dry-run"]) == 0
+    assert "--standalone --nproc-per-node 2" in capsys.readouterr().out
+    assert main(["launch", "--config", recipe, "--slurm", "--nodes", "2", "--gpus-per-node", "4", "--dry-run"]) == 0
+    assert "'nodes': 2, 'tasks_per_node': 4, 'gpus_per_node': 4" in capsys.readouterr().out
+    assert main(["launch", "--config", recipe, "trainer.bogus=1", "--dry-run"]) == 2  # bad keys refused up front
+
+
+def test_slurm_without_submitit_says_how_to_install(capsys):
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        from equissl.cli import main
+
+        assert main(["launch", "--config", RECIPES["simclr"][0], "--slurm"]) == 2
+        assert "pip install submitit" in capsys.readouterr().err
+    else:
+        pytest.skip("submitit is installed")
