@@ -97,8 +97,14 @@ class SlurmPretrain:
         trainer.stop_signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
         result = trainer.fit()  # restores submitit's handlers when it returns
         if result.status == "interrupted":
-            # Hand the signal back to submitit: it calls checkpoint() below and requeues the job.
-            signal.raise_signal(signal.SIGUSR2)
+            # The checkpoint is written. Hand the preemption signal back to submitit (its handler is
+            # restored; it binds USR1 or USR2 depending on the version): it calls checkpoint() below and
+            # requeues the job. Ranks that saw no signal themselves (stopped by the all-reduced flag) exit.
+            handled = [s for s in (signal.SIGUSR1, signal.SIGUSR2) if callable(signal.getsignal(s))]
+            if trainer.received_signal in handled:
+                signal.raise_signal(trainer.received_signal)
+            elif handled:
+                signal.raise_signal(handled[0])
         return f"{result.status} at step {result.step}"
 
     def checkpoint(self):

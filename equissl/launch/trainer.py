@@ -151,6 +151,7 @@ class Trainer:
         self.generators = {"augment": torch.Generator(device=self.accelerator.device).manual_seed(tc.seed + 7919 * self.rank)}
         self.state = ckpt.TrainerState()
         self.stop_signals = (signal.SIGTERM, signal.SIGUSR1)  # SLURM runs add SIGUSR2 (launcher.SlurmPretrain)
+        self.received_signal: int | None = None  # the stop signal this process got, if any
         self._step_batches: list[dict] = []  # the current step's micro-batches, saved if it goes non-finite
         self._step_losses: list[torch.Tensor] = []
         self._step_bad = [0, 0]  # unreadable files skipped, items read (this rank, this step)
@@ -374,6 +375,7 @@ class Trainer:
                 logger.message(f"finished at step {self.state.step}" + (" (time budget reached)" if out_of_time else ""))
                 return RunResult(self.run_dir, self.state.step, "finished", metrics)
             if self._stop_requested(stop):
+                self.received_signal = stop.signal
                 path = self.save()
                 logger.message(f"signal {stop.signal}: wrote {path}, exiting")
                 return RunResult(self.run_dir, self.state.step, "interrupted", metrics)
