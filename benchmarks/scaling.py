@@ -5,7 +5,8 @@ Each configuration runs the real command (``torchrun --standalone`` for more tha
 ignoring the first ``--warmup`` steps. Weak scaling: the per-process batch is fixed, so 2 processes train on
 twice the global batch. On CPU each process of a multi-process run gets ``OMP_NUM_THREADS=1`` (torchrun's
 default) while the 1-process run uses every core: the figures say what this machine gives, not ideal
-scaling. Prints one JSON object.
+scaling. Set OMP_NUM_THREADS=1 to give every configuration one thread per process (on a loaded machine a
+1-process run with several threads mostly measures oversubscription). Prints one JSON object.
 
     python benchmarks/scaling.py [--processes 1 2] [--steps 12] [--batch-size 16] [--device cpu|auto]
 """
@@ -72,7 +73,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "scaling", "recipe": RECIPE, "device": args.device,
         "gpu": torch.cuda.get_device_name(0) if args.device != "cpu" and torch.cuda.is_available() else None,
-        "cpu_cores": os.cpu_count(), "machine": platform.machine(), "batch_size_per_process": args.batch_size,
+        "cpu_cores": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "machine": platform.machine(), "batch_size_per_process": args.batch_size,
         "image_size": args.image_size, "steps": args.steps, "warmup_steps": args.warmup, "results": results,
     }, indent=1))
 
