@@ -42,7 +42,7 @@ class FinetuneDetConfig:
     num_classes: int = 10
     train_images: int = 400
     val_images: int = 100
-    iterations: int = 300
+    iterations: int = 200
     batch_size: int = 8
     lr: float = 0.02  # SGD, momentum 0.9; linear warm-up then cosine to 0
     warmup: int = 50
@@ -107,7 +107,9 @@ def _lr_factor(step: int, cfg: FinetuneDetConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_detector(model: FasterRCNN, dataset: Shapes3DDetection, cfg: FinetuneDetConfig) -> list[float]:
+def train_detector(
+    model: FasterRCNN, dataset: Shapes3DDetection, cfg: FinetuneDetConfig, log=None
+) -> list[float]:
     """``cfg.iterations`` SGD steps; returns the loss of every step. Same seed -> same batches."""
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(
@@ -134,6 +136,8 @@ def train_detector(model: FasterRCNN, dataset: Shapes3DDetection, cfg: FinetuneD
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
+            if log is not None and (len(losses) % 25 == 0 or len(losses) == cfg.iterations):
+                log(f"  step {len(losses)}/{cfg.iterations} loss {np.mean(losses[-25:]):.3f}")
             if len(losses) == cfg.iterations:
                 break
     return losses
@@ -221,12 +225,13 @@ def finetune_once(
     val,
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
+    log=None,
 ) -> dict:
     """Fine-tune one detector and evaluate it: ``{"AP", "AP50", "AP75", "final_loss", "seconds"}``."""
     start = time.time()
     torch.manual_seed(cfg.seed)  # same head initialisation for every backbone
     model = build_detector(cfg, backbone_state, mean, std)
-    losses = train_detector(model, train, cfg)
+    losses = train_detector(model, train, cfg, log)
     result = evaluate_coco(model, val)
     result["final_loss"] = float(np.mean(losses[-20:]))
     result["seconds"] = round(time.time() - start, 1)
@@ -259,7 +264,7 @@ def finetune_compare(
     log(f"detection set ready: {len(train)} train / {len(val)} val images ({report['data_seconds']} s)")
     runs = [("pretrained", state)] + ([("random init", None)] if compare_random else [])
     for name, backbone_state in runs:
-        report["results"][name] = finetune_once(cfg, backbone_state, train, val, mean, std)
+        report["results"][name] = finetune_once(cfg, backbone_state, train, val, mean, std, log)
         log(f"{name}: {json.dumps(report['results'][name])}")
     return report
 
