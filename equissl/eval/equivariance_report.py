@@ -1,0 +1,294 @@
+"""``equissl equivariance``: invariant / equivariant / full representations of a run, measured on the
+object views of a 3DIEBench-format dataset (3DIEBench, shapes3d), saved as JSON and printed as a table.
+
+For each split (train, val) every readable view of every object is embedded once by the run's objective in
+eval mode (the view resized to the training crop and normalised, :func:`equissl.eval.features.preprocess`).
+Then, per representation part:
+
+- linear classification top-1 (train -> val; :func:`rotation_metrics.linear_classification`);
+- rotation-prediction R^2 and colour-prediction R^2 from pairs of views of one object (an MLP fitted on
+  train pairs, scored on val pairs; :func:`rotation_metrics.rotation_prediction_r2`);
+
+and, for objectives with a predictor, PRE, MRR and Hits@k on train -> train and val -> val (SIE's
+``eval_prediction_errors.py`` / ``eval_MRR_Hk.py`` modes): each object's first view is pushed through the
+predictor with the action to each of its views.
+
+The objective interface this module relies on (all optional, duck-typed; see :class:`EquivariantObjective`):
+
+``representations(images) -> {"inv": (B, Di), "equi": (B, De), "full": (B, D)[, "equi_embedding": (B, E)]}``
+    images are normalised (B, 3, H, W); called under ``torch.no_grad()`` in eval mode. Without it the
+    backbone's pooled features are the ``full`` representation and ``inv`` / ``equi`` are not reported.
+``action_from_latents(latents_src, latents_tgt) -> (B, A)``
+    the predictor's action for the transformation from source to target view, from (B, 7) latents.
+``predict_equivariant(equi_embedding, action) -> (B, E)``
+    the predicted ``equi_embedding`` of the target view. PRE / MRR / H@k need all three and the
+    ``equi_embedding`` key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from equissl.config import Config, ConfigError, ProbeConfig, from_dict, parse_override, set_path, to_dict
+from equissl.eval import rotation_metrics as rm
+from equissl.eval.features import load_run, preprocess
+from equissl.launch import checkpoint as ckpt
+from equissl.launch.trainer import build_objective
+from equissl.registry import DATASETS
+from equissl.ssl.base import Objective
+
+PARTS = ("inv", "equi", "full")
+OBJECTIVE_PREFIX = "objective."
+
+
+@runtime_checkable
+class EquivariantObjective(Protocol):
+    """What an objective implements to be measured by part and through its predictor (module docstring)."""
+
+    def representations(self, images: Tensor) -> dict[str, Tensor]: ...
+
+    def action_from_latents(self, latents_1: Tensor, latents_2: Tensor) -> Tensor: ...
+
+    def predict_equivariant(self, equi_embedding: Tensor, action: Tensor) -> Tensor: ...
+
+
+@dataclass
+class EquivarianceEvalConfig:
+    """Settings of :func:`evaluate_equivariance` (``key=value`` overrides: :func:`settings_from_overrides`)."""
+
+    regression: rm.RegressionProtocol = field(default_factory=rm.RegressionProtocol)
+    probe: ProbeConfig | None = None  # None: the run's probe section
+    classification: bool = True
+    colour: bool = True
+    predictor: bool = True  # PRE / MRR / H@k when the objective has a predictor
+    normalize_predictions: bool = True  # cosine retrieval (SIE's default; False = its --no-norm)
+    hits_at: tuple[int, ...] = (1, 2, 5, 10)
+    max_objects: int = 0  # per split, 0 = all; else that many objects evenly spaced (quick checks)
+    batch_size: int = 256  # images per forward pass of the extraction
+    num_workers: int = -1  # -1: the run's data.num_workers
+
+
+def settings_from_overrides(overrides: list[str] | tuple[str, ...] = (),
+                            base_probe: ProbeConfig | None = None) -> EquivarianceEvalConfig:
+    """``EquivarianceEvalConfig`` from ``key=value`` strings, e.g. ``regression.epochs=50 max_objects=100``.
+
+    ``probe.*`` keys apply on top of ``base_probe`` (pass the run's ``config.probe``), else on top of the
+    ``ProbeConfig`` defaults; without ``probe.*`` keys the settings keep ``probe=base_probe``.
+    """
+    tree = to_dict(EquivarianceEvalConfig())
+    tree["probe"] = to_dict(base_probe) if base_probe is not None else None
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys[0] == "probe" and tree["probe"] is None:
+            tree["probe"] = to_dict(ProbeConfig())
+        set_path(tree, keys, value)
+    try:
+        return from_dict(EquivarianceEvalConfig, tree)
+    except ConfigError as error:
+        raise ConfigError(f"equivariance settings: {error}") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading and extraction
+
+
+def load_objective(config: Config, checkpoint: Path, device: str | torch.device = "cpu") -> Objective:
+    """The run's objective (backbone, heads, predictor) with the checkpoint's weights, in eval mode."""
+    objective = build_objective(config)
+    state = ckpt.load_model_state(checkpoint)
+    own = {k[len(OBJECTIVE_PREFIX):]: v for k, v in state.items() if k.startswith(OBJECTIVE_PREFIX)}
+    objective.load_state_dict(own, strict=True)
+    return objective.to(device).eval()
+
+
+class _ObjectViews(Dataset):
+    """Item i = every readable view of object ``objects[i]``:
+    ``(object index, images uint8 (V, 3, H, W), latents (V, 7), label)``."""
+
+    def __init__(self, dataset, objects: list[int]) -> None:
+        self.dataset, self.objects = dataset, objects
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def __getitem__(self, index: int):
+        item = self.dataset.object_views(self.objects[index])
+        return self.objects[index], item["images"], item["latents"], item["label"]
+
+
+def chosen_objects(num_objects: int, max_objects: int) -> list[int]:
+    """All objects, or ``max_objects`` of them evenly spaced over the index (which lists objects class by
+    class, so every class keeps its share)."""
+    if max_objects <= 0 or max_objects >= num_objects:
+        return list(range(num_objects))
+    return torch.linspace(0, num_objects - 1, max_objects).round().long().unique().tolist()
+
+
+def _as_list(batch):
+    return batch
+
+
+def part_representations(objective: nn.Module, images: Tensor) -> dict[str, Tensor]:
+    """``objective.representations(images)`` or, for objectives without it, ``{"full": backbone(images)}``."""
+    if hasattr(objective, "representations"):
+        return objective.representations(images)
+    return {"full": objective.backbone(images)}
+
+
+def has_predictor(objective: nn.Module) -> bool:
+    return all(hasattr(objective, name) for name in ("representations", "action_from_latents",
+                                                       "predict_equivariant"))
+
+
+@torch.no_grad()
+def extract_split(objective: nn.Module, config: Config, split: str, settings: EquivarianceEvalConfig,
+                  device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Representations of every view of every object of ``split``, on the CPU:
+    ``{part: (N, D_part), "objects": (N,), "latents": (N, 7), "labels": (N,)}``, object-major."""
+    dataset = DATASETS.build(config.data.name, config.data, split=split, source="image", num_views=1,
+                             seed=config.trainer.seed)
+    if not hasattr(dataset, "object_views"):
+        raise ValueError(f"dataset {config.data.name!r} has no object views: the equivariance evaluation needs "
+                         "a 3DIEBench-format dataset (3diebench, shapes3d)")
+    objects = chosen_objects(dataset.num_objects, settings.max_objects)
+    views = getattr(dataset, "views_per_object", 1)
+    workers = config.data.num_workers if settings.num_workers < 0 else settings.num_workers
+    loader = DataLoader(_ObjectViews(dataset, objects), batch_size=max(1, settings.batch_size // views),
+                        num_workers=workers, collate_fn=_as_list)
+    collected: dict[str, list[Tensor]] = {}
+    for batch in loader:
+        images = torch.cat([item[1] for item in batch])
+        out = part_representations(objective, preprocess(images.to(device), config))
+        extra = {
+            "objects": torch.cat([torch.full((len(item[1]),), item[0], dtype=torch.long) for item in batch]),
+            "latents": torch.cat([item[2].float() for item in batch]),
+            "labels": torch.cat([item[3].reshape(1).expand(len(item[1])) for item in batch]).long(),
+        }
+        for key, value in {**out, **extra}.items():
+            collected.setdefault(key, []).append(value.detach().float().cpu() if value.is_floating_point()
+                                                 else value.cpu())
+    return {key: torch.cat(values) for key, values in collected.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics
+
+
+@torch.no_grad()
+def predictor_metrics(objective: nn.Module, data: dict[str, Tensor], settings: EquivarianceEvalConfig,
+                      device: str | torch.device = "cpu", batch_size: int = 1024) -> dict[str, float]:
+    """PRE, MRR and H@k of the objective's predictor on one split (queries and candidates both from it)."""
+    source, target = rm.predictor_queries(data["objects"])
+    embeddings, latents = data["equi_embedding"], data["latents"]
+    predicted = []
+    for rows in torch.arange(len(source)).split(batch_size):
+        action = objective.action_from_latents(latents[source[rows]].to(device), latents[target[rows]].to(device))
+        predicted.append(objective.predict_equivariant(embeddings[source[rows]].to(device), action).float().cpu())
+    predicted = torch.cat(predicted)
+    quats = rm.absolute_quat(latents)
+    scores = {"PRE": rm.prediction_retrieval_error(predicted, embeddings, quats, quats[target],
+                                                   settings.normalize_predictions)}
+    ranks = rm.target_ranks(predicted, embeddings, data["objects"], data["objects"][target], target,
+                            settings.normalize_predictions)
+    scores.update(rm.mrr_hits_at_k(ranks, settings.hits_at))
+    scores["queries"] = len(predicted)
+    return scores
+
+
+def _pair_data(data: dict[str, Tensor], part: str) -> rm.PairData:
+    return rm.PairData(features=data[part], objects=data["objects"], latents=data["latents"])
+
+
+def evaluate_parts(objective: nn.Module, train: dict[str, Tensor], val: dict[str, Tensor],
+                   settings: EquivarianceEvalConfig, probe: ProbeConfig, seed: int = 0,
+                   device: str | torch.device = "cpu") -> dict:
+    """Every metric on the extracted representations of the two splits (see the module docstring)."""
+    parts = [part for part in PARTS if part in train]
+    results: dict = {"parts": parts, "classification_top1": {}, "rotation_r2": {}, "colour_r2": {}}
+    for part in parts:
+        if settings.classification:
+            results["classification_top1"][part] = rm.linear_classification(
+                train[part], train["labels"], val[part], val["labels"], probe, seed)
+        results["rotation_r2"][part] = rm.rotation_prediction_r2(
+            _pair_data(train, part), _pair_data(val, part), settings.regression, device)
+        if settings.colour:
+            results["colour_r2"][part] = rm.colour_prediction_r2(
+                _pair_data(train, part), _pair_data(val, part), settings.regression, device)
+    if settings.predictor and has_predictor(objective) and "equi_embedding" in train:
+        results["prediction"] = {name: predictor_metrics(objective, data, settings, device)
+                                 for name, data in (("train", train), ("val", val))}
+    else:
+        results["prediction"] = None
+    return results
+
+
+def evaluate_equivariance(run_dir: str | Path, checkpoint: str | Path | None = None,
+                          settings: EquivarianceEvalConfig | None = None,
+                          device: str | torch.device | None = None) -> dict:
+    """Measure a run's representations; write ``run_dir/eval/equivariance.json`` and return the report.
+
+    run_dir: a pretraining run (holds ``checkpoints/``); checkpoint: a checkpoint directory (default: the
+    newest complete one); settings: protocol (:class:`EquivarianceEvalConfig`); device: default CUDA when
+    available. Returns ``{"run", "checkpoint", "step", "objective", "dataset", "results", "settings",
+    "seconds", "json"}`` with ``results`` as :func:`evaluate_parts`; :func:`format_equivariance` prints it.
+    """
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    settings = settings or EquivarianceEvalConfig()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config, path = load_run(run_dir, checkpoint)
+    objective = load_objective(config, path, device)
+    train = extract_split(objective, config, "train", settings, device)
+    val = extract_split(objective, config, "val", settings, device)
+    probe = settings.probe or config.probe
+    results = evaluate_parts(objective, train, val, settings, probe, config.trainer.seed, device)
+    out_dir = run_dir / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "run": str(run_dir), "checkpoint": str(path), "step": int((path / ckpt.COMPLETE_MARKER).read_text()),
+        "objective": config.objective.name, "backbone": config.backbone.name, "dataset": config.data.name,
+        "views": {"train": len(train["objects"]), "val": len(val["objects"])},
+        "results": results, "settings": dataclasses.asdict(settings),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    json_path = out_dir / "equivariance.json"
+    json_path.write_text(json.dumps(report, indent=2))
+    report["json"] = str(json_path)
+    return report
+
+
+def _cell(value: float | None, percent: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if percent else f"{value:.3f}"
+
+
+def format_equivariance(report: dict) -> str:
+    """The report as a table: one row per representation part, then the predictor's metrics."""
+    results = report["results"]
+    title = f"{report['objective']} / {report['backbone']} on {report['dataset']}, step {report['step']}"
+    lines = [f"{title} ({report['run']})", f"{'part':<6} {'top-1 %':>8} {'rot R2':>8} {'colour R2':>10}"]
+    for part in PARTS:
+        top1 = results["classification_top1"].get(part)
+        rotation = results["rotation_r2"].get(part, {}).get("r2")
+        colour = results["colour_r2"].get(part, {}).get("r2")
+        lines.append(f"{part:<6} {_cell(top1, True):>8} {_cell(rotation):>8} {_cell(colour):>10}")
+    prediction = results.get("prediction")
+    if prediction:
+        keys = [key for key in prediction["val"] if key != "queries"]
+        lines.append(f"{'split':<6} " + " ".join(f"{key:>7}" for key in keys))
+        for split, scores in prediction.items():
+            lines.append(f"{split:<6} " + " ".join(f"{scores[key]:>7.3f}" for key in keys))
+    else:
+        lines.append("predictor: none (PRE / MRR / H@k not applicable)")
+    lines.append(f"saved: {report.get('json', '-')}  ({report['seconds']} s)")
+    return "\n".join(lines)

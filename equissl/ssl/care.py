@@ -1,0 +1,151 @@
+"""CARE (Gupta, Robinson, Lim, Villar, Jegelka, ICLR 2024): Contrastive Augmentation-induced Rotational
+Equivariance.
+
+``loss = InfoNCE(z, z') + w * L_equi(z, z')``: besides SimCLR's contrastive term, the *angles* between the
+L2-normalised embeddings of the images of a batch must be the same in the two views,
+``(z_i . z_j - z'_i . z'_j)^2`` for ``i != j``. When every image of a group goes through the same
+augmentation ``a`` (and every image of view 2 through the same ``a'``), a zero loss means ``a`` and ``a'``
+act on the embedding sphere as one orthogonal map for the whole group (the paper's Proposition: equal
+Gram matrices <=> related by an orthogonal transformation). The batch is split into ``num_chunks``
+contiguous chunks, each with its own shared augmentation draw (the augmentation API's batch-shared mode,
+``ViewSpec(shared_chunks=num_chunks)``); ``L_equi`` is the mean over chunks of the per-chunk loss.
+
+Fidelity notes (paper vs Sharut/CARE, ``cifar10_cifar100_stl10/main.py`` and ``utils.py``):
+
+- Scale of ``L_equi``: the paper defines it as an expectation over pairs of inputs,
+  ``E_a E_{x,x'} [f(a x)^T f(a x') - f(x)^T f(x')]^2``; its estimate on a chunk of n is the mean over the
+  n(n-1) ordered pairs ``i != j`` (``equivariance_scale="pair_mean"``, default). The official code computes
+  ``2 * mean_i sum_{j != i} (...)^2``, i.e. ``2 (n - 1)`` times that (62x for the default chunks of 32):
+  ``equivariance_scale="official"``. The weight ``w = 0.01`` (README, STL-10) was tuned with the official
+  scale, so with ``"pair_mean"`` the same ``w`` weighs the term 2(n-1) times less.
+- Views: the official code computes InfoNCE on two independently (per-sample) augmented views and
+  ``L_equi`` on two *further* views of the same images augmented with chunk-shared parameters (four
+  forward passes). Our view pipeline gives an objective one set of views, so both terms use the same
+  chunk-shared pair (two forward passes); InfoNCE's negatives within a chunk then share augmentations.
+- Projector: the official CIFAR/STL model's ``Linear(512, 512, no bias) -> BN -> ReLU -> Linear(512, 128)``
+  (output bias kept), embeddings L2-normalised; temperature 0.5; InfoNCE with 2N - 2 negatives per anchor
+  (SimCLR's NT-Xent, mean over the 2N anchors; :func:`equissl.ssl.losses.nt_xent`).
+- The two views go through the backbone separately (BatchNorm statistics per view), as the code does.
+- Chunks: the code uses ``B // num_chunks`` rows per chunk; we use the augmentation API's partition
+  (:func:`equissl.augmentations.image.chunk_index`, sizes differing by at most one), identical when
+  ``num_chunks`` divides the batch.
+- Distributed: every rank draws its own chunk parameters, so chunks never span ranks and ``L_equi`` is
+  this rank's mean over its chunks (the mean over ranks is the mean over all chunks, as in the official
+  ImageNet-100 code's ``--equiv-splits-per-gpu``); InfoNCE draws negatives from the global batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from equissl.augmentations.image import chunk_index
+from equissl.config import ObjectiveConfig
+from equissl.heads.mlp import projection_mlp
+from equissl.registry import OBJECTIVES
+from equissl.ssl.base import Objective
+from equissl.ssl.losses import nt_xent
+from equissl.ssl.simclr import global_pair
+from equissl.types import StepOutput, Views, ViewSpec
+
+EquivarianceScale = Literal["pair_mean", "official"]
+
+
+def orthogonal_equivariance_loss(
+    z_a: Tensor, z_b: Tensor, num_chunks: int, scale: EquivarianceScale = "pair_mean"
+) -> Tensor:
+    """CARE's ``L_equi``: mismatch of the off-diagonal Gram matrices of the two views, per chunk.
+
+    z_a, z_b: (N, D) embeddings of the two views (L2-normalised here); row i of each comes from image i.
+    num_chunks: the rows form ``num_chunks`` contiguous chunks (:func:`chunk_index`), within which each
+    view's augmentation is shared; every chunk needs at least 2 rows.
+    scale: ``"pair_mean"`` -- per chunk of n, ``1 / (n (n-1)) sum_{i != j} (G_ij - G'_ij)^2`` with
+    ``G = Z Z^T`` (the paper's expectation); ``"official"`` -- ``2 / n sum_{i != j} (G_ij - G'_ij)^2``.
+    Returns the mean over chunks (a scalar). Zero iff, within every chunk, ``z'_i = Q z_i`` for one
+    orthogonal Q (after normalisation).
+    """
+    if z_a.ndim != 2 or z_a.shape != z_b.shape:
+        raise ValueError(f"orthogonal_equivariance_loss: expected two (N, D) embeddings of equal shape, got "
+                         f"{tuple(z_a.shape)} and {tuple(z_b.shape)}")
+    if scale not in ("pair_mean", "official"):
+        raise ValueError(f"scale must be 'pair_mean' or 'official', got {scale!r}")
+    n = z_a.shape[0]
+    if num_chunks < 1 or n < 2 * num_chunks:
+        raise ValueError(f"orthogonal_equivariance_loss: {num_chunks} chunks of a batch of {n} leave a chunk "
+                         "with fewer than 2 rows")
+    with torch.autocast(device_type=z_a.device.type, enabled=False):
+        z_a = F.normalize(z_a.float() if z_a.dtype not in (torch.float32, torch.float64) else z_a, dim=1)
+        z_b = F.normalize(z_b.float() if z_b.dtype not in (torch.float32, torch.float64) else z_b, dim=1)
+        index = chunk_index(n, num_chunks, z_a.device)
+        total = z_a.new_zeros(())
+        for chunk in range(num_chunks):
+            rows = (index == chunk).nonzero().squeeze(1)
+            a, b = z_a.index_select(0, rows), z_b.index_select(0, rows)
+            size = rows.numel()
+            difference = a @ a.T - b @ b.T
+            squares = difference.pow(2).sum() - torch.diagonal(difference).pow(2).sum()  # off-diagonal only
+            total = total + (squares / (size * (size - 1)) if scale == "pair_mean" else 2 * squares / size)
+        return total / num_chunks
+
+
+@dataclass
+class CAREConfig(ObjectiveConfig):
+    name: str = "care"
+    temperature: float = 0.5
+    proj_hidden_dims: tuple[int, ...] = (512,)
+    proj_out_dim: int = 128
+    equivariance_weight: float = 0.01  # w (README / STL-10; the CIFAR-10 script uses 0.03 with 16 chunks)
+    num_chunks: int = 8  # batch chunks with shared augmentation parameters (official --equiv-splits)
+    equivariance_scale: EquivarianceScale = "pair_mean"  # "official": the code's 2 (n - 1) x larger scale
+
+
+class CARE(Objective):
+    required_views = ViewSpec(source="image", num_views=2, shared_chunks=8)
+
+    def __init__(self, backbone: nn.Module, cfg: CAREConfig | None = None) -> None:
+        super().__init__(backbone)
+        cfg = cfg or CAREConfig()
+        if cfg.temperature <= 0:
+            raise ValueError(f"objective.temperature must be > 0, got {cfg.temperature}")
+        if cfg.num_chunks < 1:
+            raise ValueError(f"objective.num_chunks must be >= 1, got {cfg.num_chunks}")
+        if cfg.equivariance_weight < 0:
+            raise ValueError(f"objective.equivariance_weight must be >= 0, got {cfg.equivariance_weight}")
+        self.cfg = cfg
+        self.required_views = ViewSpec(source="image", num_views=2, shared_chunks=cfg.num_chunks)
+        self.projector = projection_mlp(backbone.num_features, cfg.proj_hidden_dims, cfg.proj_out_dim,
+                                        norm="bn", last_norm="none", last_bias=True)
+
+    def _check_shared(self, views: Views) -> None:
+        """The equivariance term is only meaningful when augmentations are shared within each chunk."""
+        index = chunk_index(views.batch_size, self.cfg.num_chunks)
+        for params in views.params[:2]:
+            crop = params.get("crop")
+            if crop is None:
+                continue
+            crop = crop.detach().cpu()
+            for chunk in range(self.cfg.num_chunks):
+                rows = crop[index == chunk]
+                if not bool((rows == rows[0]).all()):
+                    raise ValueError("CARE needs augmentation parameters shared within each of the "
+                                     f"{self.cfg.num_chunks} batch chunks (ViewSpec.shared_chunks)")
+
+    def forward(self, views: Views) -> StepOutput:
+        x_a, x_b = global_pair(views, "CARE")
+        self._check_shared(views)
+        h_a = self.backbone(x_a)
+        z_a, z_b = self.projector(h_a), self.projector(self.backbone(x_b))
+        contrastive = nt_xent(z_a, z_b, self.cfg.temperature)
+        equivariance = orthogonal_equivariance_loss(z_a, z_b, self.cfg.num_chunks, self.cfg.equivariance_scale)
+        loss = contrastive + self.cfg.equivariance_weight * equivariance
+        metrics = {"loss/nt_xent": contrastive.detach(), "loss/equi": equivariance.detach()}
+        return StepOutput(loss=loss, metrics=metrics, features=h_a.detach())
+
+
+@OBJECTIVES.register("care", CAREConfig)
+def build_care(cfg: CAREConfig, backbone: nn.Module) -> CARE:
+    return CARE(backbone, cfg)
