@@ -1,7 +1,7 @@
-"""The ``equissl`` command: pretrain | probe | knn | export | finetune-det | data.
+"""The ``equissl`` command: pretrain | probe | knn | export | finetune-det | data | launch | equivariance.
 
 Every user error (bad config key, missing data, missing checkpoint) ends with a one-line message on
-stderr and exit status 2, before any work starts; a non-finite loss ends with status 3.
+stderr and exit status 2, before any work starts; a non-finite loss, too many unreadable files or a failing data item end with status 3.
 """
 
 from __future__ import annotations
@@ -59,6 +59,23 @@ def _add_data(sub) -> None:
     make.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.root=/tmp/shapes3d")
 
 
+def _add_equivariance(sub) -> None:
+    p = sub.add_parser("equivariance", help="measure equivariance: of a backbone (--backbone) or of a run (--run)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--backbone", help="registered backbone name, e.g. poly_vit_tiny, steerable_c4")
+    target.add_argument("--run", help="run directory of an equivariant objective (3D-rotation metrics)")
+    p.add_argument("--tiny", action="store_true", help="--backbone: the small test-size configuration")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the figures as JSON here")
+
+
+def _add_launch(sub) -> None:
+    from equissl.launch.launcher import add_arguments
+
+    p = sub.add_parser("launch", help="run pretrain on N processes / GPUs / nodes (torchrun) or SLURM (submitit)")
+    add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="equissl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_finetune_det(sub)
     _add_data(sub)
+    _add_launch(sub)
+    _add_equivariance(sub)
     return parser
 
 
@@ -170,9 +189,28 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_equivariance(args) -> int:
+    import json
+    from pathlib import Path
+
+    if args.backbone:
+        from equissl.eval.backbone_report import backbone_equivariance
+
+        report = backbone_equivariance(args.backbone, tiny=args.tiny, seed=args.seed)
+        text = json.dumps(report, indent=2)
+    else:
+        from equissl.eval.equivariance_report import evaluate_equivariance
+
+        report, text = evaluate_equivariance(args.run)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from equissl.launch.errors import NonFiniteLossError
+    from equissl.launch.errors import BadDataError, DataItemError, NonFiniteLossError
 
     try:
         if args.command == "pretrain":
@@ -187,10 +225,16 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_finetune_det(args)
         if args.command == "data":
             return cmd_data(args)
+        if args.command == "launch":
+            from equissl.launch.launcher import main as launch_main
+
+            return launch_main(args)
+        if args.command == "equivariance":
+            return cmd_equivariance(args)
     except (ConfigError, ValueError) as error:
         print(f"equissl {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as error:
+    except (NonFiniteLossError, BadDataError, DataItemError) as error:
         print(f"equissl {args.command}: stopped: {error}", file=sys.stderr)
         return 3
     return 1
