@@ -152,9 +152,6 @@ def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
 class ESSL3D(Objective):
     def __init__(self, cfg: ESSL3DConfig, backbone: nn.Module):
         super().__init__(backbone)
-        for attribute in ("num_features", "forward_features", "point_cloud_range"):
-            if not hasattr(backbone, attribute):
-                raise ValueError(f"essl3d needs a BEV backbone with `{attribute}` (e.g. backbone.name=pointpillars)")
         if cfg.contrastive_weight > 0 and cfg.num_views < 2:
             raise ValueError("objective.contrastive_weight > 0 needs objective.num_views >= 2")
         if cfg.rotation_bins < 2 or cfg.matches_per_scene < 2 or cfg.temperature <= 0:
@@ -232,6 +229,9 @@ class ESSL3D(Objective):
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, views: Views) -> StepOutput:
         cfg = self.cfg
+        if not hasattr(self.backbone, "point_cloud_range"):
+            raise ValueError("essl3d needs a BEV backbone with a point_cloud_range (backbone.name=pointpillars), got "
+                             f"{type(self.backbone).__name__}")
         if "next_view" not in views.extras:
             raise ValueError("essl3d needs views from the 'lidar_pair' view maker (extras['next_view'] missing)")
         next_index = views.extras["next_view"]

@@ -121,6 +121,12 @@ def test_terms_switch_off_and_every_trainable_parameter_learns(views):
     assert torch.isclose(out.loss, 2.5 * out.metrics["loss/rotation"])
     with pytest.raises(ValueError, match="num_views >= 2"):
         _objective(num_views=1)
+    from torchvision.models import resnet18
+
+    image_backbone = resnet18()
+    image_backbone.num_features = 512
+    with pytest.raises(ValueError, match="BEV backbone"):
+        ESSL3D(ESSL3DConfig(), image_backbone)(views)
 
 
 def test_ema_target_follows_the_online_network(views):

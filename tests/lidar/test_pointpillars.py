@@ -48,10 +48,7 @@ OPENPCDET_POINTPILLAR_KITTI = {
     "backbone_2d.deblocks.2.0.weight": (256, 128, 4, 4), **_bn("backbone_2d.deblocks.2.1", 128),
 }
 
-TINY = PointPillarsConfig(point_cloud_range=(-6.4, -6.4, -3.0, 6.4, 6.4, 1.0), voxel_size=(0.4, 0.4, 4.0),
-                          max_points_per_voxel=6, max_voxels=500, vfe_filters=(8,), layer_nums=(1, 1),
-                          layer_strides=(2, 2), num_filters=(8, 16), upsample_strides=(1, 2),
-                          num_upsample_filters=(8, 8))
+TINY = PointPillarsConfig.tiny()
 
 
 def test_default_model_has_openpcdet_pointpillar_keys_and_shapes():
@@ -133,7 +130,7 @@ def test_scatter_puts_each_pillar_at_its_cell():
 def test_backbone_contract_forward_backward_and_empty_samples(train):
     torch.manual_seed(0)
     model = PointPillars(TINY).train(train)
-    x = model.example_input(batch_size=3, num_points=400, generator=torch.Generator().manual_seed(1))
+    x = model.example_input(3, torch.Generator().manual_seed(1), num_points=400)
     x[2] = float("nan")  # an empty sweep
     bev = model.forward_features(x)
     assert bev.shape == (3, model.num_features, 16, 16) and torch.isfinite(bev).all()

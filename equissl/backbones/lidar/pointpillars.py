@@ -59,6 +59,13 @@ class PointPillarsConfig(BackboneConfig):
     upsample_strides: tuple[int, ...] = (1, 2, 4)
     num_upsample_filters: tuple[int, ...] = (128, 128, 128)
 
+    @classmethod
+    def tiny(cls) -> PointPillarsConfig:
+        """A 32 x 32 pillar grid and a two-level slim 2D backbone, for contract tests."""
+        return cls(point_cloud_range=(-6.4, -6.4, -3.0, 6.4, 6.4, 1.0), voxel_size=(0.4, 0.4, 4.0),
+                   max_points_per_voxel=6, max_voxels=500, vfe_filters=(8,), layer_nums=(1, 1),
+                   layer_strides=(2, 2), num_filters=(8, 16), upsample_strides=(1, 2), num_upsample_filters=(8, 8))
+
 
 class PFNLayer(nn.Module):
     """Linear + BN + ReLU on every point, max over the pillar; non-last layers concatenate the max back
@@ -236,8 +243,8 @@ class PointPillars(nn.Module):
         ``backbone_2d.deblocks.0.0.weight``, ...), loadable by ``Detector3DTemplate.load_params_from_file``."""
         return {k: v.detach().clone() for k, v in self.state_dict().items()}
 
-    def example_input(self, batch_size: int = 2, num_points: int = 2048,
-                      generator: torch.Generator | None = None) -> Tensor:
+    def example_input(self, batch_size: int = 2, generator: torch.Generator | None = None,
+                      num_points: int = 2048) -> Tensor:
         """Random points inside the range, (B, N, C), with the last quarter of sample 0 as NaN padding."""
         low = torch.tensor(self.cfg.point_cloud_range[:3])
         high = torch.tensor(self.cfg.point_cloud_range[3:])
