@@ -15,15 +15,21 @@ from equissl.config import ConfigError
 def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain a backbone with an objective; rerun to resume")
     p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/simclr_resnet18_shapes3d.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.01 trainer.max_steps=50")
-    p.add_argument("--probe", action="store_true", help="after pretraining, run the linear probe vs random init")
+    p.add_argument(
+        "overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.01 trainer.max_steps=50"
+    )
+    p.add_argument(
+        "--probe", action="store_true", help="after pretraining, run the linear probe vs random init"
+    )
 
 
 def _add_eval(sub, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text)
     p.add_argument("--run", required=True, help="run directory (holds checkpoints/)")
     p.add_argument("--checkpoint", help="a checkpoint directory; default: the newest complete one")
-    p.add_argument("--compare-random", action="store_true", help="also evaluate a randomly initialised backbone")
+    p.add_argument(
+        "--compare-random", action="store_true", help="also evaluate a randomly initialised backbone"
+    )
     p.add_argument("overrides", nargs="*", help="probe.* overrides, e.g. probe.epochs=50")
 
 
@@ -33,46 +39,73 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export the backbone for downstream use (detectors, timm, onnx)")
     p.add_argument("--run", required=True, help="run directory (holds checkpoints/)")
     p.add_argument("--checkpoint", help="a checkpoint directory; default: the newest complete one")
-    p.add_argument("--format", default="safetensors", choices=FORMATS,
-                   help="safetensors | torchvision (.pth) | timm (.safetensors) | detectron2 (.pkl) | "
-                        "mmdet (.pth) | onnx (.onnx); metadata goes to <out>.json")
+    p.add_argument(
+        "--format",
+        default="safetensors",
+        choices=(*FORMATS, "openpcdet"),
+        help="safetensors | torchvision (.pth) | timm (.safetensors) | detectron2 (.pkl) | "
+        "mmdet (.pth) | onnx (.onnx) | openpcdet (LiDAR encoders: <out>.pth and "
+        "<out>.safetensors); metadata goes to <out>.json",
+    )
     p.add_argument("--out", required=True, help="output file, e.g. backbone.safetensors")
 
 
 def _add_finetune_det(sub) -> None:
-    p = sub.add_parser("finetune-det", help="short Faster R-CNN fine-tune on shapes3d_det: pretrained vs random")
+    p = sub.add_parser(
+        "finetune-det", help="short Faster R-CNN fine-tune on shapes3d_det: pretrained vs random"
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--weights", help="a `equissl export --format torchvision` file (.pth/.safetensors)")
     source.add_argument("--run", help="a run directory: its backbone is exported (torchvision) first")
-    p.add_argument("--checkpoint", help="with --run: a checkpoint directory; default: the newest complete one")
+    p.add_argument(
+        "--checkpoint", help="with --run: a checkpoint directory; default: the newest complete one"
+    )
     p.add_argument("--no-random", action="store_true", help="skip the random-initialisation baseline")
-    p.add_argument("--out", help="write the report as JSON here (with --run: default <run>/eval/detection.json)")
-    p.add_argument("--cache-dir", help="where the detection set is cached; default $EQUISSL_DATA/shapes3d_det")
-    p.add_argument("overrides", nargs="*", help="fine-tune settings key=value, e.g. iterations=100 batch_size=4")
+    p.add_argument(
+        "--out", help="write the report as JSON here (with --run: default <run>/eval/detection.json)"
+    )
+    p.add_argument(
+        "--cache-dir", help="where the detection set is cached; default $EQUISSL_DATA/shapes3d_det"
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="fine-tune settings key=value, e.g. iterations=100 batch_size=4"
+    )
 
 
 def _add_data(sub) -> None:
     p = sub.add_parser("data", help="prepare datasets")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     make = data_sub.add_parser("make", help="render an embedded dataset into its cache directory")
-    make.add_argument("name", choices=["shapes3d"])
+    make.add_argument(
+        "name",
+        choices=sorted({*DATA_MAKE, "lidar-sim"}),
+        help="shapes3d | lidar_sim (the detection set shapes3d_det is made by finetune-det)",
+    )
     make.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.root=/tmp/shapes3d")
 
 
 def _add_equivariance(sub) -> None:
-    p = sub.add_parser("equivariance", help="measure equivariance: of a backbone (--backbone) or of a run (--run)")
+    p = sub.add_parser(
+        "equivariance", help="measure equivariance: of a backbone (--backbone) or of a run (--run)"
+    )
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--backbone", help="registered backbone name, e.g. poly_vit_tiny, steerable_c4")
     target.add_argument("--run", help="run directory of an equivariant objective (3D-rotation metrics)")
     p.add_argument("--tiny", action="store_true", help="--backbone: the small test-size configuration")
+    p.add_argument("--checkpoint", help="--run: a checkpoint directory; default: the newest complete one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the figures as JSON here")
+    p.add_argument(
+        "overrides", nargs="*", help="--run: protocol settings, e.g. max_objects=100 regression.epochs=50"
+    )
 
 
 def _add_launch(sub) -> None:
     from equissl.launch.launcher import add_arguments
 
-    p = sub.add_parser("launch", help="run pretrain on N processes / GPUs / nodes (torchrun) or SLURM (submitit)")
+    p = sub.add_parser(
+        "launch", help="run pretrain on N processes / GPUs / nodes (torchrun) or SLURM (submitit)"
+    )
     add_arguments(p)
 
 
@@ -119,9 +152,24 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def _is_lidar_run(run: str) -> bool:
+    from equissl.eval.features import load_run
+
+    config, _ = load_run(run)
+    return config.objective.name == "essl3d"  # the one objective fed LiDAR sweeps (view source lidar_pair)
+
+
 def cmd_eval(args, methods: tuple[str, ...]) -> int:
     from equissl.eval.report import evaluate_run, format_report
 
+    if _is_lidar_run(args.run):  # LiDAR encoders are probed on bird's-eye-view occupancy, not class labels
+        from equissl.eval.bev_probe import evaluate_bev_run
+        from equissl.eval.bev_probe import format_report as format_bev
+
+        if args.overrides:
+            raise ConfigError("probe overrides are not supported for LiDAR runs (BEV probe)")
+        print(format_bev(evaluate_bev_run(args.run, args.checkpoint, compare_random=args.compare_random)))
+        return 0
     probe_cfg = _probe_config(args.run, args.overrides)
     report = evaluate_run(args.run, methods, args.compare_random, args.checkpoint, probe_cfg)
     print(format_report(report))
@@ -129,6 +177,12 @@ def cmd_eval(args, methods: tuple[str, ...]) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.format == "openpcdet":
+        from equissl.export.openpcdet import export_openpcdet_run
+
+        paths = export_openpcdet_run(args.run, args.out, args.checkpoint)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        return 0
     from equissl.export.formats import export_run
 
     out = export_run(args.run, args.out, args.format, args.checkpoint)
@@ -168,8 +222,9 @@ def cmd_finetune_det(args) -> int:
         from equissl.export.formats import export_run
 
         out = out or str(Path(args.run) / "eval" / "detection.json")
-        weights = export_run(args.run, Path(args.run) / "export" / "backbone_torchvision.pth", "torchvision",
-                             args.checkpoint)
+        weights = export_run(
+            args.run, Path(args.run) / "export" / "backbone_torchvision.pth", "torchvision", args.checkpoint
+        )
     report = finetune_compare(weights, cfg, compare_random=not args.no_random, cache_dir=args.cache_dir)
     print(format_detection_report(report))
     if out:
@@ -179,13 +234,18 @@ def cmd_finetune_det(args) -> int:
     return 0
 
 
+# `equissl data make NAME`: the view source each embedded dataset is read with once it is rendered.
+DATA_MAKE = {"shapes3d": "image", "lidar_sim": "lidar_pair"}
+
+
 def cmd_data(args) -> int:
+    name = args.name.replace("-", "_")
     from equissl.config import build_config
     from equissl.registry import DATASETS
 
-    config = build_config(None, [f"data.name={args.name}", *args.overrides])
-    DATASETS.build(config.data.name, config.data, split="train", source="image", num_views=1, seed=0)
-    print(f"{args.name} ready")
+    config = build_config(None, [f"data.name={name}", *args.overrides])
+    DATASETS.build(config.data.name, config.data, split="train", source=DATA_MAKE[name], num_views=1, seed=0)
+    print(f"{name} ready")
     return 0
 
 
@@ -199,9 +259,16 @@ def cmd_equivariance(args) -> int:
         report = backbone_equivariance(args.backbone, tiny=args.tiny, seed=args.seed)
         text = json.dumps(report, indent=2)
     else:
-        from equissl.eval.equivariance_report import evaluate_equivariance
+        from equissl.eval.equivariance_report import (
+            evaluate_equivariance,
+            format_equivariance,
+            settings_from_overrides,
+        )
+        from equissl.eval.features import load_run
 
-        report, text = evaluate_equivariance(args.run)
+        settings = settings_from_overrides(args.overrides, load_run(args.run, args.checkpoint)[0].probe)
+        report = evaluate_equivariance(args.run, args.checkpoint, settings)
+        text = format_equivariance(report)
     print(text)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))

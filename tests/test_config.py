@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from equissl.config import Config, ConfigError, build_config, from_dict, save_config, load_recipe
 from equissl.backbones.resnet import ResNetConfig
+from equissl.config import Config, ConfigError, build_config, from_dict, load_recipe, save_config
 
 
 def test_defaults_resolve_polymorphic_sections():

@@ -4,7 +4,11 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from equissl.rotations import (
-    euler_xyz_to_matrix, matrix_to_quat, quat_similarity, quat_to_matrix, relative_rotation_matrix,
+    euler_xyz_to_matrix,
+    matrix_to_quat,
+    quat_similarity,
+    quat_to_matrix,
+    relative_rotation_matrix,
     relative_rotation_quat,
 )
 

@@ -1,5 +1,6 @@
 """Batched augmentations on the training device that return their parameters (see DESIGN.md)."""
 
+from equissl.augmentations import points  # noqa: F401  (registers the lidar_pair view maker)
 from equissl.augmentations.image import (
     PARAM_KEYS,
     ImageAugment,

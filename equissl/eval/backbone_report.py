@@ -15,7 +15,12 @@ from __future__ import annotations
 import torch
 
 from equissl.eval.equivariance import (
-    equivariance_error, image_action, invariant_action, random_group_element, regular_action, shift_consistency,
+    equivariance_error,
+    image_action,
+    invariant_action,
+    random_group_element,
+    regular_action,
+    shift_consistency,
 )
 from equissl.registry import BACKBONES
 

@@ -10,10 +10,10 @@ import torch
 
 from equissl.config import Config, ProbeConfig
 from equissl.eval.features import build_backbone, cached_features, load_run, preprocess
-from equissl.launch.checkpoint import load_model_state
 from equissl.eval.knn import knn_top1
 from equissl.eval.linear_probe import linear_probe
 from equissl.eval.plots import probe_figure
+from equissl.launch.checkpoint import load_model_state
 
 
 def _device() -> str:

@@ -1,5 +1,12 @@
 """Objectives; importing this package registers them in ``equissl.registry.OBJECTIVES``."""
 
-from equissl.ssl import essl, simclr, vicreg  # noqa: F401
-from equissl.ssl import seq_jepa, equicaps  # noqa: F401
-from equissl.ssl import care, sie  # noqa: F401
+from equissl.ssl import (  # noqa: F401  # noqa: F401  # noqa: F401
+    care,
+    equicaps,
+    essl,
+    scene_flow,
+    seq_jepa,
+    sie,
+    simclr,
+    vicreg,
+)
