@@ -27,6 +27,8 @@ def test_recipe_then_overrides_take_precedence(tmp_path):
     [
         ("trainer.max_stpes=3", "trainer.max_stpes"),
         ("optim.lr=abc", "optim.lr"),
+        ("optim.lr=nan", "optim.lr"),
+        ("optim.lr=2e-3e", "optim.lr"),
         ("trainer.max_steps=2.5", "trainer.max_steps"),
         ("trainer.precision=fp16", "trainer.precision"),
         ("augment.crop_scale=[0.2]", "augment.crop_scale"),
@@ -39,6 +41,15 @@ def test_bad_keys_and_values_name_the_key(override, fragment):
     with pytest.raises(ConfigError) as info:
         build_config(None, [override])
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("text, value", [("2e-3", 2e-3), ("1E3", 1000.0), (".5", 0.5), ("+3", 3.0)])
+def test_exponent_without_a_dot_is_a_number(tmp_path, text, value):
+    # YAML 1.1 reads 2e-3 as the string "2e-3"; float settings take it as the number users mean.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"optim:\n  weight_decay: {text}\n")
+    config = build_config(recipe, [f"optim.lr={text}"])
+    assert config.optim.lr == value and config.optim.weight_decay == value
 
 
 def test_misspelt_key_suggests_the_closest_valid_name():
