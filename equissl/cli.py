@@ -146,29 +146,37 @@ def cmd_pretrain(args) -> int:
     result = pretrain(config)
     print(f"{result.status}: {result.run_dir} at step {result.step}")
     if args.probe and result.status != "interrupted":
-        from equissl.eval.report import evaluate_run, format_report
+        if _is_lidar_run(result.run_dir):
+            _bev_probe(result.run_dir, None, compare_random=True)
+        else:
+            from equissl.eval.report import evaluate_run, format_report
 
-        print(format_report(evaluate_run(result.run_dir, ("linear", "knn"), compare_random=True)))
+            print(format_report(evaluate_run(result.run_dir, ("linear", "knn"), compare_random=True)))
     return 0
 
 
-def _is_lidar_run(run: str) -> bool:
+def _is_lidar_run(run) -> bool:
     from equissl.eval.features import load_run
 
     config, _ = load_run(run)
     return config.objective.name == "essl3d"  # the one objective fed LiDAR sweeps (view source lidar_pair)
 
 
+def _bev_probe(run, checkpoint, compare_random: bool) -> None:
+    """LiDAR encoders are probed on bird's-eye-view occupancy of held-out drives, not on class labels."""
+    from equissl.eval.bev_probe import evaluate_bev_run
+    from equissl.eval.bev_probe import format_report as format_bev
+
+    print(format_bev(evaluate_bev_run(run, checkpoint, compare_random=compare_random)))
+
+
 def cmd_eval(args, methods: tuple[str, ...]) -> int:
     from equissl.eval.report import evaluate_run, format_report
 
-    if _is_lidar_run(args.run):  # LiDAR encoders are probed on bird's-eye-view occupancy, not class labels
-        from equissl.eval.bev_probe import evaluate_bev_run
-        from equissl.eval.bev_probe import format_report as format_bev
-
-        if args.overrides:
-            raise ConfigError("probe overrides are not supported for LiDAR runs (BEV probe)")
-        print(format_bev(evaluate_bev_run(args.run, args.checkpoint, compare_random=args.compare_random)))
+    if _is_lidar_run(args.run):
+        if args.overrides or methods != ("linear", "knn"):
+            raise ConfigError(f"{args.run} is a LiDAR run: only `equissl probe` (BEV probe), without overrides")
+        _bev_probe(args.run, args.checkpoint, args.compare_random)
         return 0
     probe_cfg = _probe_config(args.run, args.overrides)
     report = evaluate_run(args.run, methods, args.compare_random, args.checkpoint, probe_cfg)
@@ -301,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as error:
         print(f"equissl {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except (NonFiniteLossError, BadDataError, DataItemError) as error:
+    except (NonFiniteLossError, BadDataError, DataItemError, FloatingPointError) as error:
         print(f"equissl {args.command}: stopped: {error}", file=sys.stderr)
         return 3
     return 1

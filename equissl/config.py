@@ -117,8 +117,8 @@ class TrainerConfig:
     online_probe_lr: float = 1e-3
     progress: bool = True
     device: Literal["auto", "cpu"] = "auto"
-    # BatchNorm statistics over the global batch when distributed (torch SyncBatchNorm on GPUs, an
-    # all-gather BatchNorm on CPU/gloo); off by default, as in most SSL recipes (per-GPU statistics).
+    # BatchNorm statistics over the global batch when distributed (an all-gather BatchNorm that works on
+    # every backend, gloo included: launch/sync_bn.py); off by default, as in most SSL recipes (per-GPU statistics).
     sync_batchnorm: bool = False
     # A non-finite loss or gradient norm stops the run (the batch is saved under nonfinite/); with
     # N > 0 up to N such optimizer steps are skipped (counted) before stopping.

@@ -31,5 +31,5 @@ def tiny_overrides(tiny_shapes3d_root, tmp_path):
         "augment.crop_size=32", "augment.small_crop_size=16", "backbone.stem=strided",
         "objective.proj_hidden_dim=64", "objective.proj_out_dim=32",
         "trainer.batch_size=8", "trainer.max_steps=6", "trainer.checkpoint_every=2", "trainer.log_every=1",
-        "trainer.progress=false", "probe.epochs=5", f"trainer.run_dir={tmp_path}/run",
+        "trainer.progress=false", "trainer.precision=fp32", "probe.epochs=5", f"trainer.run_dir={tmp_path}/run",
     ]

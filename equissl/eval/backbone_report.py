@@ -74,6 +74,8 @@ def backbone_equivariance(name: str, tiny: bool = False, batch: int = 8, draws: 
     """Figures for backbone ``name`` (registry name), as a JSON-able dict."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    if BACKBONES.get(name).config_cls.__module__.startswith("equissl.backbones.lidar"):
+        raise ValueError(f"backbone {name!r} takes point clouds; --backbone measures image backbones")
     model, cfg, size = _build(name, tiny)
     report: dict = {"backbone": name, "tiny": tiny}
     if hasattr(model, "group"):

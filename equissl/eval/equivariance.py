@@ -90,7 +90,7 @@ def random_dihedral_element(
 
 
 def image_action(group: Group, element: int) -> Callable[[Tensor], Tensor]:
-    """``x -> T_g x`` on (..., S, S) images (exact for multiples of 90 degrees, else bilinear)."""
+    """``x -> T_g x`` on (..., S, S) images (exact for multiples of 90 degrees, else bicubic)."""
     return lambda x: group.transform_image(x, element)
 
 

@@ -140,17 +140,18 @@ def slurm_parameters(slurm: SlurmSpec) -> dict:
 def submit_slurm(spec: LaunchSpec, slurm: SlurmSpec, dry_run: bool) -> int:
     from equissl.config import build_config
 
-    config = build_config(spec.config, spec.overrides)  # refuse bad keys before submitting
+    overrides = [*spec.overrides, "trainer.device=cpu"] if spec.device == "cpu" else list(spec.overrides)
+    config = build_config(spec.config, overrides)  # refuse bad keys before submitting
     folder = slurm.folder or str(config.run_dir / "slurm")
     params = slurm_parameters(slurm)
     print(f"submitit.AutoExecutor(folder={folder!r}).update_parameters({params}); "
-          f"submit(SlurmPretrain({spec.config!r}, {spec.overrides!r}))", flush=True)
+          f"submit(SlurmPretrain({spec.config!r}, {overrides!r}))", flush=True)
     if dry_run:
         return 0
     submitit = _import_submitit()
     executor = submitit.AutoExecutor(folder=folder)
     executor.update_parameters(**params)
-    job = executor.submit(SlurmPretrain(spec.config, spec.overrides))
+    job = executor.submit(SlurmPretrain(spec.config, overrides))
     print(f"submitted SLURM job {job.job_id}; logs in {folder}; run the same launch again to resume", flush=True)
     return 0
 

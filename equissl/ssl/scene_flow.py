@@ -264,7 +264,8 @@ class ESSL3D(Objective):
 
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
-        tau = byol_momentum(self.cfg.ema_momentum, step, total_steps)
+        # step counts the optimizer steps done (1-based); BYOL's first update uses the base momentum.
+        tau = byol_momentum(self.cfg.ema_momentum, step - 1, total_steps)
         for online, target in ((self.backbone, self.target_backbone), (self.projector, self.target_projector)):
             for p_online, p_target in zip(online.parameters(), target.parameters()):
                 p_target.mul_(tau).add_(p_online.detach(), alpha=1 - tau)

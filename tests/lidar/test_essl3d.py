@@ -135,11 +135,11 @@ def test_ema_target_follows_the_online_network(views):
         for p in objective.backbone.parameters():
             p.add_(1.0)
     before = [p.clone() for p in objective.target_backbone.parameters()]
-    objective.on_step_end(0, 10)  # tau = base momentum 0.99 at step 0
+    objective.on_step_end(1, 10)  # after the first optimizer step: tau = base momentum 0.99
     for old, new, online in zip(before, objective.target_backbone.parameters(), objective.backbone.parameters()):
         assert torch.allclose(new, 0.99 * old + 0.01 * online, atol=1e-6)
     held = [p.clone() for p in objective.target_backbone.parameters()]
-    objective.on_step_end(10, 10)  # tau = 1 at the end: the target stays
+    objective.on_step_end(11, 10)  # past the schedule's end tau = 1: the target stays
     assert all(torch.equal(a, b) for a, b in zip(held, objective.target_backbone.parameters()))
 
 
