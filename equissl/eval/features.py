@@ -56,9 +56,12 @@ def preprocess(images: Tensor, config: Config) -> Tensor:
 @torch.no_grad()
 def extract_features(backbone: nn.Module, config: Config, split: str, batch_size: int = 256,
                      device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
-    """Pooled features (N, D) and labels (N,) of every image of ``split``, in dataset order."""
+    """Pooled features (N, D) and labels (N,) of every labelled image of ``split``, in dataset order."""
     dataset = DATASETS.build(config.data.name, config.data, split=split, source="image", num_views=1,
                              seed=config.trainer.seed)
+    labelled_split = getattr(dataset, "labelled_split", None)  # pretraining on unlabelled images (STL-10)
+    if labelled_split is not None:
+        dataset = labelled_split()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=config.data.num_workers)
     backbone = backbone.to(device).eval()
     features, labels = [], []
