@@ -216,6 +216,28 @@ def test_evaluate_equivariance_end_to_end(tiny_3diebench, tmp_path):
     assert "rot R2" in table and "MRR" in table and "equi" in table
 
 
+def test_equivariance_cli_prints_the_table_and_refuses_bad_settings(tiny_3diebench, tmp_path, capsys):
+    from equissl.cli import main
+    from equissl.config import build_config
+    from equissl.launch.trainer import pretrain
+
+    run_dir = tmp_path / "run"
+    pretrain(build_config(overrides=[
+        "data.name=3diebench", f"data.root={tiny_3diebench}", "data.views_per_object=3", "data.image_size=16",
+        "data.num_workers=0", "augment.crop_size=16", "backbone.stem=strided", "objective.name=sie",
+        "objective.equi_dim=64", "objective.inv_proj_dims=[16]", "objective.equi_proj_dims=[16]",
+        "trainer.max_steps=2", "trainer.batch_size=4", "trainer.progress=false", f"trainer.run_dir={run_dir}",
+    ]))
+    quick = ["regression.epochs=2", "regression.hidden_dims=[8]", "probe.epochs=2", "num_workers=0"]
+    out = tmp_path / "figures.json"
+    assert main(["equivariance", "--run", str(run_dir), "--out", str(out), *quick]) == 0
+    printed = capsys.readouterr().out
+    assert "rot R2" in printed and "MRR" in printed
+    assert json.loads(out.read_text())["step"] == 2
+    assert main(["equivariance", "--run", str(run_dir), "regression.epoch=2"]) == 2
+    assert "regression.epoch" in capsys.readouterr().err
+
+
 def test_objectives_without_a_split_report_full_only_and_no_predictor():
     from torch import nn
 
