@@ -20,16 +20,18 @@ import torch
 
 
 def measure(config, steps: int, warmup: int) -> dict:
+    from equissl.launch.logging import MetricLogger
     from equissl.launch.trainer import Trainer, _to_device
 
     trainer = Trainer(config)
+    logger = MetricLogger(trainer.run_dir, config.trainer.max_steps, 0, enabled=False, progress=False)
     trainer.model.train()
     batches = trainer._batches()
     images_per_step = config.trainer.batch_size * trainer.world_size
 
     def full_step():
         trainer._micro_step(next(batches), sync=True)
-        trainer._optimizer_step()
+        trainer._optimizer_step(logger)
 
     views = trainer.view_maker(_to_device(next(batches), trainer.accelerator.device), trainer.spec,
                                trainer.generators["augment"])
@@ -37,8 +39,9 @@ def measure(config, steps: int, warmup: int) -> dict:
     def forward_backward():
         with trainer.accelerator.autocast():
             loss = trainer.model(views).loss
+        trainer._step_losses.append(loss.detach().float())  # what the step's finite check reads
         trainer.accelerator.backward(loss)
-        trainer._optimizer_step()
+        trainer._optimizer_step(logger)
 
     def augmentation_only():
         trainer.view_maker(_to_device(next(batches), trainer.accelerator.device), trainer.spec,

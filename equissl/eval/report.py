@@ -14,6 +14,7 @@ from equissl.eval.knn import knn_top1
 from equissl.eval.linear_probe import linear_probe
 from equissl.eval.plots import probe_figure
 from equissl.launch.checkpoint import load_model_state
+from equissl.launch.trainer import build_objective
 
 
 def _device() -> str:
@@ -36,11 +37,17 @@ def evaluate_model(config: Config, checkpoint: Path | None, probe_cfg: ProbeConf
 
 
 @torch.no_grad()
+def metrics_image_size(config: Config, objective) -> int:
+    """Side of the whole images the objective's metrics see: the small-crop size for objectives whose
+    heads train on small crops only (E-SSL's rotation head), else ``augment.crop_size``."""
+    return config.augment.small_crop_size if objective.required_views.num_small else config.augment.crop_size
+
+
 def objective_metrics(config: Config, checkpoint: Path, split: str = "val") -> dict[str, float]:
-    """The objective's own metrics (``Objective.evaluation_metrics``) averaged over ``split``, in %."""
+    """The objective's own metrics (``Objective.evaluation_metrics``) averaged over ``split``, in %, on
+    whole images resized to :func:`metrics_image_size`."""
     from torch.utils.data import DataLoader
 
-    from equissl.launch.trainer import build_objective
     from equissl.registry import DATASETS
 
     objective = build_objective(config)
@@ -49,10 +56,14 @@ def objective_metrics(config: Config, checkpoint: Path, split: str = "val") -> d
     objective.eval().to(_device())
     dataset = DATASETS.build(config.data.name, config.data, split=split, source="image", num_views=1,
                              seed=config.trainer.seed)
+    size = metrics_image_size(config, objective)
     sums: dict[str, float] = {}
     count = 0
     for batch in DataLoader(dataset, batch_size=256, num_workers=config.data.num_workers):
-        values = objective.evaluation_metrics(preprocess(batch["image"].to(_device()), config))
+        images = preprocess(batch["image"].to(_device()), config)
+        if images.shape[-1] != size:
+            images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+        values = objective.evaluation_metrics(images)
         if not values:
             return {}
         for name, per_sample in values.items():
@@ -75,7 +86,8 @@ def evaluate_run(run_dir: str | Path, methods: tuple[str, ...] = ("linear", "knn
     step = int((path / "COMPLETE").read_text())
     name = "_".join(methods)
     report = {"run": str(run_dir), "checkpoint": str(path), "step": step, "results": results,
-              "objective_metrics_val": objective_scores}
+              "objective_metrics_val": objective_scores,
+              "objective_metrics_image_size": metrics_image_size(config, build_objective(config))}
     (cache / f"{name}.json").write_text(json.dumps(report, indent=2))
     title = f"{config.objective.name} / {config.backbone.name} on {config.data.name}, step {step}"
     report["figure"] = str(probe_figure(run_dir, results, cache / f"{name}.png", title))
@@ -87,6 +99,6 @@ def format_report(report: dict) -> str:
     for model, scores in report["results"].items():
         lines.append(f"  {model:<12} " + "  ".join(f"{k} {v:5.1f}" for k, v in scores.items()))
     for name, value in report.get("objective_metrics_val", {}).items():
-        lines.append(f"  {name} (val, whole image): {value:5.1f}")
+        lines.append(f"  {name} (val, whole image at {report['objective_metrics_image_size']} px): {value:5.1f}")
     lines.append(f"  figure: {report['figure']}")
     return "\n".join(lines)

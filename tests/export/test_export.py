@@ -59,7 +59,7 @@ def test_probe_of_an_essl_run_reports_rotation_accuracy(tiny_overrides, tmp_path
     overrides = [*tiny_overrides, "objective.rotation_hidden_dims=[32]", "trainer.max_steps=2"]
     pretrain(build_config("configs/essl_resnet18_shapes3d.yaml", overrides))
     assert main(["probe", "--run", str(tmp_path / "run"), "probe.epochs=2"]) == 0
-    assert "rotation_acc (val, whole image)" in capsys.readouterr().out
+    assert "rotation_acc (val, whole image at 16 px)" in capsys.readouterr().out  # the small-crop size
     report = json.loads((tmp_path / "run" / "eval" / "linear_knn.json").read_text())
     accuracy = report["objective_metrics_val"]["rotation_acc"]
     assert 0.0 <= accuracy <= 100.0
