@@ -39,7 +39,7 @@ def _run(processes: int, args, data_root: Path, run_dir: Path) -> dict:
                  "trainer.progress=false", f"trainer.run_dir={run_dir}"]
     command = build_command(LaunchSpec(RECIPE, overrides, nproc_per_node=processes, device=args.device))
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -19,7 +19,7 @@ class MetricLogger:
         self._images_since = 0
         if not enabled:  # other ranks count nothing and write nothing
             return
-        self.jsonl = open(Path(run_dir) / "metrics.jsonl", "a")
+        self.jsonl = open(Path(run_dir) / "metrics.jsonl", "a")  # noqa: SIM115 (open for the run; closed in close())
         try:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -8,7 +8,7 @@ def test_ranks_partition_the_epoch_and_resume_mid_epoch():
     full = ResumableSampler(50, batch_size=4, seed=3, rank=0, world_size=1)
     ranks = [ResumableSampler(50, batch_size=4, seed=3, rank=r, world_size=2) for r in range(2)]
     assert full.batches_per_epoch == 12 and ranks[0].batches_per_epoch == 6
-    union = set(list(ranks[0])) | set(list(ranks[1]))
+    union = set(ranks[0]) | set(ranks[1])
     assert len(union) == 48  # disjoint shards of one permutation, 2 tail items dropped
     expected = list(ranks[1])[8:]
     ranks[1].set_position(0, 2)
