@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -124,6 +125,10 @@ class Trainer:
     def __init__(self, config: Config) -> None:
         self.config = config
         tc = config.trainer
+        # accelerate keeps one process-wide AcceleratorState and refuses a second Accelerator with another
+        # precision or device; a later Trainer in the same process (tests, notebooks, one recipe after
+        # another) sets its own. The distributed PartialState is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(
             cpu=tc.device == "cpu",
             mixed_precision="bf16" if tc.precision == "bf16" else "no",

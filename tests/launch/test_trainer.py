@@ -114,3 +114,11 @@ def test_gradient_accumulation_consumes_micro_batches_per_step(tiny_overrides):
     result = trainer.fit()
     assert result.step == 2
     assert trainer.state.batch_in_epoch + trainer.state.epoch * trainer.sampler.batches_per_epoch == 4
+
+
+def test_trainers_with_different_precisions_run_in_one_process(tiny_overrides, tmp_path):
+    # accelerate's process-wide state must not pin the first run's precision on the next.
+    for precision in ("bf16", "fp32"):
+        config = build_config(RECIPE, [*tiny_overrides, "trainer.max_steps=1", f"trainer.precision={precision}",
+                                       f"trainer.run_dir={tmp_path}/{precision}"])
+        assert pretrain(config).status == "finished"
