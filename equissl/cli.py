@@ -146,7 +146,7 @@ def cmd_pretrain(args) -> int:
     result = pretrain(config)
     print(f"{result.status}: {result.run_dir} at step {result.step}")
     if args.probe and result.status != "interrupted":
-        if _is_lidar_run(result.run_dir):
+        if _is_lidar(config):
             _bev_probe(result.run_dir, None, compare_random=True)
         else:
             from equissl.eval.report import evaluate_run, format_report
@@ -155,10 +155,7 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-def _is_lidar_run(run) -> bool:
-    from equissl.eval.features import load_run
-
-    config, _ = load_run(run)
+def _is_lidar(config) -> bool:
     return config.objective.name == "essl3d"  # the one objective fed LiDAR sweeps (view source lidar_pair)
 
 
@@ -171,9 +168,10 @@ def _bev_probe(run, checkpoint, compare_random: bool) -> None:
 
 
 def cmd_eval(args, methods: tuple[str, ...]) -> int:
+    from equissl.eval.features import load_run
     from equissl.eval.report import evaluate_run, format_report
 
-    if _is_lidar_run(args.run):
+    if _is_lidar(load_run(args.run)[0]):
         if args.overrides or methods != ("linear", "knn"):
             raise ConfigError(f"{args.run} is a LiDAR run: only `equissl probe` (BEV probe), without overrides")
         _bev_probe(args.run, args.checkpoint, args.compare_random)

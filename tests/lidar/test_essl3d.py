@@ -182,3 +182,12 @@ def test_pretrains_through_the_trainer(tiny_sim, tmp_path):
     assert result.status == "finished" and result.step == 2
     assert math.isfinite(result.last_metrics["loss"]) and "loss/flow" in result.last_metrics
     assert (tmp_path / "run" / "checkpoints" / "step-00000002" / "COMPLETE").is_file()
+    # The CLI probes a LiDAR run with the BEV probe (no class labels), refuses kNN, exports for OpenPCDet.
+    from equissl.cli import main
+
+    run = str(tmp_path / "run")
+    assert main(["probe", "--run", run]) == 0
+    assert (tmp_path / "run" / "eval" / "bev_probe.json").is_file()
+    assert main(["knn", "--run", run]) == 2
+    assert main(["export", "--run", run, "--format", "openpcdet", "--out", str(tmp_path / "pp")]) == 0
+    assert (tmp_path / "pp.pth").is_file()
