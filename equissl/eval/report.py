@@ -14,7 +14,6 @@ from equissl.eval.knn import knn_top1
 from equissl.eval.linear_probe import linear_probe
 from equissl.eval.plots import probe_figure
 from equissl.launch.checkpoint import load_model_state
-from equissl.launch.trainer import build_objective
 
 
 def _device() -> str:
@@ -36,18 +35,19 @@ def evaluate_model(config: Config, checkpoint: Path | None, probe_cfg: ProbeConf
     return scores
 
 
-@torch.no_grad()
 def metrics_image_size(config: Config, objective) -> int:
     """Side of the whole images the objective's metrics see: the small-crop size for objectives whose
     heads train on small crops only (E-SSL's rotation head), else ``augment.crop_size``."""
     return config.augment.small_crop_size if objective.required_views.num_small else config.augment.crop_size
 
 
-def objective_metrics(config: Config, checkpoint: Path, split: str = "val") -> dict[str, float]:
+@torch.no_grad()
+def objective_metrics(config: Config, checkpoint: Path, split: str = "val") -> tuple[dict[str, float], int]:
     """The objective's own metrics (``Objective.evaluation_metrics``) averaged over ``split``, in %, on
-    whole images resized to :func:`metrics_image_size`."""
+    whole images resized to :func:`metrics_image_size`; returns (metrics, that image side)."""
     from torch.utils.data import DataLoader
 
+    from equissl.launch.trainer import build_objective
     from equissl.registry import DATASETS
 
     objective = build_objective(config)
@@ -65,11 +65,11 @@ def objective_metrics(config: Config, checkpoint: Path, split: str = "val") -> d
             images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
         values = objective.evaluation_metrics(images)
         if not values:
-            return {}
+            return {}, size
         for name, per_sample in values.items():
             sums[name] = sums.get(name, 0.0) + float(per_sample.sum())
         count += len(batch["image"])
-    return {name: 100.0 * total / count for name, total in sums.items()}
+    return {name: 100.0 * total / count for name, total in sums.items()}, size
 
 
 def evaluate_run(run_dir: str | Path, methods: tuple[str, ...] = ("linear", "knn"), compare_random: bool = False,
@@ -82,12 +82,12 @@ def evaluate_run(run_dir: str | Path, methods: tuple[str, ...] = ("linear", "knn
     results = {"pretrained": evaluate_model(config, path, probe_cfg, methods, cache)}
     if compare_random:
         results["random init"] = evaluate_model(config, None, probe_cfg, methods, cache)
-    objective_scores = objective_metrics(config, path)
+    objective_scores, metrics_size = objective_metrics(config, path)
     step = int((path / "COMPLETE").read_text())
     name = "_".join(methods)
     report = {"run": str(run_dir), "checkpoint": str(path), "step": step, "results": results,
               "objective_metrics_val": objective_scores,
-              "objective_metrics_image_size": metrics_image_size(config, build_objective(config))}
+              "objective_metrics_image_size": metrics_size}
     (cache / f"{name}.json").write_text(json.dumps(report, indent=2))
     title = f"{config.objective.name} / {config.backbone.name} on {config.data.name}, step {step}"
     report["figure"] = str(probe_figure(run_dir, results, cache / f"{name}.png", title))

@@ -34,9 +34,14 @@ class LaunchSpec:
     rdzv_id: str = "equissl"
 
 
-def pretrain_args(spec: LaunchSpec) -> list[str]:
+def pretrain_overrides(spec: LaunchSpec) -> list[str]:
+    """The overrides every process's ``equissl pretrain`` gets: ``--device cpu`` first, then the user's."""
     device = ["trainer.device=cpu"] if spec.device == "cpu" else []
-    return ["pretrain", "--config", spec.config, *device, *spec.overrides]
+    return [*device, *spec.overrides]
+
+
+def pretrain_args(spec: LaunchSpec) -> list[str]:
+    return ["pretrain", "--config", spec.config, *pretrain_overrides(spec)]
 
 
 def torchrun_prefix() -> list[str]:
@@ -140,7 +145,7 @@ def slurm_parameters(slurm: SlurmSpec) -> dict:
 def submit_slurm(spec: LaunchSpec, slurm: SlurmSpec, dry_run: bool) -> int:
     from equissl.config import build_config
 
-    overrides = [*spec.overrides, "trainer.device=cpu"] if spec.device == "cpu" else list(spec.overrides)
+    overrides = pretrain_overrides(spec)
     config = build_config(spec.config, overrides)  # refuse bad keys before submitting
     folder = slurm.folder or str(config.run_dir / "slurm")
     params = slurm_parameters(slurm)
