@@ -20,6 +20,7 @@ def tiny_shapes3d_root(tmp_path_factory):
 TINY_DATA = [
     "data.objects_per_class=2", "data.val_objects_per_class=1", "data.views_per_object=4",
     "data.render_size=32", "data.image_size=32", "data.num_workers=0",
+    "data.rotations=so3",  # recipes that draw 3DIEBench's poses must still read this one shared render
 ]
 
 

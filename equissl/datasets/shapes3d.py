@@ -22,8 +22,10 @@ What 3DIEBench is (checked against facebookresearch/SIE: ``data/README.md``, ``d
   distance 4 in direction (theta, phi) coloured HSV (light hue, 1, 0.8) plus a white sun.
 
 Where we differ, on purpose: 3DIEBench draws each Euler angle uniformly in [-pi/2, pi/2] (not uniform
-on SO(3)); we draw rotations uniformly on SO(3) and store ``Rotation.as_euler("xyz")``, so x and z lie in
-[-pi, pi] and y in [-pi/2, pi/2]. Our light is directional (from direction (theta, phi)) with a softer
+on SO(3)); by default (``rotations: so3``) we draw rotations uniformly on SO(3) and store
+``Rotation.as_euler("xyz")``, so x and z lie in [-pi, pi] and y in [-pi/2, pi/2]. ``rotations: 3diebench``
+draws as 3DIEBench does (each angle uniform in [-pi/2, pi/2], stored as drawn): the poses then never
+turn an object upside down, which is the distribution SIE, seq-JEPA and EquiCaps were measured on. Our light is directional (from direction (theta, phi)) with a softer
 colour (saturation ``LIGHT_SATURATION``), plus a white ambient and sky term; shading is Lambertian with
 ray-traced shadows. Objects are composed from open3d primitives (``CLASS_NAMES``), with seeded
 per-instance proportions and colours; synset ids are synthetic (``9xxxxxxx``, not WordNet) and
@@ -50,6 +52,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import open3d as o3d
@@ -100,6 +103,7 @@ class Shapes3DConfig(DataConfig):
     render_size: int = 64  # pixels, square
     supersample: int = 2  # rays per pixel side (anti-aliasing)
     seed: int = 0
+    rotations: Literal["so3", "3diebench"] = "so3"  # pose distribution (module docstring)
     render_workers: int = 2  # processes; the output does not depend on it
 
 
@@ -519,11 +523,17 @@ def build_object(class_index: int, rng: np.random.Generator) -> Mesh:
 # Rendering.
 
 
-def sample_latents(rng: np.random.Generator, count: int) -> np.ndarray:
-    """(count, 7) float32 latents (``LATENT_NAMES``): rotation uniform on SO(3) as xyz Euler angles,
-    the rest uniform in ``LATENT_RANGES``."""
-    quats = rng.standard_normal((count, 4))  # a normalised Gaussian 4-vector is uniform on SO(3)
-    euler = Rotation.from_quat(quats / np.linalg.norm(quats, axis=1, keepdims=True)).as_euler("xyz")
+def sample_latents(rng: np.random.Generator, count: int, rotations: str = "so3") -> np.ndarray:
+    """(count, 7) float32 latents (``LATENT_NAMES``): xyz Euler angles of a rotation uniform on SO(3)
+    (``rotations="so3"``) or each uniform in [-pi/2, pi/2] (``"3diebench"``), the rest uniform in
+    ``LATENT_RANGES``."""
+    if rotations == "3diebench":
+        euler = rng.uniform(-np.pi / 2, np.pi / 2, (count, 3))
+    elif rotations == "so3":
+        quats = rng.standard_normal((count, 4))  # a normalised Gaussian 4-vector is uniform on SO(3)
+        euler = Rotation.from_quat(quats / np.linalg.norm(quats, axis=1, keepdims=True)).as_euler("xyz")
+    else:
+        raise ValueError(f'data.rotations must be "so3" or "3diebench", got {rotations!r}')
     rest = np.stack(
         [
             rng.uniform(0, 1, count),
@@ -715,10 +725,10 @@ def object_mesh(seed: int, class_index: int, number: int) -> Mesh:
 
 def _render_object(task: tuple) -> np.ndarray:
     """Render and write one object's views; returns its (views, 7) latents. Runs in worker processes."""
-    folder, seed, class_index, number, views, size, supersample = task
+    folder, seed, class_index, number, views, size, supersample, rotations = task
     shape_rng, view_rng = _object_rngs(seed, class_index, number)
     mesh = build_object(class_index, shape_rng)
-    latents = sample_latents(view_rng, views)
+    latents = sample_latents(view_rng, views, rotations)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for k, latent in enumerate(latents):
@@ -737,6 +747,10 @@ def generation_params(cfg: Shapes3DConfig) -> dict:
             raise ValueError(f"data.{key} must be >= 1, got {getattr(cfg, key)}")
     if cfg.val_objects_per_class < 0 or cfg.seed < 0:
         raise ValueError("data.val_objects_per_class and data.seed must be >= 0")
+    if cfg.rotations not in ("so3", "3diebench"):
+        raise ValueError(f'data.rotations must be "so3" or "3diebench", got {cfg.rotations!r}')
+    # the pose distribution enters only when not the default, so existing so3 renders stay valid
+    pose = {} if cfg.rotations == "so3" else {"rotations": cfg.rotations}
     return {
         "renderer_version": RENDERER_VERSION,
         "classes": list(CLASS_NAMES[: cfg.num_classes]),
@@ -746,6 +760,7 @@ def generation_params(cfg: Shapes3DConfig) -> dict:
         "render_size": cfg.render_size,
         "supersample": cfg.supersample,
         "seed": cfg.seed,
+        **pose,
     }
 
 
@@ -779,6 +794,7 @@ def _write_tree(tmp: Path, cfg: Shapes3DConfig, params: dict, progress: bool) ->
                     cfg.views_per_object,
                     cfg.render_size,
                     cfg.supersample,
+                    cfg.rotations,
                 )
             )
             splits.append(("train" if number < cfg.objects_per_class else "val", class_index, folder))
@@ -879,11 +895,24 @@ def render_shapes3d(root: str | Path, cfg: Shapes3DConfig, progress: bool = True
     return root
 
 
+def default_root(cfg: Shapes3DConfig) -> Path:
+    """Where ``cfg`` renders to (see :func:`build_shapes3d`)."""
+    root = data_root(cfg)
+    if cfg.root:
+        return root
+    digest = params_hash(generation_params(cfg))
+    if digest == params_hash(generation_params(Shapes3DConfig())):
+        return root
+    return root.with_name(f"{root.name}-{digest[:10]}")
+
+
 @DATASETS.register("shapes3d", Shapes3DConfig)
 def build_shapes3d(cfg: Shapes3DConfig, split: str, source: str, num_views: int, seed: int) -> IE3DDataset:
-    """Render into ``cfg.root`` (default ``$EQUISSL_DATA/shapes3d``, else ``~/.cache/equissl/shapes3d``)
-    on first use, then read it with the 3DIEBench reader."""
-    root = render_shapes3d(data_root(cfg), cfg)
+    """Render into ``cfg.root`` on first use, then read it with the 3DIEBench reader. Without
+    ``data.root``: ``$EQUISSL_DATA/shapes3d`` (else ``~/.cache/equissl/shapes3d``) for the default
+    generation parameters, and ``shapes3d-<hash>`` beside it for any other, so renders of different
+    sizes or pose distributions are each kept instead of replacing one another."""
+    root = render_shapes3d(default_root(cfg), cfg)
     return IE3DDataset(
         root,
         split=split,

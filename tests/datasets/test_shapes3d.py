@@ -274,10 +274,59 @@ def test_registry_factory_renders_into_the_default_cache_and_reads_it(tmp_path, 
     )
     assert isinstance(cfg, Shapes3DConfig) and DATASETS.get("shapes3d").config_cls is Shapes3DConfig
     train = DATASETS.build("shapes3d", cfg, split="train", source="image", num_views=1, seed=0)
-    assert is_complete(tmp_path / "shapes3d", cfg) and isinstance(train, IE3DDataset)
+    # not the default generation parameters: its own folder beside the default one, named by their hash
+    root = tmp_path / f"shapes3d-{shapes3d.params_hash(shapes3d.generation_params(cfg))[:10]}"
+    assert shapes3d.default_root(cfg) == root and is_complete(root, cfg) and isinstance(train, IE3DDataset)
     assert len(train) == 2 * 2 * 3 and train.num_classes == 2 and train.class_names == ["mug", "table"]
     item = train[5]
     assert item["image"].shape == (3, 24, 24) and item["image"].dtype == torch.uint8
     assert item["latent"].dtype == torch.float32 and int(item["label"]) == 0
     val = DATASETS.build("shapes3d", cfg, split="val", source="object", num_views=2, seed=0)
     assert len(val) == 2 and val[1]["images"].shape == (2, 3, 24, 24) and int(val[1]["label"]) == 1
+
+
+def test_default_root_keeps_renders_of_different_parameters_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("EQUISSL_DATA", str(tmp_path))
+    assert shapes3d.default_root(Shapes3DConfig()) == tmp_path / "shapes3d"
+    assert shapes3d.default_root(Shapes3DConfig(image_size=32, render_workers=1)) == tmp_path / "shapes3d"
+    bigger, upright = Shapes3DConfig(objects_per_class=100), Shapes3DConfig(rotations="3diebench")
+    roots = {shapes3d.default_root(c) for c in (Shapes3DConfig(), bigger, upright)}
+    assert len(roots) == 3 and all(r.parent == tmp_path and r.name.startswith("shapes3d") for r in roots)
+    assert shapes3d.default_root(Shapes3DConfig(root=str(tmp_path / "mine"), rotations="3diebench")) == (
+        tmp_path / "mine"
+    )
+
+
+def test_3diebench_rotations_draw_each_euler_angle_uniform_in_half_turns():
+    many = shapes3d.sample_latents(np.random.default_rng(1), 6000, "3diebench").astype(np.float64)
+    angles = many[:, :3]
+    assert np.all(np.abs(angles) <= np.pi / 2 + 1e-6)
+    # uniform on [-pi/2, pi/2]: mean 0, variance pi^2 / 12, every quarter of the range equally filled
+    np.testing.assert_allclose(angles.mean(axis=0), 0.0, atol=0.05)
+    np.testing.assert_allclose(angles.var(axis=0), np.pi**2 / 12, rtol=0.05)
+    quarters = np.stack([np.histogram(a, bins=4, range=(-np.pi / 2, np.pi / 2))[0] for a in angles.T])
+    np.testing.assert_allclose(quarters / len(angles), 0.25, atol=0.02)
+    # unlike uniform SO(3), the rotated z axis keeps a bias towards +z (never drawn upside down as often)
+    z_axis = Rotation.from_euler("xyz", angles).apply([0.0, 0.0, 1.0])
+    assert z_axis[:, 2].mean() > 0.3
+    # the other latents are drawn as for so3; an unknown distribution is refused by name
+    low, high = np.array(LATENT_RANGES, dtype=np.float64).T
+    assert np.all(many[:, 3:] >= low[3:] - 1e-6) and np.all(many[:, 3:] <= high[3:] + 1e-6)
+    with pytest.raises(ValueError, match="rotations"):
+        shapes3d.sample_latents(np.random.default_rng(1), 2, "upright")
+    with pytest.raises(ValueError, match="data.rotations"):
+        shapes3d.generation_params(Shapes3DConfig(rotations="upright"))
+
+
+def test_rotation_distribution_is_a_generation_parameter_and_default_hash_is_unchanged():
+    so3 = shapes3d.generation_params(Shapes3DConfig())
+    assert "rotations" not in so3  # renders made before the option existed stay valid
+    ie = shapes3d.generation_params(Shapes3DConfig(rotations="3diebench"))
+    assert ie["rotations"] == "3diebench" and shapes3d.params_hash(ie) != shapes3d.params_hash(so3)
+
+
+def test_a_3diebench_render_stores_the_drawn_angles(tmp_path):
+    root = render_shapes3d(tmp_path / "d", tiny(num_classes=2, rotations="3diebench", render_size=8), progress=False)
+    latents = np.concatenate([np.load(root / f"all_latents_{s}.npy") for s in ("train", "val")])
+    assert latents.shape == (2 * 2 * 3, 7) and np.all(np.abs(latents[:, :3]) <= np.pi / 2 + 1e-6)
+    assert json.loads((root / MARKER_NAME).read_text())["params"]["rotations"] == "3diebench"
