@@ -19,19 +19,26 @@ Features are given flat, one row per rendered view, with the object each view be
   Hits@k.
 - :func:`linear_classification` -- the project's linear probe (:mod:`equissl.eval.linear_probe`).
 
-R^2 (:func:`r2_score`): by default the mean over outputs of ``1 - SS_res / SS_tot`` with ``SS_tot`` around
-each output's mean (the coefficient of determination, scikit-learn's ``uniform_average``), so predicting
-each output's mean scores 0. SIE's ``r2_score`` centres ``SS_tot`` on one mean over *all* entries
-(``target_mean = torch.mean(target)``); ``per_dimension=False`` (``RegressionProtocol.r2_per_dimension``)
-gives that. The two nearly agree on SIE's targets, whose quaternion signs are arbitrary (every component
-averages ~0), but not on canonical quaternions (w >= 0): there the single mean credits a constant
-prediction of the per-component means with a large positive R^2.
+R^2 (:func:`r2_score`) of K outputs, three ways (``RegressionProtocol.r2_average``):
+
+- ``"variance_weighted"`` (default): ``1 - sum_k SS_res,k / sum_k SS_tot,k`` with ``SS_tot,k`` around each
+  output's mean (scikit-learn's ``variance_weighted``). This is the one consistent with the sign-blind
+  quaternion loss: that loss is minimised by a constant of length ``E|q_k|`` along *any* component k (all
+  four have the same ``E|q_k|`` for uniform rotations), and every such constant scores ~0 here, whereas
+- ``"uniform"``, the mean over outputs of ``1 - SS_res,k / SS_tot,k``, scores a constant along x far below 0
+  (w >= 0 after canonicalisation has a small ``SS_tot``, and the sign chosen for x moves w's residual), so
+  a head that learnt nothing can read as strongly negative by where its constant happened to point;
+- ``"sie"``: SIE's ``r2_score``, ``SS_tot`` around one mean over *all* entries (``torch.mean(target)``). It
+  nearly agrees with the others on SIE's targets, whose quaternion signs are arbitrary (every component
+  averages ~0), but not on canonical quaternions: there it credits predicting the per-component means
+  with a large positive R^2.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -56,17 +63,28 @@ def relative_quat_targets(latents_1: Tensor, latents_2: Tensor) -> Tensor:
     return relative_rotation_quat(latents_1[..., :3].float(), latents_2[..., :3].float())
 
 
-def r2_score(pred: Tensor, target: Tensor, per_dimension: bool = True) -> float:
-    """Coefficient of determination of (N, K) predictions; see the module docstring for the two means."""
+R2_AVERAGES = ("variance_weighted", "uniform", "sie")
+
+
+def _r2(residual: Tensor, target: Tensor, average: str) -> float:
+    """R^2 from (N, K) squared residuals and the targets they belong to (module docstring)."""
+    if average == "sie":
+        return float(1 - residual.sum() / (target - target.mean()).pow(2).sum())
+    total = (target - target.mean(0)).pow(2).sum(0)
+    if average == "variance_weighted":
+        return float(1 - residual.sum() / total.sum())
+    if average == "uniform":
+        return float((1 - residual.sum(0) / total).mean())
+    raise ValueError(f"R^2 average must be one of {R2_AVERAGES}, got {average!r}")
+
+
+def r2_score(pred: Tensor, target: Tensor, average: str = "variance_weighted") -> float:
+    """Coefficient of determination of (N, K) predictions; ``average`` as in the module docstring."""
     if pred.shape != target.shape or pred.ndim != 2:
         raise ValueError(f"r2_score: expected two (N, K) tensors of equal shape, got {tuple(pred.shape)} "
                          f"and {tuple(target.shape)}")
     pred, target = pred.double(), target.double()
-    residual = (target - pred).pow(2)
-    if per_dimension:
-        total = (target - target.mean(0)).pow(2).sum(0)
-        return float((1 - residual.sum(0) / total).mean())
-    return float(1 - residual.sum() / (target - target.mean()).pow(2).sum())
+    return _r2((target - pred).pow(2), target, average)
 
 
 def align_quat_sign(pred: Tensor, target: Tensor) -> Tensor:
@@ -75,7 +93,7 @@ def align_quat_sign(pred: Tensor, target: Tensor) -> Tensor:
     return target * sign
 
 
-def quat_r2_score(pred: Tensor, target: Tensor, per_dimension: bool = True) -> float:
+def quat_r2_score(pred: Tensor, target: Tensor, average: str = "variance_weighted") -> float:
     """R^2 of (N, 4) quaternion predictions, blind to the sign of each target (q ~ -q).
 
     ``SS_res = sum min(|p - q|^2, |p + q|^2)``; ``SS_tot`` of the canonical (w >= 0) targets.
@@ -84,11 +102,7 @@ def quat_r2_score(pred: Tensor, target: Tensor, per_dimension: bool = True) -> f
         raise ValueError(f"quat_r2_score: expected two (N, 4) tensors, got {tuple(pred.shape)} and "
                          f"{tuple(target.shape)}")
     pred, target = pred.double(), canonical_quat(target.double())
-    residual = (align_quat_sign(pred, target) - pred).pow(2)
-    if per_dimension:
-        total = (target - target.mean(0)).pow(2).sum(0)
-        return float((1 - residual.sum(0) / total).mean())
-    return float(1 - residual.sum() / (target - target.mean()).pow(2).sum())
+    return _r2((align_quat_sign(pred, target) - pred).pow(2), target, average)
 
 
 def sign_invariant_quat_mse(pred: Tensor, target: Tensor) -> Tensor:
@@ -148,7 +162,7 @@ class RegressionProtocol:
     hidden_dims: tuple[int, ...] = (1024, 1024)  # () : a linear head
     pairs_per_object: int = 1  # training pairs per object drawn each epoch
     val_pairs_per_object: int = 10  # SIE draws 1 per object; more only lowers the variance
-    r2_per_dimension: bool = True  # False: SIE's single mean over all entries (module docstring)
+    r2_average: Literal["variance_weighted", "uniform", "sie"] = "variance_weighted"  # module docstring
     seed: int = 0
 
 
@@ -176,7 +190,7 @@ def pair_regression(
     val: PairData,
     target_fn: Callable[[Tensor, Tensor], Tensor],
     loss_fn: Callable[[Tensor, Tensor], Tensor],
-    score_fn: Callable[[Tensor, Tensor, bool], float],
+    score_fn: Callable[[Tensor, Tensor, str], float],
     protocol: RegressionProtocol | None = None,
     device: str | torch.device = "cpu",
 ) -> dict[str, float]:
@@ -187,6 +201,8 @@ def pair_regression(
     protocol = protocol or RegressionProtocol()
     if protocol.epochs < 1 or protocol.batch_size < 1 or protocol.pairs_per_object < 1:
         raise ValueError("regression: epochs, batch_size and pairs_per_object must be >= 1")
+    if protocol.r2_average not in R2_AVERAGES:
+        raise ValueError(f"regression.r2_average must be one of {R2_AVERAGES}, got {protocol.r2_average!r}")
     generator = torch.Generator().manual_seed(protocol.seed)
     torch.manual_seed(protocol.seed)
     val_first, val_second = sample_view_pairs(val.objects, protocol.val_pairs_per_object, generator)
@@ -218,9 +234,9 @@ def pair_regression(
         inputs = torch.cat([val_features[val_first], val_features[val_second]], dim=1)
         val_pred = head(inputs).cpu()
     val_targets = target_fn(val.latents[val_first], val.latents[val_second])
-    per_dimension = protocol.r2_per_dimension
-    return {"r2": score_fn(val_pred, val_targets, per_dimension),
-            "train_r2": score_fn(train_pred.cpu(), targets.cpu(), per_dimension), "val_pairs": len(val_first)}
+    average = protocol.r2_average
+    return {"r2": score_fn(val_pred, val_targets, average),
+            "train_r2": score_fn(train_pred.cpu(), targets.cpu(), average), "val_pairs": len(val_first)}
 
 
 def rotation_prediction_r2(train: PairData, val: PairData, protocol: RegressionProtocol | None = None,

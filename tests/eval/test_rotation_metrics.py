@@ -23,21 +23,26 @@ def unit_quats(n: int, seed: int) -> torch.Tensor:
 # R^2
 
 
-def test_r2_hand_computed_global_and_per_dimension():
+def test_r2_hand_computed_three_averages():
     pred, target = torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([[1.0], [2.0], [4.0]])
     # mean 7/3; SS_tot = 16/9 + 1/9 + 25/9 = 42/9; SS_res = 1
-    assert rm.r2_score(pred, target) == pytest.approx(1 - 9 / 42)
+    for average in rm.R2_AVERAGES:
+        assert rm.r2_score(pred, target, average) == pytest.approx(1 - 9 / 42)
     pred2 = torch.tensor([[1.0, 10.0], [2.0, 10.0], [3.0, 14.0]])
     target2 = torch.tensor([[1.0, 10.0], [2.0, 12.0], [4.0, 14.0]])
-    # per dimension (default): column 0 as above; column 1: mean 12, SS_tot 8, SS_res 4 -> 0.5
-    assert rm.r2_score(pred2, target2) == pytest.approx((1 - 9 / 42 + 0.5) / 2)
+    # column 0 as above; column 1: mean 12, SS_tot 8, SS_res 4
+    assert rm.r2_score(pred2, target2, "uniform") == pytest.approx((1 - 9 / 42 + 0.5) / 2)
+    assert rm.r2_score(pred2, target2) == pytest.approx(1 - 5 / (42 / 9 + 8))  # variance-weighted default
     # one mean over all entries (SIE's r2_score): mean 43/6
     total = ((target2 - 43 / 6) ** 2).sum()
-    assert rm.r2_score(pred2, target2, per_dimension=False) == pytest.approx(float(1 - 5 / total))
-    # predicting each column's mean: 0 per dimension, but SIE's single mean rewards it
+    assert rm.r2_score(pred2, target2, "sie") == pytest.approx(float(1 - 5 / total))
+    # predicting each column's mean: 0 per column, but SIE's single mean rewards it
     means = target2.mean(0).expand(3, 2)
+    assert rm.r2_score(means, target2, "uniform") == pytest.approx(0.0)
     assert rm.r2_score(means, target2) == pytest.approx(0.0)
-    assert rm.r2_score(means, target2, per_dimension=False) > 0.5
+    assert rm.r2_score(means, target2, "sie") > 0.5
+    with pytest.raises(ValueError, match="average"):
+        rm.r2_score(pred2, target2, "macro")
 
 
 def test_quaternion_r2_is_blind_to_the_sign_of_q():
@@ -49,11 +54,27 @@ def test_quaternion_r2_is_blind_to_the_sign_of_q():
     assert rm.quat_r2_score(flips * q, -flips * q) == pytest.approx(1.0)
     # a noisy prediction: residual to the nearer sign, total sum of squares of the canonical targets
     noisy = -(q + 0.1 * torch.randn(50, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
-    expected = (1 - ((noisy + q) ** 2).sum(0) / ((q - q.mean(0)) ** 2).sum(0)).mean()
-    assert rm.quat_r2_score(noisy, q) == pytest.approx(float(expected))
+    residual, total = ((noisy + q) ** 2).sum(0), ((q - q.mean(0)) ** 2).sum(0)
+    assert rm.quat_r2_score(noisy, q) == pytest.approx(float(1 - residual.sum() / total.sum()))
+    assert rm.quat_r2_score(noisy, q, "uniform") == pytest.approx(float((1 - residual / total).mean()))
     expected = 1 - ((noisy + q) ** 2).sum() / ((q - q.mean()) ** 2).sum()
-    assert rm.quat_r2_score(noisy, q, per_dimension=False) == pytest.approx(float(expected))
+    assert rm.quat_r2_score(noisy, q, "sie") == pytest.approx(float(expected))
     assert float(rm.sign_invariant_quat_mse(-q, q)) == 0.0
+
+
+def test_every_constant_minimising_the_sign_blind_loss_scores_zero_variance_weighted():
+    """For uniform rotations the sign-blind loss has the same minimum along any component k (a constant of
+    length E|q_k|); the default R^2 scores each ~0, the uniform average calls the x-pointing one a failure."""
+    q = rm.canonical_quat(unit_quats(20000, 4))
+    along_w = torch.zeros(4, dtype=torch.float64)
+    along_w[3] = q[:, 3].abs().mean()
+    along_x = torch.zeros(4, dtype=torch.float64)
+    along_x[0] = q[:, 0].abs().mean()
+    losses = [float(rm.sign_invariant_quat_mse(c.expand_as(q), q)) for c in (along_w, along_x)]
+    assert losses[0] == pytest.approx(losses[1], rel=0.02)
+    for constant in (along_w, along_x):
+        assert abs(rm.quat_r2_score(constant.expand_as(q), q)) < 0.02
+    assert rm.quat_r2_score(along_x.expand_as(q), q, "uniform") < -0.3
 
 
 def test_relative_quat_targets_and_absolute_quats_match_scipy():
