@@ -24,12 +24,12 @@ What 3DIEBench is (checked against facebookresearch/SIE: ``data/README.md``, ``d
 Where we differ, on purpose: 3DIEBench draws each Euler angle uniformly in [-pi/2, pi/2] (not uniform
 on SO(3)); by default (``rotations: so3``) we draw rotations uniformly on SO(3) and store
 ``Rotation.as_euler("xyz")``, so x and z lie in [-pi, pi] and y in [-pi/2, pi/2]. ``rotations: 3diebench``
-draws as 3DIEBench does (each angle uniform in [-pi/2, pi/2], stored as drawn): the poses then never
-turn an object upside down, which is the distribution SIE, seq-JEPA and EquiCaps were measured on. Our light is directional (from direction (theta, phi)) with a softer
-colour (saturation ``LIGHT_SATURATION``), plus a white ambient and sky term; shading is Lambertian with
-ray-traced shadows. Objects are composed from open3d primitives (``CLASS_NAMES``), with seeded
-per-instance proportions and colours; synset ids are synthetic (``9xxxxxxx``, not WordNet) and
-``class_names.json`` maps them to readable names.
+draws as 3DIEBench does (each angle uniform in [-pi/2, pi/2], stored as drawn): the object's up axis then
+never points below the horizon, the distribution SIE, seq-JEPA and EquiCaps were measured on. Our light
+is directional (from direction (theta, phi)) with a softer colour (saturation ``LIGHT_SATURATION``), plus
+a white ambient and sky term; shading is Lambertian with ray-traced shadows. Objects are composed from
+open3d primitives (``CLASS_NAMES``), with seeded per-instance proportions and colours; synset ids are
+synthetic (``9xxxxxxx``, not WordNet) and ``class_names.json`` maps them to readable names.
 
 ``render_shapes3d(root, cfg)`` is idempotent: it renders into a temporary folder, writes the marker
 ``shapes3d.json`` (holding the hash of the generation parameters) last and renames the folder into
