@@ -50,6 +50,7 @@ class HyperNetPredictor(nn.Module):
         hypernetwork_bias: bool = False,
         predictor_bias: bool = False,
         predictor_relu: bool = False,
+        init: Literal["torch", "unit_gain"] = "torch",
     ) -> None:
         super().__init__()
         if dim <= 0 or action_dim <= 0 or any(h <= 0 for h in hidden_dims):
@@ -80,6 +81,30 @@ class HyperNetPredictor(nn.Module):
                 nn.ReLU(),
                 nn.Linear(action_dim, offset, bias=hypernetwork_bias),
             )
+
+        if init == "unit_gain":
+            self._unit_gain_init()
+        elif init != "torch":
+            raise ValueError(f"HyperNetPredictor: init must be 'torch' or 'unit_gain', got {init!r}")
+
+    def _unit_gain_init(self) -> None:
+        """Generated weights ~ N(0, 1 / fan_in) for a unit-norm action, so ``W(g) z`` keeps the scale of ``z``.
+
+        torch's default for ``Linear(action_dim, P)`` draws U(-1/sqrt(A), 1/sqrt(A)) (std 0.29 for A = 4),
+        which makes ``W(g)`` scale a 1024-d embedding up ~9x at initialisation; the official SIE keeps that
+        default, and the equivariance term then spends its first hundreds of steps shrinking the predictor.
+        Linear hypernetworks only (the deep one's last layer sees ReLU features of unknown scale).
+        """
+        if self.kind != "linear":
+            raise ValueError("HyperNetPredictor: init='unit_gain' needs the linear hypernetwork")
+        weight = self.hypernet[0].weight
+        with torch.no_grad():
+            for start, bias_start, fan_in, fan_out in self._slices:
+                nn.init.normal_(weight[start:start + fan_in * fan_out], std=fan_in ** -0.5)
+                if bias_start >= 0:
+                    nn.init.zeros_(weight[bias_start:bias_start + fan_out])
+            if self.hypernet[0].bias is not None:
+                nn.init.zeros_(self.hypernet[0].bias)
 
     def _check(self, z: Tensor, action: Tensor) -> None:
         if z.ndim != 2 or z.shape[1] != self.dims[0]:

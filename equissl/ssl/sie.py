@@ -27,6 +27,10 @@ Fidelity notes (paper vs facebookresearch/SIE, class ``SIE`` of ``src/models.py`
   halves the predictor's too (``mean(relu(1 - std_pred)) / 2``); as for VICReg we follow the paper's sum
   of the terms by default and offer the halving as ``variance_average_branches=True``.
 - ``predictor_variance=False`` drops the predictor-output variance term (the official ``SIENoVar``).
+- Predictor initialisation: the official hypernetwork keeps torch's default ``Linear`` init, with which
+  ``W(g)`` multiplies a 1024-d embedding by ~9 at the start (the paper is silent). That is the default
+  here; ``predictor_init="unit_gain"`` draws the generated weights so that ``W(g) z`` keeps z's scale,
+  which removes the early phase where the equivariance term only shrinks the predictor (short budgets).
 - Projectors: ``[Linear -> BN -> ReLU] x 2 -> Linear`` without output bias, each part's widths the
   backbone's widths scaled by its share (official ``--mlp 2048-2048-2048`` -> 1024-1024-1024 each for
   ResNet-18 256/256); the code's bias on hidden linears before BN is cancelled by BN, so dropped.
@@ -158,6 +162,9 @@ class SIEConfig(ObjectiveConfig):
     hypernetwork_bias: bool = False
     predictor_bias: bool = False
     predictor_relu: bool = False
+    # "torch": the official default init of the hypernetwork (W(g) scales embeddings ~9x at the start);
+    # "unit_gain": W(g) z keeps z's scale (HyperNetPredictor._unit_gain_init), for short budgets
+    predictor_init: Literal["torch", "unit_gain"] = "torch"
     action: Action = "rotation"  # "rotation_colour": quaternion + floor/light hue deltas
     sim_coeff: float = 10.0
     equi_factor: float = 0.45
@@ -189,7 +196,7 @@ class SIE(Objective):
                                              last_norm="none")
         self.predictor = HyperNetPredictor(
             equi_dims[-1], ACTION_DIMS[cfg.action], cfg.predictor_hidden_dims, cfg.hypernetwork,
-            cfg.hypernetwork_bias, cfg.predictor_bias, cfg.predictor_relu,
+            cfg.hypernetwork_bias, cfg.predictor_bias, cfg.predictor_relu, cfg.predictor_init,
         )
 
     @property

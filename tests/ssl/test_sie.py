@@ -132,6 +132,28 @@ def test_linear_predictor_is_linear_in_the_action_and_in_the_input():
     assert torch.allclose(predictor(z, a), torch.einsum("boi,bi->bo", weight, z), atol=1e-10)
 
 
+@pytest.mark.parametrize("dim", [64, 512])
+def test_unit_gain_init_keeps_the_embedding_scale_and_torch_init_does_not(dim):
+    g = torch.Generator().manual_seed(dim)
+    z = torch.randn(256, dim, generator=g)
+    q = F.normalize(torch.randn(256, 4, generator=g), dim=1)  # random relative rotations, |q| = 1
+
+    def gain(init: str) -> float:
+        torch.manual_seed(1)
+        predictor = HyperNetPredictor(dim, 4, init=init)
+        with torch.no_grad():
+            return float(predictor(z, q).norm(dim=1).mean() / z.norm(dim=1).mean())
+
+    assert gain("unit_gain") == pytest.approx(1.0, abs=0.1)
+    # torch's U(-1/2, 1/2) generator (std 12^-1/2) scales by about sqrt(dim / 12)
+    assert gain("torch") == pytest.approx(math.sqrt(dim / 12), rel=0.15)
+    with pytest.raises(ValueError, match="unit_gain"):
+        HyperNetPredictor(dim, 4, hypernetwork="deep", init="unit_gain")
+    with pytest.raises(ValueError, match="init"):
+        HyperNetPredictor(dim, 4, init="xavier")
+    assert SIEConfig().predictor_init == "torch"  # the official initialisation stays the default
+
+
 def test_predictor_rejects_bad_shapes():
     predictor = HyperNetPredictor(5, 4)
     with pytest.raises(ValueError, match="action"):
