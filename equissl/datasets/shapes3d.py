@@ -523,17 +523,30 @@ def build_object(class_index: int, rng: np.random.Generator) -> Mesh:
 # Rendering.
 
 
+def _so3_euler(rng: np.random.Generator, count: int) -> np.ndarray:
+    quats = rng.standard_normal((count, 4))  # a normalised Gaussian 4-vector is uniform on SO(3)
+    return Rotation.from_quat(quats / np.linalg.norm(quats, axis=1, keepdims=True)).as_euler("xyz")
+
+
+def _3diebench_euler(rng: np.random.Generator, count: int) -> np.ndarray:
+    return rng.uniform(-np.pi / 2, np.pi / 2, (count, 3))
+
+
+EULER_SAMPLERS = {"so3": _so3_euler, "3diebench": _3diebench_euler}  # data.rotations -> (count, 3) angles
+
+
+def euler_sampler(rotations: str) -> Callable[[np.random.Generator, int], np.ndarray]:
+    """The Euler-angle sampler of pose distribution ``rotations``; ValueError naming the key otherwise."""
+    if rotations not in EULER_SAMPLERS:
+        raise ValueError(f"data.rotations must be one of {sorted(EULER_SAMPLERS)}, got {rotations!r}")
+    return EULER_SAMPLERS[rotations]
+
+
 def sample_latents(rng: np.random.Generator, count: int, rotations: str = "so3") -> np.ndarray:
     """(count, 7) float32 latents (``LATENT_NAMES``): xyz Euler angles of a rotation uniform on SO(3)
     (``rotations="so3"``) or each uniform in [-pi/2, pi/2] (``"3diebench"``), the rest uniform in
     ``LATENT_RANGES``."""
-    if rotations == "3diebench":
-        euler = rng.uniform(-np.pi / 2, np.pi / 2, (count, 3))
-    elif rotations == "so3":
-        quats = rng.standard_normal((count, 4))  # a normalised Gaussian 4-vector is uniform on SO(3)
-        euler = Rotation.from_quat(quats / np.linalg.norm(quats, axis=1, keepdims=True)).as_euler("xyz")
-    else:
-        raise ValueError(f'data.rotations must be "so3" or "3diebench", got {rotations!r}')
+    euler = euler_sampler(rotations)(rng, count)
     rest = np.stack(
         [
             rng.uniform(0, 1, count),
@@ -747,8 +760,7 @@ def generation_params(cfg: Shapes3DConfig) -> dict:
             raise ValueError(f"data.{key} must be >= 1, got {getattr(cfg, key)}")
     if cfg.val_objects_per_class < 0 or cfg.seed < 0:
         raise ValueError("data.val_objects_per_class and data.seed must be >= 0")
-    if cfg.rotations not in ("so3", "3diebench"):
-        raise ValueError(f'data.rotations must be "so3" or "3diebench", got {cfg.rotations!r}')
+    euler_sampler(cfg.rotations)  # refuse an unknown pose distribution before any rendering
     # the pose distribution enters only when not the default, so existing so3 renders stay valid
     pose = {} if cfg.rotations == "so3" else {"rotations": cfg.rotations}
     return {
