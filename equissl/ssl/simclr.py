@@ -13,11 +13,17 @@ Fidelity notes (paper vs google-research/simclr, which is followed where the pap
   separately (E-SSL's and VICReg's official code). The paper's "global BN" (statistics over all
   devices) is SyncBatchNorm, a trainer setting.
 - Loss scale: the mean over the 2N anchors (paper); the official code returns twice that.
+- Views: ``views="image"`` (default) augments one image twice, as the paper. ``views="object"`` takes two
+  rendered views of one object of a 3DIEBench-format dataset (augmented as ``augment.object_views``
+  says), as SIE, EquiCaps and seq-JEPA train their SimCLR baselines on 3DIEBench: the positive pair then
+  differs by the object's rotation (and colours), the transformation those methods predict.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +46,7 @@ class SimCLRConfig(ObjectiveConfig):
     proj_last_norm: LastNorm = "bn_scale_only"
     same_view_negatives: bool = True  # False: only other-view negatives (official E-SSL code)
     joint_forward: bool = True  # both views in one batch through backbone and projector
+    views: Literal["image", "object"] = "image"  # "object": two rendered views of one object
 
 
 def global_pair(views: Views, who: str) -> tuple[Tensor, Tensor]:
@@ -60,6 +67,8 @@ class SimCLR(Objective):
         if cfg.proj_num_layers < 1:
             raise ValueError(f"objective.proj_num_layers must be >= 1, got {cfg.proj_num_layers}")
         self.cfg = cfg
+        if cfg.views == "object":
+            self.required_views = dataclasses.replace(self.required_views, source="object")
         width = backbone.num_features
         hidden = cfg.proj_hidden_dim or width
         self.projector = projection_mlp(

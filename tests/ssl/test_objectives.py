@@ -110,6 +110,26 @@ def test_registered_names_and_paper_defaults():
     assert SimCLR.required_views == ViewSpec(source="image", num_views=2)
 
 
+def test_simclr_object_views_pair_two_renders_of_one_object():
+    simclr = SimCLR(TinyBackbone(), SimCLRConfig(views="object", proj_hidden_dim=8, proj_out_dim=4))
+    assert simclr.required_views == ViewSpec(source="object", num_views=2)
+    essl = ESSL(TinyBackbone(), ESSLConfig(views="object", proj_hidden_dim=8, rotation_hidden_dims=(8,)))
+    assert essl.required_views == ViewSpec(source="object", num_views=2, num_small=1)
+    g = torch.Generator().manual_seed(3)
+    renders = torch.randint(0, 256, (BATCH, 3, 3, 4, 4), generator=g, dtype=torch.uint8)  # TinyBackbone's 4 px
+    batch = {"images": renders, "latents": torch.rand(BATCH, 3, 7, generator=g)}
+    maker = ViewMaker(AugmentConfig(crop_size=4, object_views="none"))
+    views = maker(batch, simclr.required_views, g)
+    # the positive pair is renders 0 and 1 of each object, only normalised: equal renders, equal views
+    same = maker({**batch, "images": renders[:, [0, 0, 2]]}, simclr.required_views, g)
+    torch.testing.assert_close(same.images[0], same.images[1])
+    torch.testing.assert_close(same.images[0], views.images[0])
+    assert (views.images[0] - views.images[1]).abs().max() > 0.1
+    out = simclr.train()(views)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+
+
 def test_objectives_build_from_recipe_overrides():
     cfg = build_config(
         overrides=[
