@@ -18,6 +18,10 @@ The objective interface this module relies on (all optional, duck-typed; see :cl
 ``representations(images) -> {"inv": (B, Di), "equi": (B, De), "full": (B, D)[, "equi_embedding": (B, E)]}``
     images are normalised (B, 3, H, W); called under ``torch.no_grad()`` in eval mode. Without it the
     backbone's pooled features are the ``full`` representation and ``inv`` / ``equi`` are not reported.
+``object_representations(reps, latents) -> reps``
+    optional: the representations of the V views of one object (``reps`` as returned above, latents
+    (V, 7)) rewritten with context from the object's other views (seq-JEPA: ``inv`` = the aggregate of a
+    sequence of views, as in training).
 ``action_from_latents(latents_src, latents_tgt) -> (B, A)``
     the predictor's action for the transformation from source to target view, from (B, 7) latents.
 ``predict_equivariant(equi_embedding, action) -> (B, E)``
@@ -149,6 +153,14 @@ def has_predictor(objective: nn.Module) -> bool:
                                                        "predict_equivariant"))
 
 
+def _per_object(objective: nn.Module, out: dict[str, Tensor], latents: list[Tensor]) -> dict[str, Tensor]:
+    """``objective.object_representations`` applied to each object's rows of ``out`` (object-major)."""
+    counts = [len(item) for item in latents]
+    pieces = [objective.object_representations({key: value[rows] for key, value in out.items()}, lat)
+              for rows, lat in zip(torch.arange(sum(counts)).split(counts), latents)]
+    return {key: torch.cat([piece[key] for piece in pieces]) for key in pieces[0]}
+
+
 @torch.no_grad()
 def extract_split(objective: nn.Module, config: Config, split: str, settings: EquivarianceEvalConfig,
                   device: str | torch.device = "cpu") -> dict[str, Tensor]:
@@ -168,6 +180,8 @@ def extract_split(objective: nn.Module, config: Config, split: str, settings: Eq
     for batch in loader:
         images = torch.cat([item[1] for item in batch])
         out = part_representations(objective, preprocess(images.to(device), config))
+        if hasattr(objective, "object_representations"):
+            out = _per_object(objective, out, [item[2] for item in batch])
         extra = {
             "objects": torch.cat([torch.full((len(item[1]),), item[0], dtype=torch.long) for item in batch]),
             "latents": torch.cat([item[2].float() for item in batch]),

@@ -17,7 +17,9 @@ One step, for M observed views ``x_0 .. x_{M-1}`` of an input and one target vie
    to 1 (:func:`ema_momentum`).
 
 Representations: invariant = ``z_agg``, equivariant = the per-view encoder output ``z`` (see
-:meth:`SeqJEPA.representations`). ``StepOutput.features`` (the trainer's online probe, which needs
+:meth:`SeqJEPA.representations`; ``equissl equivariance`` takes ``z_agg`` of M views of the object,
+:meth:`SeqJEPA.object_representations`, as the official code's probes read ``z_agg`` of training-length
+sequences). ``StepOutput.features`` (the trainer's online probe, which needs
 ``backbone.num_features``-wide inputs) is the first observed view's ``z``; the official code's online
 classifier reads ``z_agg``.
 
@@ -335,6 +337,31 @@ class SeqJEPA(Objective):
         equi = self.backbone(images)
         inv = self.aggregate(equi[:, None])
         return {"inv": inv, "equi": equi, "full": torch.cat([inv, equi], dim=1), "equi_embedding": equi}
+
+    def object_representations(self, reps: dict[str, Tensor], latents: Tensor) -> dict[str, Tensor]:
+        """The paper's invariant representation for the V views of one object: ``inv`` of view i becomes
+        ``z_agg`` of the sequence of views ``i, i+1, .., i+M-1`` (cyclically over the object's views;
+        M = ``num_observed``, at most V), with the relative rotations between them as in training.
+
+        reps: :meth:`representations` of the V views (in the dataset's view order); latents: (V, 7).
+        Returns ``reps`` with ``inv`` and ``full`` replaced. With augmentation actions, which latents do
+        not give, ``reps`` is returned unchanged (one-view sequences).
+        """
+        if self.cfg.actions == "augment":
+            return reps
+        views = latents.shape[0]
+        m = min(self.cfg.num_observed, views)
+        order = (torch.arange(views)[:, None] + torch.arange(m)[None, :]) % views  # (V, M) view indices
+        encodings = reps["equi"][order.to(reps["equi"].device)]
+        actions = None
+        if m > 1:
+            steps = rotation_actions([latents[order[:, j]].float() for j in range(m)],
+                                     with_colour=self.cfg.actions == "rotation_colour")
+            # the last observed slot carries no action (it is zeroed in tokens() anyway)
+            actions = torch.cat([steps, steps.new_zeros(views, 1, steps.shape[2])], dim=1)
+            actions = actions.to(encodings.device)
+        inv = self.aggregate(encodings, actions)
+        return {**reps, "inv": inv, "full": torch.cat([inv, reps["equi"]], dim=1)}
 
     def action_from_latents(self, latents_1: Tensor, latents_2: Tensor) -> Tensor:
         """(B, 7), (B, 7) latents of source and target views -> (B, A) action: the canonical quaternion

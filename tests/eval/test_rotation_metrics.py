@@ -280,3 +280,36 @@ def test_objectives_without_a_split_report_full_only_and_no_predictor():
     table = format_equivariance(report)
     assert "full       50.0    0.250" in table and "inv           -        -" in table
     assert "predictor: none" in table
+
+
+def test_extraction_hands_each_objects_views_to_object_representations(tiny_3diebench):
+    from torch import nn
+
+    from equissl.config import build_config
+    from equissl.eval.equivariance_report import EquivarianceEvalConfig, extract_split
+
+    class ObjectMean(nn.Module):  # inv of a view = mean of its object's views (a sequence-level rep)
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Flatten()
+            self.calls = []
+
+        def representations(self, images):
+            flat = self.backbone(images)
+            return {"inv": flat, "equi": flat, "full": flat}
+
+        def object_representations(self, reps, latents):
+            self.calls.append(len(latents))
+            mean = reps["equi"].mean(0, keepdim=True).expand_as(reps["equi"])
+            return {**reps, "inv": mean}
+
+    config = build_config(overrides=[
+        "data.name=3diebench", f"data.root={tiny_3diebench}", "data.views_per_object=3", "data.image_size=16",
+        "data.num_workers=0", "augment.crop_size=16"])
+    objective = ObjectMean()
+    data = extract_split(objective, config, "train", EquivarianceEvalConfig(batch_size=6, num_workers=0))
+    assert objective.calls == [3, 3, 3, 3]  # 4 objects of 3 views, 2 objects a batch
+    for obj in range(4):
+        rows = data["objects"] == obj
+        torch.testing.assert_close(data["inv"][rows], data["equi"][rows].mean(0).expand(3, -1))
+    assert not torch.allclose(data["inv"], data["equi"])

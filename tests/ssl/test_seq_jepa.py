@@ -315,6 +315,35 @@ def test_representations_and_predictor_interface():
             build(actions="augment").action_from_latents(*latents)
 
 
+def test_object_representations_aggregate_m_view_sequences_with_their_rotations():
+    objective = build().eval()
+    views = 5
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(views, 3, SIZE, SIZE, generator=g)
+    latents = torch.stack([lat[0] for lat in random_latents(views, batch=1, seed=10)])  # (V, 7)
+    with torch.no_grad():
+        reps = objective.representations(x)
+        out = objective.object_representations(reps, latents)
+        start = int(torch.randint(views, (1,), generator=g))  # a view whose sequence wraps or not
+        order = [(start + j) % views for j in range(M)]
+        euler = latents[order, :3].double().numpy()
+        quats = np.stack([scipy_relative_quat(euler[j], euler[j + 1]) for j in range(M - 1)])
+        quats = np.where(quats[:, 3:] < 0, -quats, quats)
+        actions = torch.cat([torch.from_numpy(quats).float(), torch.zeros(1, 4)])[None]  # (1, M, 4)
+        expected = objective.aggregate(reps["equi"][order][None], actions)[0]
+        torch.testing.assert_close(out["inv"][start], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out["full"], torch.cat([out["inv"], reps["equi"]], 1))
+        torch.testing.assert_close(out["equi"], reps["equi"])
+        # the actions matter: a sequence with other rotations aggregates differently
+        other = objective.aggregate(reps["equi"][order][None], actions.flip(1).roll(-1, 1))[0]
+        assert (other - expected).abs().max() > 1e-4
+        assert (out["inv"][start] - reps["inv"][start]).abs().max() > 1e-4  # not the one-view z_agg
+        # augmentation actions cannot be read from latents: one-view sequences are kept
+        augment = build(actions="augment").eval()
+        kept = augment.representations(x)
+        assert augment.object_representations(kept, latents) is kept
+
+
 def test_configuration_errors():
     with pytest.raises(ValueError, match="divisible"):
         build(num_heads=5)
