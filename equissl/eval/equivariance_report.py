@@ -11,7 +11,8 @@ Then, per representation part:
 
 and, for objectives with a predictor, PRE, MRR and Hits@k on train -> train and val -> val (SIE's
 ``eval_prediction_errors.py`` / ``eval_MRR_Hk.py`` modes): each object's first view is pushed through the
-predictor with the action to each of its views.
+predictor with the action to each of its views; ``MRR_shuffled`` repeats the MRR with each query given
+another query's action, so that a predictor which ignores its action shows as MRR == MRR_shuffled.
 
 The objective interface this module relies on (all optional, duck-typed; see :class:`EquivariantObjective`):
 
@@ -197,23 +198,38 @@ def extract_split(objective: nn.Module, config: Config, split: str, settings: Eq
 # Metrics
 
 
-@torch.no_grad()
-def predictor_metrics(objective: nn.Module, data: dict[str, Tensor], settings: EquivarianceEvalConfig,
-                      device: str | torch.device = "cpu", batch_size: int = 1024) -> dict[str, float]:
-    """PRE, MRR and H@k of the objective's predictor on one split (queries and candidates both from it)."""
-    source, target = rm.predictor_queries(data["objects"])
-    embeddings, latents = data["equi_embedding"], data["latents"]
+def _predictions(objective: nn.Module, embeddings: Tensor, latents: Tensor, source: Tensor, action_from: Tensor,
+                 action_to: Tensor, device: str | torch.device, batch_size: int) -> Tensor:
+    """Predicted embeddings of the rows ``source`` moved by the actions ``action_from[i] -> action_to[i]``."""
     predicted = []
     for rows in torch.arange(len(source)).split(batch_size):
-        action = objective.action_from_latents(latents[source[rows]].to(device), latents[target[rows]].to(device))
+        action = objective.action_from_latents(latents[action_from[rows]].to(device),
+                                               latents[action_to[rows]].to(device))
         predicted.append(objective.predict_equivariant(embeddings[source[rows]].to(device), action).float().cpu())
-    predicted = torch.cat(predicted)
+    return torch.cat(predicted)
+
+
+@torch.no_grad()
+def predictor_metrics(objective: nn.Module, data: dict[str, Tensor], settings: EquivarianceEvalConfig,
+                      device: str | torch.device = "cpu", batch_size: int = 1024, seed: int = 0) -> dict[str, float]:
+    """PRE, MRR and H@k of the objective's predictor on one split (queries and candidates both from it),
+    and ``MRR_shuffled``: the MRR when each query is given another query's action (a seeded permutation),
+    the control that says whether the predictor uses its action at all (equal MRRs: it does not)."""
+    source, target = rm.predictor_queries(data["objects"])
+    embeddings, latents = data["equi_embedding"], data["latents"]
+    predicted = _predictions(objective, embeddings, latents, source, source, target, device, batch_size)
     quats = rm.absolute_quat(latents)
     scores = {"PRE": rm.prediction_retrieval_error(predicted, embeddings, quats, quats[target],
                                                    settings.normalize_predictions)}
     ranks = rm.target_ranks(predicted, embeddings, data["objects"], data["objects"][target], target,
                             settings.normalize_predictions)
     scores.update(rm.mrr_hits_at_k(ranks, settings.hits_at))
+    other = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))
+    shuffled = _predictions(objective, embeddings, latents, source, source[other], target[other], device,
+                            batch_size)
+    shuffled_ranks = rm.target_ranks(shuffled, embeddings, data["objects"], data["objects"][target], target,
+                                     settings.normalize_predictions)
+    scores["MRR_shuffled"] = rm.mrr_hits_at_k(shuffled_ranks, ())["MRR"]
     scores["queries"] = len(predicted)
     return scores
 
@@ -238,7 +254,7 @@ def evaluate_parts(objective: nn.Module, train: dict[str, Tensor], val: dict[str
             results["colour_r2"][part] = rm.colour_prediction_r2(
                 _pair_data(train, part), _pair_data(val, part), settings.regression, device)
     if settings.predictor and has_predictor(objective) and "equi_embedding" in train:
-        results["prediction"] = {name: predictor_metrics(objective, data, settings, device)
+        results["prediction"] = {name: predictor_metrics(objective, data, settings, device, seed=seed)
                                  for name, data in (("train", train), ("val", val))}
     else:
         results["prediction"] = None

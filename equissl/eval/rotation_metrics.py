@@ -322,7 +322,12 @@ def target_ranks(predicted: Tensor, candidates: Tensor, candidate_objects: Tenso
         valid = local[None, :] < counts[slot[rows]][:, None]
         index = order[(starts[slot[rows]][:, None] + local[None, :]).clamp_max(len(order) - 1)]
         sims = torch.einsum("qe,qve->qv", predicted[rows], candidates[index])
-        true = (predicted[rows] * candidates[true_index[rows]]).sum(1, keepdim=True)
+        # The true target's similarity read from the same einsum: recomputing it another way can round
+        # it one ulp below itself and rank the target behind its own copy.
+        is_true = (index == true_index[rows][:, None]) & valid
+        if not bool(is_true.any(1).all()):
+            raise ValueError("target_ranks: a query's true target is not among its object's candidates")
+        true = sims.masked_fill(~is_true, float("-inf")).amax(1, keepdim=True)
         ranks[rows] = 1 + ((sims > true) & valid).sum(1)
     return ranks
 

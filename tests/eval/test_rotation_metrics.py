@@ -108,6 +108,8 @@ def test_mrr_and_hits_on_a_constructed_retrieval():
     assert (scores["H@1"], scores["H@2"], scores["H@5"]) == (0.5, 0.75, 1.0)
     with pytest.raises(ValueError, match="no candidates"):
         rm.target_ranks(predicted, candidates, objects, torch.tensor([0, 0, 1, 7]), torch.tensor([0, 1, 5, 4]))
+    with pytest.raises(ValueError, match="not among its object's candidates"):
+        rm.target_ranks(predicted, candidates, objects, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 5, 0]))
 
 
 def test_prediction_retrieval_error_hand_computed():
@@ -313,3 +315,41 @@ def test_extraction_hands_each_objects_views_to_object_representations(tiny_3die
         rows = data["objects"] == obj
         torch.testing.assert_close(data["inv"][rows], data["equi"][rows].mean(0).expand(3, -1))
     assert not torch.allclose(data["inv"], data["equi"])
+
+
+class _RotatingPredictor(torch.nn.Module):
+    """Embedding of a view = its flattened rotation matrix; the predictor right-multiplies it by the action
+    (the relative rotation ``R_src^-1 R_tgt``), exactly -- or ignores the action when ``uses_action`` is off."""
+
+    def __init__(self, uses_action: bool) -> None:
+        super().__init__()
+        self.uses_action = uses_action
+
+    @staticmethod
+    def matrices(latents):
+        return torch.from_numpy(Rotation.from_euler("xyz", latents[:, :3].double().numpy()).as_matrix())
+
+    def action_from_latents(self, latents_1, latents_2):
+        return (self.matrices(latents_1).transpose(1, 2) @ self.matrices(latents_2)).reshape(-1, 9)
+
+    def predict_equivariant(self, embedding, action):
+        if not self.uses_action:
+            return embedding
+        return (embedding.reshape(-1, 3, 3).double() @ action.reshape(-1, 3, 3)).reshape(-1, 9)
+
+
+def test_mrr_with_shuffled_actions_tells_a_predictor_that_uses_its_action_from_one_that_does_not():
+    from equissl.eval.equivariance_report import EquivarianceEvalConfig, predictor_metrics
+
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 10_000, ())))
+    objects = torch.arange(6).repeat_interleave(8)  # 6 objects x 8 views, random poses
+    latents = torch.cat([(torch.rand(48, 3, generator=generator) - 0.5) * math.pi, torch.rand(48, 4)], dim=1)
+    data = {"objects": objects, "latents": latents,
+            "equi_embedding": _RotatingPredictor.matrices(latents).reshape(-1, 9).float()}
+    settings = EquivarianceEvalConfig()
+    exact = predictor_metrics(_RotatingPredictor(uses_action=True), data, settings)
+    assert exact["MRR"] == pytest.approx(1.0) and exact["PRE"] == pytest.approx(0.0, abs=1e-6)
+    assert exact["MRR_shuffled"] < 0.7  # another view's rotation lands on the wrong view
+    blind = predictor_metrics(_RotatingPredictor(uses_action=False), data, settings)
+    assert blind["MRR"] == pytest.approx(blind["MRR_shuffled"])  # the source view itself, whatever the action
+    assert blind["queries"] == exact["queries"] == 48
