@@ -221,15 +221,16 @@ def predictor_metrics(objective: nn.Module, data: dict[str, Tensor], settings: E
     quats = rm.absolute_quat(latents)
     scores = {"PRE": rm.prediction_retrieval_error(predicted, embeddings, quats, quats[target],
                                                    settings.normalize_predictions)}
-    ranks = rm.target_ranks(predicted, embeddings, data["objects"], data["objects"][target], target,
-                            settings.normalize_predictions)
-    scores.update(rm.mrr_hits_at_k(ranks, settings.hits_at))
+
+    def ranks_of(prediction: Tensor) -> Tensor:  # rank of each query's true target among its object's views
+        return rm.target_ranks(prediction, embeddings, data["objects"], data["objects"][target], target,
+                               settings.normalize_predictions)
+
+    scores.update(rm.mrr_hits_at_k(ranks_of(predicted), settings.hits_at))
     other = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))
     shuffled = _predictions(objective, embeddings, latents, source, source[other], target[other], device,
                             batch_size)
-    shuffled_ranks = rm.target_ranks(shuffled, embeddings, data["objects"], data["objects"][target], target,
-                                     settings.normalize_predictions)
-    scores["MRR_shuffled"] = rm.mrr_hits_at_k(shuffled_ranks, ())["MRR"]
+    scores["MRR_shuffled"] = rm.mrr_hits_at_k(ranks_of(shuffled), ())["MRR"]
     scores["queries"] = len(predicted)
     return scores
 
