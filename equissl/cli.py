@@ -283,7 +283,7 @@ def cmd_equivariance(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from equissl.launch.errors import BadDataError, DataItemError, NonFiniteLossError
+    from equissl.errors import BadDataError, DataItemError, NonFiniteLossError
 
     try:
         if args.command == "pretrain":

@@ -19,12 +19,10 @@ from typing import Any, Literal
 
 import yaml
 
+from equissl.errors import ConfigError
+
 # A plain decimal literal such as 2e-3, 1E5, .5 or -3.0 (no nan/inf: never a sensible setting).
 _DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-class ConfigError(ValueError):
-    """A recipe or override that does not fit the typed config."""
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch.utils.data import Dataset, default_collate
 
-from equissl.launch.errors import DataItemError
+from equissl.errors import DataItemError
 
 
 def _skips(dataset: Any) -> tuple[int, int]:

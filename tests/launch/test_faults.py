@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from equissl.config import build_config
-from equissl.launch.errors import BadDataError, DataItemError, NonFiniteLossError
+from equissl.errors import BadDataError, DataItemError, NonFiniteLossError
 from equissl.launch.sampler import ResumableSampler
 from equissl.launch.trainer import Trainer
 

@@ -14,7 +14,7 @@ import torch
 
 from equissl.config import build_config
 from equissl.launch import checkpoint as ckpt
-from equissl.launch.errors import NonFiniteLossError
+from equissl.errors import NonFiniteLossError
 from equissl.launch.trainer import Trainer, pretrain
 
 RECIPE = "configs/simclr_resnet18_shapes3d.yaml"
