@@ -67,7 +67,8 @@ def build(name: str, args: argparse.Namespace) -> tuple[nn.Module, int]:
     from equissl.backbones.capsules import CapsNetConfig
     from equissl.backbones.poly_vit import SIZES, PolyViTConfig
     from equissl.backbones.resnet import ResNetConfig
-    from equissl.backbones.steerable import SteerableConfig, parse_group
+    from equissl.backbones.steerable import SteerableConfig
+    from equissl.groups import parse_group
     from equissl.registry import BACKBONES
 
     size = args.image_size

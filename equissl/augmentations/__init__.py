@@ -1,4 +1,4 @@
-"""Batched augmentations on the training device that return their parameters (see DESIGN.md)."""
+"""Batched augmentations on the training device that return their parameters (see docs/design.md)."""
 
 from equissl.augmentations import points  # noqa: F401  (registers the lidar_pair view maker)
 from equissl.augmentations.image import (
@@ -9,7 +9,7 @@ from equissl.augmentations.image import (
     identity_params,
     sample_params,
 )
-from equissl.augmentations.rotation import RandomFourFoldRotation, rotate_by_index, rotate_four_ways
+from equissl.augmentations.rotation import RandomFourFoldRotation
 from equissl.augmentations.views import ViewMaker
 
 __all__ = [
@@ -20,7 +20,5 @@ __all__ = [
     "apply_params",
     "chunk_index",
     "identity_params",
-    "rotate_by_index",
-    "rotate_four_ways",
     "sample_params",
 ]

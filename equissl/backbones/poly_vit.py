@@ -39,6 +39,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from equissl.config import BackboneConfig
+from equissl.groups import circular_shift
 from equissl.registry import BACKBONES
 
 SIZES: dict[str, dict[str, int]] = {
@@ -46,19 +47,6 @@ SIZES: dict[str, dict[str, int]] = {
     "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
     "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
 }
-
-
-def circular_shift(x: Tensor, shifts: Tensor) -> Tensor:
-    """Per-sample ``torch.roll``: ``out[b, :, y, x] = x[b, :, y - shifts[b, 0], x - shifts[b, 1]]`` (mod H, W).
-
-    ``x`` (B, C, H, W); ``shifts`` (B, 2) integer pixels (rows, columns). Differentiable in ``x``.
-    """
-    b, c, h, w = x.shape
-    shifts = shifts.to(device=x.device, dtype=torch.long)
-    rows = (torch.arange(h, device=x.device)[None, :] - shifts[:, :1]) % h  # (B, H)
-    cols = (torch.arange(w, device=x.device)[None, :] - shifts[:, 1:]) % w  # (B, W)
-    x = torch.gather(x, 2, rows[:, None, :, None].expand(b, c, h, w))
-    return torch.gather(x, 3, cols[:, None, None, :].expand(b, c, h, w))
 
 
 def polyphase_offsets(x: Tensor, patch_size: int) -> Tensor:

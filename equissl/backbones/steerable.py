@@ -38,9 +38,7 @@ square inputs whose side ``S`` satisfies ``(S - 1) % 2**s == 0`` (e.g. 17, 33, 6
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from functools import cached_property
 from typing import ClassVar, Literal
 
 import torch
@@ -48,118 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from equissl.config import BackboneConfig
+from equissl.groups import Group, parse_group
 from equissl.registry import BACKBONES
-
-# ----------------------------------------------------------------------------------------------------
-# The groups.
-
-
-def rotate_interpolated(x: Tensor, angle: float, mode: str = "bicubic") -> Tensor:
-    """Rotate the last two (square) dims of ``x`` by ``angle`` radians counter-clockwise about the centre.
-
-    ``grid_sample`` interpolation (bicubic by default), zero outside; the direction matches
-    ``torch.rot90(x, 1, dims=(-2, -1))`` at pi/2.
-    """
-    if x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"rotation needs a square grid, got {tuple(x.shape[-2:])}")
-    if x.shape[-1] == 1:  # a single pixel (1x1 filter) is its own rotation
-        return x
-    lead = x.shape[:-2]
-    flat = x.reshape(-1, 1, *x.shape[-2:])
-    cos, sin = math.cos(angle), math.sin(angle)
-    # Output normalised (x, y) samples the input at R(angle) (x, y): at pi/2 out[i, j] = in[j, W-1-i].
-    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=flat.dtype, device=flat.device)
-    grid = F.affine_grid(theta.expand(flat.shape[0], 2, 3), list(flat.shape), align_corners=True)
-    out = F.grid_sample(flat, grid, mode=mode, padding_mode="zeros", align_corners=True)
-    return out.reshape(*lead, *x.shape[-2:])
-
-
-@dataclass(frozen=True)
-class Group:
-    """C_N (``kind="C"``, order N) or D_N (``kind="D"``, order 2N) acting on the pixel grid."""
-
-    kind: Literal["C", "D"]
-    n: int
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("C", "D"):
-            raise ValueError(f"group kind must be 'C' or 'D', got {self.kind!r}")
-        if self.n < 1:
-            raise ValueError(f"group N must be >= 1, got {self.n}")
-
-    @property
-    def order(self) -> int:
-        return self.n * (2 if self.kind == "D" else 1)
-
-    def element(self, index: int) -> tuple[int, int]:
-        """(k, m) of element ``index``: rotation ``r^k`` after ``m`` mirrors."""
-        return index % self.n, index // self.n
-
-    def index(self, k: int, m: int) -> int:
-        return (m % 2) * self.n + k % self.n
-
-    def compose(self, a: int, b: int) -> int:
-        """Index of ``a b`` (``b`` acts first). Uses ``f r = r^-1 f``."""
-        ka, ma = self.element(a)
-        kb, mb = self.element(b)
-        return self.index(ka + (-kb if ma else kb), ma + mb)
-
-    def inverse(self, a: int) -> int:
-        k, m = self.element(a)
-        return self.index(k if m else -k, m)
-
-    @cached_property
-    def regular_permutation(self) -> Tensor:
-        """(|G|, |G|) long: row ``g`` holds ``g^-1 h`` for every ``h`` (the filter's group-axis gather)."""
-        return torch.tensor(
-            [[self.compose(self.inverse(g), h) for h in range(self.order)] for g in range(self.order)]
-        )
-
-    @property
-    def all_exact(self) -> bool:
-        """Whether every element acts by a pixel permutation (N in 1, 2, 4)."""
-        return all(self.exact(g) for g in range(self.order))
-
-    def exact(self, index: int) -> bool:
-        """Whether ``T_g`` is a pixel permutation (multiple of 90 degrees, possibly mirrored)."""
-        k, _ = self.element(index)
-        return (4 * k) % self.n == 0
-
-    def transform_image(self, x: Tensor, index: int) -> Tensor:
-        """``T_g x`` on the last two (square) dims: mirror left-right if m, then rotate by k 360/N deg."""
-        k, m = self.element(index)
-        if m:
-            x = torch.flip(x, dims=(-1,))
-        if self.n % 4 == 0:
-            quarter, rest = divmod(k, self.n // 4)
-        elif (4 * k) % self.n == 0:
-            quarter, rest = (4 * k) // self.n, 0
-        else:
-            quarter, rest = 0, k
-        if rest:
-            x = rotate_interpolated(x, 2 * math.pi * rest / self.n)
-        return torch.rot90(x, quarter, dims=(-2, -1)) if quarter % 4 else x
-
-    def transform_regular(self, features: Tensor, index: int, group_dim: int = 2) -> Tensor:
-        """The regular representation: ``(g . F)[..., h, :, :] = T_g F[..., g^-1 h, :, :]``.
-
-        ``features`` has the group axis at ``group_dim`` and the spatial axes last, e.g. (B, C, |G|, H, W).
-        """
-        if features.shape[group_dim] != self.order:
-            raise ValueError(
-                f"group axis {group_dim} has size {features.shape[group_dim]}, expected {self.order}"
-            )
-        gather = self.regular_permutation[index].to(features.device)
-        return self.transform_image(features.index_select(group_dim, gather), index)
-
-
-def parse_group(name: str) -> Group:
-    """'c4' / 'C8' / 'd4' -> :class:`Group`."""
-    name = name.strip()
-    if len(name) < 2 or name[0].upper() not in "CD" or not name[1:].isdigit():
-        raise ValueError(f"group must look like 'c4', 'c8' or 'd4', got {name!r}")
-    return Group(name[0].upper(), int(name[1:]))  # type: ignore[arg-type]
-
 
 # ----------------------------------------------------------------------------------------------------
 # Layers on regular fields (tensors (B, C, |G|, H, W)).
@@ -549,7 +437,6 @@ for _name, _group in (("steerable_c4", "c4"), ("steerable_d4", "d4"), ("steerabl
     _register(_name, _group)
 
 __all__ = [
-    "Group",
     "GroupBasicBlock",
     "GroupBatchNorm",
     "GroupConv2d",
@@ -557,6 +444,4 @@ __all__ = [
     "PlainGroupResNet",
     "SteerableConfig",
     "SteerableResNet",
-    "parse_group",
-    "rotate_interpolated",
 ]

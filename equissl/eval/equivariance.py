@@ -5,7 +5,7 @@
   plus the relative change of the output.
 - :func:`equivariance_error` -- ``max|f(g x) - g f(x)| / max|f(x)|`` for given input / output actions
   (escnn's ``check_equivariance`` in one number).
-- group helpers: random elements of C_N / D_N (indices into :class:`equissl.backbones.steerable.Group`)
+- group helpers: random elements of C_N / D_N (indices into :class:`equissl.groups.Group`)
   and the actions on images and on regular-representation feature maps.
 """
 
@@ -16,8 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from equissl.backbones.poly_vit import circular_shift
-from equissl.backbones.steerable import Group
+from equissl.groups import Group, circular_shift
 
 
 def random_shifts(batch_size: int, max_shift: int, generator: torch.Generator | None = None) -> Tensor:

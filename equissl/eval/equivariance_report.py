@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from equissl.config import Config, ConfigError, ProbeConfig, from_dict, parse_override, set_path, to_dict
 from equissl.eval import rotation_metrics as rm
 from equissl.eval.features import load_run, preprocess
+from equissl.latents import absolute_quat
 from equissl.launch import checkpoint as ckpt
 from equissl.launch.trainer import build_objective
 from equissl.registry import DATASETS
@@ -218,7 +219,7 @@ def predictor_metrics(objective: nn.Module, data: dict[str, Tensor], settings: E
     source, target = rm.predictor_queries(data["objects"])
     embeddings, latents = data["equi_embedding"], data["latents"]
     predicted = _predictions(objective, embeddings, latents, source, source, target, device, batch_size)
-    quats = rm.absolute_quat(latents)
+    quats = absolute_quat(latents)
     scores = {"PRE": rm.prediction_retrieval_error(predicted, embeddings, quats, quats[target],
                                                    settings.normalize_predictions)}
 

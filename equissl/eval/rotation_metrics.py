@@ -46,21 +46,11 @@ from torch import Tensor, nn
 
 from equissl.config import ProbeConfig
 from equissl.eval.linear_probe import linear_probe
-from equissl.rotations import canonical_quat, euler_xyz_to_matrix, matrix_to_quat, relative_rotation_quat
-from equissl.ssl.sie import colour_deltas
+from equissl.latents import colour_deltas, relative_action
+from equissl.rotations import canonical_quat
 
 # ----------------------------------------------------------------------------------------------------
 # Targets and scores
-
-
-def absolute_quat(latents: Tensor) -> Tensor:
-    """(..., >=3) latents (extrinsic xyz Euler first) -> (..., 4) canonical quaternions (x, y, z, w)."""
-    return matrix_to_quat(euler_xyz_to_matrix(latents[..., :3].float()))
-
-
-def relative_quat_targets(latents_1: Tensor, latents_2: Tensor) -> Tensor:
-    """(..., 7), (..., 7) -> (..., 4) canonical quaternion of ``R1^-1 R2``."""
-    return relative_rotation_quat(latents_1[..., :3].float(), latents_2[..., :3].float())
 
 
 R2_AVERAGES = ("variance_weighted", "uniform", "sie")
@@ -242,7 +232,7 @@ def pair_regression(
 def rotation_prediction_r2(train: PairData, val: PairData, protocol: RegressionProtocol | None = None,
                            device: str | torch.device = "cpu") -> dict[str, float]:
     """R^2 of the relative-rotation quaternion predicted from two views' features (q ~ -q handled)."""
-    return pair_regression(train, val, relative_quat_targets, sign_invariant_quat_mse, quat_r2_score,
+    return pair_regression(train, val, relative_action, sign_invariant_quat_mse, quat_r2_score,
                            protocol, device)
 
 

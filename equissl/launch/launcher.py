@@ -17,6 +17,7 @@ import argparse
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -66,6 +67,13 @@ def build_command(spec: LaunchSpec) -> list[str]:
                       "--rdzv-id", spec.rdzv_id]
     return [*torchrun_prefix(), *rendezvous, "--nproc-per-node", str(spec.nproc_per_node),
             "-m", "equissl.cli", *pretrain_args(spec)]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago, for a local ``init_method=tcp://host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def run_command(command: list[str]) -> int:

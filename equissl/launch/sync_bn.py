@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from equissl.launch.distributed import gather_with_grad, is_distributed, world_size
+from equissl.distributed import gather_with_grad, is_distributed, world_size
 
 
 def _global_sum(x: Tensor) -> Tensor:

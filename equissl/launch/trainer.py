@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader
 
 from equissl.augmentations.views import ViewMaker
 from equissl.config import Config, to_dict
+from equissl.errors import BadDataError, NonFiniteLossError
 from equissl.launch import checkpoint as ckpt
 from equissl.launch.data import GuardedCollate, GuardedDataset
-from equissl.errors import BadDataError, NonFiniteLossError
 from equissl.launch.logging import MetricLogger
 from equissl.launch.optim import build_optimizer, build_scheduler, scaled_lr
 from equissl.launch.sampler import ResumableSampler

@@ -48,7 +48,7 @@ from equissl.config import ObjectiveConfig
 from equissl.heads.mlp import projection_mlp
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
-from equissl.ssl.losses import nt_xent
+from equissl.ssl.losses import nt_xent, upcast
 from equissl.ssl.simclr import global_pair
 from equissl.types import StepOutput, Views, ViewSpec
 
@@ -78,8 +78,7 @@ def orthogonal_equivariance_loss(
         raise ValueError(f"orthogonal_equivariance_loss: {num_chunks} chunks of a batch of {n} leave a chunk "
                          "with fewer than 2 rows")
     with torch.autocast(device_type=z_a.device.type, enabled=False):
-        z_a = F.normalize(z_a.float() if z_a.dtype not in (torch.float32, torch.float64) else z_a, dim=1)
-        z_b = F.normalize(z_b.float() if z_b.dtype not in (torch.float32, torch.float64) else z_b, dim=1)
+        z_a, z_b = F.normalize(upcast(z_a), dim=1), F.normalize(upcast(z_b), dim=1)
         index = chunk_index(n, num_chunks, z_a.device)
         total = z_a.new_zeros(())
         for chunk in range(num_chunks):

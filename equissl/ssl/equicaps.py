@@ -61,13 +61,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from equissl.backbones.capsules import SelfRoutingCapsules
 from equissl.config import ObjectiveConfig
-from equissl.launch.distributed import gather_with_grad
+from equissl.distributed import gather_with_grad
+from equissl.heads.capsules import SelfRoutingCapsules
+from equissl.latents import relative_action, relative_rotation
 from equissl.registry import OBJECTIVES
-from equissl.rotations import quat_to_matrix, relative_rotation_matrix, relative_rotation_quat
+from equissl.rotations import quat_to_matrix
 from equissl.ssl.base import Objective
-from equissl.ssl.losses import _full_precision, _upcast, covariance_loss, variance_loss
+from equissl.ssl.losses import covariance_loss, full_precision, upcast, variance_loss
 from equissl.types import StepOutput, Views, ViewSpec
 
 
@@ -117,7 +118,7 @@ def pose_action(rotation: Tensor, pose_dim: int) -> Tensor:
     raise ValueError(f"EquiCaps acts on 3x3 or 4x4 poses, got pose_dim={pose_dim}")
 
 
-@_full_precision
+@full_precision
 def pose_equivariance_loss(poses_1: Tensor, poses_2: Tensor, action: Tensor) -> Tensor:
     """EquiCaps' equivariance term: ``mean( (n(P_1 A) - n(P_2)) ** 2 )`` over N x J x d x d entries.
 
@@ -126,11 +127,11 @@ def pose_equivariance_loss(poses_1: Tensor, poses_2: Tensor, action: Tensor) -> 
     """
     if poses_1.shape != poses_2.shape:
         raise ValueError(f"pose shapes differ: {tuple(poses_1.shape)} vs {tuple(poses_2.shape)}")
-    transformed = frobenius_normalise(transform_poses(_upcast(poses_1), _upcast(action)))
-    return F.mse_loss(transformed, frobenius_normalise(_upcast(poses_2)))
+    transformed = frobenius_normalise(transform_poses(upcast(poses_1), upcast(action)))
+    return F.mse_loss(transformed, frobenius_normalise(upcast(poses_2)))
 
 
-@_full_precision
+@full_precision
 def activation_cross_entropy(predicted: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
     """``mean_n sum_j -target_nj log(clamp(predicted_nj, eps))`` for (N, J) capsule activations.
 
@@ -139,11 +140,11 @@ def activation_cross_entropy(predicted: Tensor, target: Tensor, eps: float = 1e-
     if predicted.ndim != 2 or predicted.shape != target.shape:
         raise ValueError(f"expected two (N, J) activations of one shape, got {tuple(predicted.shape)} "
                          f"and {tuple(target.shape)}")
-    log_predicted = torch.log(_upcast(predicted).clamp_min(eps))
-    return -(_upcast(target) * log_predicted).sum(dim=1).mean()
+    log_predicted = torch.log(upcast(predicted).clamp_min(eps))
+    return -(upcast(target) * log_predicted).sum(dim=1).mean()
 
 
-@_full_precision
+@full_precision
 def memax_loss(activations: Tensor, eps: float = 1e-8) -> Tensor:
     """Mean-entropy maximisation: ``log J - H(p)``, ``p = mean_n activations_n`` over the global batch.
 
@@ -153,12 +154,12 @@ def memax_loss(activations: Tensor, eps: float = 1e-8) -> Tensor:
     """
     if activations.ndim != 2:
         raise ValueError(f"expected (N, J) activations, got {tuple(activations.shape)}")
-    mean = gather_with_grad(_upcast(activations)).mean(dim=0)
+    mean = gather_with_grad(upcast(activations)).mean(dim=0)
     entropy = -(mean * torch.log(mean.clamp_min(eps))).sum()
     return math.log(mean.shape[0]) - entropy
 
 
-@_full_precision
+@full_precision
 def equicaps_loss(
     activations_1: Tensor,
     activations_2: Tensor,
@@ -179,9 +180,9 @@ def equicaps_loss(
     right (``R_1^-1 R_2`` or its 4x4 embedding). Terms: ``inv``, ``equi``, ``std`` (``[v(Z_1) + v(Z_2)]``,
     halved if ``average_branches``), ``cov``, ``memax`` (both views summed).
     """
-    a_1, a_2 = _upcast(activations_1), _upcast(activations_2)
-    transformed = frobenius_normalise(transform_poses(_upcast(poses_1), _upcast(action)))
-    target = frobenius_normalise(_upcast(poses_2))
+    a_1, a_2 = upcast(activations_1), upcast(activations_2)
+    transformed = frobenius_normalise(transform_poses(upcast(poses_1), upcast(action)))
+    target = frobenius_normalise(upcast(poses_2))
     terms = {
         "inv": activation_cross_entropy(a_1, a_2, eps),
         "equi": F.mse_loss(transformed, target),
@@ -247,7 +248,7 @@ class EquiCaps(Objective):
                              "3DIEBench-format dataset such as shapes3d)")
         fmap_1, a_1, p_1 = self.capsules_of(views.images[0])
         _, a_2, p_2 = self.capsules_of(views.images[1])
-        rotation = relative_rotation_matrix(views.latents[0][:, :3].float(), views.latents[1][:, :3].float())
+        rotation = relative_rotation(views.latents[0], views.latents[1])
         cfg = self.cfg
         loss, terms = equicaps_loss(a_1, a_2, p_1, p_2, pose_action(rotation, cfg.pose_dim),
                                     inv=cfg.inv_coeff, equi=cfg.equi_coeff, std=cfg.std_coeff,
@@ -274,7 +275,7 @@ class EquiCaps(Objective):
     def action_from_latents(self, latents_1: Tensor, latents_2: Tensor) -> Tensor:
         """(B, 7), (B, 7) latents of source and target views -> (B, 4) canonical quaternion (x, y, z, w)
         of ``R1^-1 R2``."""
-        return relative_rotation_quat(latents_1[:, :3].float(), latents_2[:, :3].float())
+        return relative_action(latents_1, latents_2, "rotation")
 
     def predict_equivariant(self, equi_embedding: Tensor, action: Tensor) -> Tensor:
         """(B, J*d*d) normalised poses and the relative rotation ``R1^-1 R2`` to the other view -- a

@@ -1,7 +1,7 @@
 """E-SSL (Dangovski et al., ICLR 2022) on SimCLR: ``NT-Xent + lambda * four-fold rotation prediction``.
 
 Every small crop ``views.small[0]`` (B, 3, h, h) is rotated all four ways by
-:func:`equissl.augmentations.rotation.rotate_four_ways` (a batch of 4B; label k = k quarter turns
+:func:`equissl.groups.rotate_four_ways` (a batch of 4B; label k = k quarter turns
 counter-clockwise as displayed, ``torch.rot90(x, k, dims=(2, 3))``; k-major order: the B crops at
 0 degrees, then the B at 90, ...), passed through the backbone as one batch, and a rotation
 classifier on the backbone features predicts k; lambda = 0.4 (paper and official code).
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from equissl.augmentations.rotation import rotate_four_ways
+from equissl.groups import rotate_four_ways
 from equissl.heads.classifiers import RotationClassifier
 from equissl.registry import OBJECTIVES
 from equissl.ssl.losses import rotation_loss

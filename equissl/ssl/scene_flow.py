@@ -24,7 +24,6 @@ cosine schedule of the momentum, updated in :meth:`ESSL3D.on_step_end`.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -36,6 +35,8 @@ from equissl.backbones.lidar.voxelize import bev_grid_coordinates, inside_bev
 from equissl.config import ObjectiveConfig
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
+from equissl.ssl.ema import ema_momentum, ema_update, frozen_copy
+from equissl.ssl.losses import byol_loss
 from equissl.types import StepOutput, Views, ViewSpec
 
 
@@ -81,12 +82,6 @@ def point_info_nce(z_a: Tensor, z_b: Tensor, temperature: float, exclude: Tensor
     return loss, accuracy
 
 
-def byol_cosine_loss(prediction: Tensor, target: Tensor) -> Tensor:
-    """Mean over rows of ``2 - 2 cos(prediction, target)``; (M, D) each, target detached here."""
-    cosine = (F.normalize(prediction, dim=1) * F.normalize(target.detach(), dim=1)).sum(dim=1)
-    return (2 - 2 * cosine).mean()
-
-
 def rotation_labels(angle: Tensor, bins: int, tolerance: float = 1e-3) -> Tensor:
     """(B,) radians that are multiples of 2 pi / bins -> (B,) int64 class k in [0, bins)."""
     step = 2 * math.pi / bins
@@ -96,11 +91,6 @@ def rotation_labels(angle: Tensor, bins: int, tolerance: float = 1e-3) -> Tensor
         raise ValueError(f"view rotations are not multiples of 2 pi / {bins}: set data.point_augment.rotation_bins "
                          f"to objective.rotation_bins ({bins})")
     return torch.remainder(index.long(), bins)
-
-
-def byol_momentum(base: float, step: int, total: int) -> float:
-    """BYOL: tau = 1 - (1 - base) (cos(pi step / total) + 1) / 2."""
-    return 1 - (1 - base) * (math.cos(math.pi * min(step, total) / max(total, 1)) + 1) / 2
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -165,10 +155,8 @@ class ESSL3D(Objective):
         self.contrast_head = _mlp(width, cfg.hidden_dim, cfg.proj_dim)
         self.projector = _mlp(width, cfg.hidden_dim, cfg.proj_dim)
         self.predictor = _mlp(cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim)
-        self.target_backbone = copy.deepcopy(backbone)
-        self.target_projector = copy.deepcopy(self.projector)
-        for parameter in [*self.target_backbone.parameters(), *self.target_projector.parameters()]:
-            parameter.requires_grad_(False)
+        self.target_backbone = frozen_copy(backbone)
+        self.target_projector = frozen_copy(self.projector)
 
     @property
     def point_cloud_range(self):
@@ -223,7 +211,7 @@ class ESSL3D(Objective):
             with torch.no_grad():
                 target_map = self.target_backbone.forward_features(views.images[target_view])
                 target = self.target_projector(sample_bev(target_map, target_pos_, self.point_cloud_range)[ok])
-            losses.append(byol_cosine_loss(online, target))
+            losses.append(byol_loss(online, target))
         return sum(losses) / len(losses), int(ok.sum())
 
     # -- forward ---------------------------------------------------------------------------------
@@ -265,10 +253,9 @@ class ESSL3D(Objective):
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
         # step counts the optimizer steps done (1-based); BYOL's first update uses the base momentum.
-        tau = byol_momentum(self.cfg.ema_momentum, step - 1, total_steps)
-        for online, target in ((self.backbone, self.target_backbone), (self.projector, self.target_projector)):
-            for p_online, p_target in zip(online.parameters(), target.parameters()):
-                p_target.mul_(tau).add_(p_online.detach(), alpha=1 - tau)
+        tau = ema_momentum(step - 1, total_steps, self.cfg.ema_momentum)
+        ema_update(self.target_backbone, self.backbone, tau)
+        ema_update(self.target_projector, self.projector, tau)
 
 
 @OBJECTIVES.register("essl3d", ESSL3DConfig)

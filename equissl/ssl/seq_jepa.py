@@ -26,7 +26,7 @@ classifier reads ``z_agg``.
 Actions (``actions``):
 
 - ``"rotation"``: the quaternion (x, y, z, w) of ``R_j^-1 R_{j+1}`` from the 3DIEBench latents' Euler
-  angles (:func:`equissl.rotations.relative_rotation_quat`); views are distinct renders of one object
+  angles (:func:`equissl.latents.relative_action`); views are distinct renders of one object
   (``source="object"``). ``"rotation_colour"`` appends the floor-hue and light-hue deltas (6 numbers), the
   official ``rotcolor`` latent.
 - ``"augment"``: image-augmentation parameters of ``M + 1`` augmentations of one image
@@ -69,9 +69,6 @@ Fidelity notes (paper vs hafezgh/seq-jepa, ``src/models.py: SeqJEPA_Transforms``
 
 from __future__ import annotations
 
-import copy
-import itertools
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,10 +78,11 @@ from torch import Tensor, nn
 
 from equissl.config import ObjectiveConfig
 from equissl.heads.mlp import projection_mlp
+from equissl.latents import ACTION_DIMS, relative_action, sequence_actions
 from equissl.registry import OBJECTIVES
-from equissl.rotations import relative_rotation_quat
 from equissl.ssl.base import Objective
-from equissl.ssl.losses import _full_precision, _upcast
+from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy
+from equissl.ssl.losses import negative_cosine_loss
 from equissl.types import StepOutput, Views, ViewSpec
 
 ActionKind = Literal["rotation", "rotation_colour", "augment"]
@@ -92,7 +90,6 @@ ActionNorm = Literal["params", "views", "none"]
 
 # Width of each augmentation parameter in an action vector (units: see augmentation_vectors).
 AUG_PARAM_WIDTHS = {"crop": 4, "flip": 1, "jitter": 4, "gray": 1, "blur_sigma": 1}
-COLOUR_LATENTS = (3, 6)  # floor hue, light hue in the 3DIEBench latent layout
 
 
 @dataclass
@@ -109,48 +106,11 @@ class SeqJEPAConfig(ObjectiveConfig):
     dropout: float = 0.1  # nn.TransformerEncoderLayer's default, as in the official code
     predictor_hidden_dim: int = 1024  # 0: Linear(bias=False) -> BN, the code's linear predictor
     ema_base: float = 0.996
-    ema_schedule: Literal["cosine", "constant"] = "cosine"
+    ema_schedule: MomentumSchedule = "cosine"
 
 
 # ----------------------------------------------------------------------------------------------------
-# Pure functions: schedule, actions, loss.
-
-
-def ema_momentum(step: int, total_steps: int, base: float = 0.996, schedule: str = "cosine") -> float:
-    """EMA momentum for the update after optimizer step ``step`` (0-based) of ``total_steps``.
-
-    ``"cosine"`` (BYOL): ``1 - (1 - base) * (cos(pi * step / total_steps) + 1) / 2``: ``base`` at step 0,
-    ``(1 + base) / 2`` half-way, 1 at ``total_steps``. ``"constant"``: ``base``.
-    """
-    if not 0.0 <= base <= 1.0:
-        raise ValueError(f"EMA base momentum must be in [0, 1], got {base}")
-    if schedule == "constant":
-        return base
-    if schedule != "cosine":
-        raise ValueError(f"unknown EMA schedule {schedule!r}; expected 'cosine' or 'constant'")
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    progress = min(max(step / total_steps, 0.0), 1.0)
-    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
-
-
-def rotation_actions(latents: list[Tensor], with_colour: bool = False) -> Tensor:
-    """Relative actions between consecutive views from 3DIEBench latents.
-
-    latents: V tensors (B, 7) (Euler xyz in radians first, see :class:`equissl.types.Views`).
-    Returns (B, V-1, 4) quaternions (x, y, z, w), w >= 0, of ``R_j^-1 R_{j+1}`` (view j's object frame to
-    view j+1's), or (B, V-1, 6) with the floor-hue and light-hue deltas ``c_{j+1} - c_j`` appended.
-    """
-    if len(latents) < 2:
-        raise ValueError(f"rotation_actions needs at least 2 views, got {len(latents)}")
-    actions = []
-    for before, after in itertools.pairwise(latents):
-        action = relative_rotation_quat(before[:, :3], after[:, :3])
-        if with_colour:
-            index = list(COLOUR_LATENTS)
-            action = torch.cat([action, after[:, index] - before[:, index]], dim=1)
-        actions.append(action)
-    return torch.stack(actions, dim=1)
+# Pure functions: augmentation actions.
 
 
 def augmentation_vectors(params: list[dict[str, Tensor]], keys: tuple[str, ...], view_size: float) -> Tensor:
@@ -196,28 +156,14 @@ def augmentation_actions(vectors: Tensor, norm: str = "params") -> Tensor:
     return vectors[:, 1:] - vectors[:, :-1]
 
 
-@_full_precision
-def negative_cosine_loss(prediction: Tensor, target: Tensor) -> Tensor:
-    """``1 - mean_i cos(prediction_i, target_i)`` for (N, D) tensors; in [0, 2], 0 iff aligned.
-
-    Pure: pass a detached ``target`` for a stop-gradient (seq-JEPA's EMA target).
-    """
-    if prediction.ndim != 2 or prediction.shape != target.shape:
-        raise ValueError(f"expected two (N, D) tensors of one shape, got {tuple(prediction.shape)} "
-                         f"and {tuple(target.shape)}")
-    return 1.0 - F.cosine_similarity(_upcast(prediction), _upcast(target), dim=1).mean()
-
-
 # ----------------------------------------------------------------------------------------------------
 # The objective.
 
 
 def action_dim(cfg: SeqJEPAConfig) -> int:
     """Width A of one action vector for ``cfg.actions``."""
-    if cfg.actions == "rotation":
-        return 4
-    if cfg.actions == "rotation_colour":
-        return 4 + len(COLOUR_LATENTS)
+    if cfg.actions in ACTION_DIMS:
+        return ACTION_DIMS[cfg.actions]
     return sum(AUG_PARAM_WIDTHS[k] for k in cfg.aug_action_params)
 
 
@@ -250,9 +196,7 @@ class SeqJEPA(Objective):
                                             last_norm="none", last_bias=True)
         else:
             self.predictor = projection_mlp(predictor_in, [], width, last_norm="bn")
-        self.target_backbone = copy.deepcopy(backbone)
-        for param in self.target_backbone.parameters():
-            param.requires_grad_(False)
+        self.target_backbone = frozen_copy(backbone)
         self.current_momentum = cfg.ema_base
 
     # -- pieces ------------------------------------------------------------------------------------
@@ -266,7 +210,7 @@ class SeqJEPA(Objective):
         if views.latents is None:
             raise ValueError("seq-JEPA with rotation actions needs views with latents (source='object', "
                              "a 3DIEBench-format dataset such as shapes3d)")
-        return rotation_actions(list(views.latents), with_colour=cfg.actions == "rotation_colour")
+        return sequence_actions(list(views.latents), cfg.actions)
 
     def tokens(self, encodings: Tensor, actions: Tensor | None) -> Tensor:
         """(B, M, D) encodings, (B, M, A) actions -> (B, M, D + E) tokens ``[z_j, e(a_j)]``.
@@ -320,8 +264,7 @@ class SeqJEPA(Objective):
     def on_step_end(self, step: int, total_steps: int) -> None:
         """EMA update of the target encoder after optimizer step ``step`` (1-based count of steps done)."""
         momentum = ema_momentum(step - 1, total_steps, self.cfg.ema_base, self.cfg.ema_schedule)
-        for target, online in zip(self.target_backbone.parameters(), self.backbone.parameters()):
-            target.mul_(momentum).add_(online.detach(), alpha=1.0 - momentum)
+        ema_update(self.target_backbone, self.backbone, momentum)
         # The momentum the *next* update will use, for the logs.
         self.current_momentum = ema_momentum(step, total_steps, self.cfg.ema_base, self.cfg.ema_schedule)
 
@@ -355,8 +298,7 @@ class SeqJEPA(Objective):
         encodings = reps["equi"][order.to(reps["equi"].device)]
         actions = None
         if m > 1:
-            steps = rotation_actions([latents[order[:, j]].float() for j in range(m)],
-                                     with_colour=self.cfg.actions == "rotation_colour")
+            steps = sequence_actions([latents[order[:, j]].float() for j in range(m)], self.cfg.actions)
             # the last observed slot carries no action (it is zeroed in tokens() anyway)
             actions = torch.cat([steps, steps.new_zeros(views, 1, steps.shape[2])], dim=1)
             actions = actions.to(encodings.device)
@@ -368,8 +310,7 @@ class SeqJEPA(Objective):
         (x, y, z, w) of ``R1^-1 R2`` (+ floor-hue and light-hue deltas for ``"rotation_colour"``)."""
         if self.cfg.actions == "augment":
             raise ValueError("this seq-JEPA was trained with augmentation actions, which latents do not give")
-        with_colour = self.cfg.actions == "rotation_colour"
-        return rotation_actions([latents_1.float(), latents_2.float()], with_colour)[:, 0]
+        return relative_action(latents_1.float(), latents_2.float(), self.cfg.actions)
 
     def predict_equivariant(self, equi_embedding: Tensor, action: Tensor) -> Tensor:
         """(B, D) encoding ``z`` of a view and (B, A) action to another view -> (B, D) predicted ``z`` of it:

@@ -56,51 +56,14 @@ import torch
 from torch import Tensor, nn
 
 from equissl.config import ObjectiveConfig
+from equissl.distributed import gather_with_grad
 from equissl.heads.hypernet import HyperNetPredictor
 from equissl.heads.mlp import projection_mlp
-from equissl.launch.distributed import gather_with_grad
+from equissl.latents import ACTION_DIMS, RelativeAction, relative_action
 from equissl.registry import OBJECTIVES
-from equissl.rotations import relative_rotation_quat
 from equissl.ssl.base import Objective
-from equissl.ssl.losses import covariance_loss, invariance_loss, variance_loss
+from equissl.ssl.losses import covariance_loss, invariance_loss, upcast, variance_loss
 from equissl.types import StepOutput, Views, ViewSpec
-
-Action = Literal["rotation", "rotation_colour"]
-COLOUR_LATENTS = (3, 6)  # floor hue, light hue in the 3DIEBench latent layout
-ACTION_DIMS = {"rotation": 4, "rotation_colour": 6}
-
-
-def _upcast(z: Tensor) -> Tensor:
-    """float32 for half / bfloat16 inputs; float32 and float64 stay as they are."""
-    return z if z.dtype in (torch.float32, torch.float64) else z.float()
-
-
-def colour_deltas(latents_1: Tensor, latents_2: Tensor) -> Tensor:
-    """(..., 7), (..., 7) 3DIEBench latents -> (..., 2) floor-hue and light-hue changes, view 2 minus view 1.
-
-    Raw differences in [-1, 1] (hues in [0, 1], not wrapped), as SIE's ``Dataset3DIEBenchRotColor``.
-    """
-    index = torch.tensor(COLOUR_LATENTS, device=latents_1.device)
-    return latents_2.index_select(-1, index) - latents_1.index_select(-1, index)
-
-
-def relative_action(latents_1: Tensor, latents_2: Tensor, action: Action = "rotation") -> Tensor:
-    """The transformation from view 1 to view 2 as SIE's predictor consumes it.
-
-    latents_*: (..., 7) 3DIEBench latents (extrinsic xyz Euler angles first). Returns (..., 4) the
-    canonical (w >= 0) quaternion (x, y, z, w) of ``R1^-1 R2`` for ``action="rotation"``, or (..., 6) that
-    quaternion followed by :func:`colour_deltas` for ``"rotation_colour"``.
-    """
-    if action not in ACTION_DIMS:
-        raise ValueError(f"action must be one of {sorted(ACTION_DIMS)}, got {action!r}")
-    if latents_1.shape != latents_2.shape or latents_1.shape[-1] < 7:
-        raise ValueError(f"expected two (..., 7) latent tensors, got {tuple(latents_1.shape)} and "
-                         f"{tuple(latents_2.shape)}")
-    latents_1, latents_2 = _upcast(latents_1), _upcast(latents_2)
-    quat = relative_rotation_quat(latents_1[..., :3], latents_2[..., :3])
-    if action == "rotation":
-        return quat
-    return torch.cat([quat, colour_deltas(latents_1, latents_2)], dim=-1)
 
 
 def sie_loss(
@@ -136,14 +99,14 @@ def sie_loss(
     with torch.autocast(device_type=inv_a.device.type, enabled=False):
         inv = invariance_loss(inv_a, inv_b)
         equi = invariance_loss(equi_pred, equi_b)
-        full_a = gather_with_grad(_upcast(torch.cat([inv_a, equi_a], dim=1)))
-        full_b = gather_with_grad(_upcast(torch.cat([inv_b, equi_b], dim=1)))
+        full_a = gather_with_grad(upcast(torch.cat([inv_a, equi_a], dim=1)))
+        full_b = gather_with_grad(upcast(torch.cat([inv_b, equi_b], dim=1)))
         if full_a.shape[0] < 2:
             raise ValueError("sie_loss: the variance and covariance need a global batch of at least 2")
         halve = 0.5 if average_branches else 1.0
         var = halve * (variance_loss(full_a, gamma, eps) + variance_loss(full_b, gamma, eps))
         if predictor_variance:
-            pred_var = halve * variance_loss(gather_with_grad(_upcast(equi_pred)), gamma, eps)
+            pred_var = halve * variance_loss(gather_with_grad(upcast(equi_pred)), gamma, eps)
         else:
             pred_var = torch.zeros((), device=inv_a.device)
         cov = covariance_loss(full_a) + covariance_loss(full_b)
@@ -165,7 +128,7 @@ class SIEConfig(ObjectiveConfig):
     # "torch": the official default init of the hypernetwork (W(g) scales embeddings ~9x at the start);
     # "unit_gain": W(g) z keeps z's scale (HyperNetPredictor._unit_gain_init), for short budgets
     predictor_init: Literal["torch", "unit_gain"] = "torch"
-    action: Action = "rotation"  # "rotation_colour": quaternion + floor/light hue deltas
+    action: RelativeAction = "rotation"  # "rotation_colour": quaternion + floor/light hue deltas
     sim_coeff: float = 10.0
     equi_factor: float = 0.45
     equi_factor_scales_sim: bool = True  # weight sim_coeff * equi_factor (official code); False: equi_factor

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from equissl.backbones.capsules import CapsNetConfig, CapsNetResNet, SelfRoutingCapsules
+from equissl.backbones.capsules import CapsNetConfig, CapsNetResNet
+from equissl.heads.capsules import SelfRoutingCapsules
 from equissl.registry import BACKBONES
 
 

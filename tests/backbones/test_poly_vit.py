@@ -10,11 +10,11 @@ from equissl.backbones.poly_vit import (
     PolyViT,
     PolyViTConfig,
     checkpoint_filter_fn,
-    circular_shift,
     polyphase_anchor,
     polyphase_offsets,
 )
 from equissl.eval.equivariance import random_shifts, shift_consistency
+from equissl.groups import circular_shift
 from equissl.registry import BACKBONES
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}

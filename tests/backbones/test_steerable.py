@@ -8,15 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from equissl.backbones.steerable import (
-    Group,
-    GroupConv2d,
-    LiftingConv2d,
-    SteerableConfig,
-    SteerableResNet,
-    parse_group,
-    rotate_interpolated,
-)
+from equissl.backbones.steerable import GroupConv2d, LiftingConv2d, SteerableConfig, SteerableResNet
 from equissl.eval.equivariance import (
     equivariance_error,
     image_action,
@@ -26,6 +18,7 @@ from equissl.eval.equivariance import (
     random_group_element,
     regular_action,
 )
+from equissl.groups import Group, parse_group, rotate_interpolated
 from equissl.registry import BACKBONES
 
 EXACT_TOL = 1e-5

@@ -4,7 +4,7 @@
 ranks of the per-rank losses equals the single-process loss, parameter gradients averaged over ranks
 (what DDP does) equal the single-process ones, and the input gradient on each rank is world_size
 times the single-process one (the summing backward, before DDP's division; see
-equissl/launch/distributed.py).
+equissl/distributed.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from equissl.launch.distributed import free_port, gather_with_grad, is_distributed, rank, world_size
+from equissl.distributed import gather_with_grad, is_distributed, rank, world_size
+from equissl.launch.launcher import free_port
 from equissl.ssl.losses import nt_xent, vicreg_loss
 
 WORLD = 2

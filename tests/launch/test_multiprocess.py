@@ -4,7 +4,7 @@ What must agree for this to hold, and how the test arranges it:
 - the data: the sampler shards one global permutation, so the 2 ranks' first batches together are the
   1-process first batch (in another order; every loss here is invariant to the batch order);
 - the losses: contrastive negatives and VICReg / SIE batch statistics are gathered with gradient
-  (equissl.launch.distributed), and DDP averages the per-rank gradients;
+  (equissl.distributed), and DDP averages the per-rank gradients;
 - BatchNorm: per-process statistics over B/2 images differ from those over B, so the runs use
   ``trainer.sync_batchnorm=true`` (GlobalBatchNorm: statistics over every process's batch);
 - the augmentations: each rank draws its parameters from its own generator, so a rank's B/2 draws are not
@@ -30,7 +30,7 @@ import torch.multiprocessing as mp
 
 from equissl.config import build_config
 from equissl.launch import checkpoint as ckpt
-from equissl.launch.distributed import free_port
+from equissl.launch.launcher import free_port
 from equissl.registry import OBJECTIVES
 
 WORLD, GLOBAL_BATCH, STEPS = 2, 8, 2

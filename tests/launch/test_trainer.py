@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from equissl.config import build_config
-from equissl.launch import checkpoint as ckpt
 from equissl.errors import NonFiniteLossError
+from equissl.launch import checkpoint as ckpt
 from equissl.launch.trainer import Trainer, pretrain
 
 RECIPE = "configs/simclr_resnet18_shapes3d.yaml"

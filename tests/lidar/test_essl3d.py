@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from equissl.augmentations.points import LidarPairViewMaker, PointAugmentConfig
 from equissl.backbones.lidar.pointpillars import PointPillars, PointPillarsConfig
 from equissl.datasets.lidar_sim import lidar_sim_dataset
+from equissl.ssl.ema import ema_momentum
+from equissl.ssl.losses import byol_loss
 from equissl.ssl.scene_flow import (
     ESSL3D,
     ESSL3DConfig,
-    byol_cosine_loss,
-    byol_momentum,
     point_info_nce,
     rotation_labels,
     sample_bev,
@@ -64,15 +64,15 @@ def test_point_info_nce_matches_reference_and_properties():
 
 def test_byol_loss_closed_forms_and_rotation_labels():
     z = torch.randn(4, 8)
-    assert float(byol_cosine_loss(z, 2 * z)) < 1e-6
-    assert math.isclose(float(byol_cosine_loss(z, -z)), 4.0, rel_tol=1e-6)
-    orthogonal = byol_cosine_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]))
+    assert float(byol_loss(z, 2 * z)) < 1e-6
+    assert math.isclose(float(byol_loss(z, -z)), 4.0, rel_tol=1e-6)
+    orthogonal = byol_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]))
     assert math.isclose(float(orthogonal), 2.0, rel_tol=1e-6)
     angles = torch.tensor([0.0, math.pi / 2, -math.pi, -math.pi / 2, 2 * math.pi])
     assert rotation_labels(angles, 4).tolist() == [0, 1, 2, 3, 0]
     with pytest.raises(ValueError, match="rotation_bins"):
         rotation_labels(torch.tensor([0.3]), 4)
-    assert byol_momentum(0.99, 0, 100) == pytest.approx(0.99) and byol_momentum(0.99, 100, 100) == pytest.approx(1.0)
+    assert ema_momentum(0, 100, 0.99) == pytest.approx(0.99) and ema_momentum(100, 100, 0.99) == pytest.approx(1.0)
 
 
 def test_sample_bev_reads_the_cell_a_point_falls_in():

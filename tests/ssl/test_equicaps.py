@@ -15,7 +15,7 @@ from scipy.spatial.transform import Rotation
 from torch import nn
 
 from equissl.backbones.capsules import CapsNetConfig, build_capsnet_resnet18
-from equissl.launch.distributed import free_port
+from equissl.launch.launcher import free_port
 from equissl.rotations import relative_rotation_matrix, relative_rotation_quat
 from equissl.ssl.equicaps import (
     EquiCaps,

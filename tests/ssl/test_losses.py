@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from equissl.ssl.losses import (
+    byol_loss,
     covariance_loss,
     invariance_loss,
+    negative_cosine_loss,
     nt_xent,
     rotation_loss,
     variance_loss,
@@ -240,3 +243,34 @@ def test_rotation_loss_matches_reference_and_errors():
         rotation_loss(logits, labels[:-1])
     with pytest.raises(ValueError):
         rotation_loss(logits, labels.float())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cosine losses
+
+
+def test_negative_cosine_loss_reference_and_closed_forms():
+    g = torch.Generator().manual_seed(2)
+    p = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    t = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    pn, tn = p.numpy(), t.numpy()
+    cosines = [(pn[i] @ tn[i]) / np.linalg.norm(pn[i]) / np.linalg.norm(tn[i]) for i in range(7)]
+    assert negative_cosine_loss(p, t).item() == pytest.approx(1 - np.mean(cosines), abs=1e-12)
+    assert negative_cosine_loss(3 * t, t).item() == pytest.approx(0.0, abs=1e-12)
+    assert negative_cosine_loss(-t, t).item() == pytest.approx(2.0, abs=1e-12)
+    e = torch.eye(2, dtype=torch.float64)
+    assert negative_cosine_loss(e, e.flip(1)).item() == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError):
+        negative_cosine_loss(p, t[:, :4])
+
+
+def test_byol_loss_is_twice_the_negative_cosine_and_has_closed_forms():
+    g = torch.Generator().manual_seed(4)
+    p, t = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
+    reference = np.mean([np.sum((a / np.linalg.norm(a) - b / np.linalg.norm(b)) ** 2) for a, b in zip(p.numpy(), t.numpy())])
+    assert byol_loss(p, t).item() == pytest.approx(reference, abs=1e-12)
+    assert byol_loss(p, t).item() == pytest.approx(2 * negative_cosine_loss(p, t).item(), abs=1e-12)
+    z = torch.randn(4, 8)
+    assert float(byol_loss(z, 2 * z)) < 1e-6
+    assert math.isclose(float(byol_loss(z, -z)), 4.0, rel_tol=1e-6)
+    assert math.isclose(float(byol_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]))), 2.0, rel_tol=1e-6)

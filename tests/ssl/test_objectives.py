@@ -161,7 +161,7 @@ def test_missing_views_are_user_errors():
 
 
 def test_rotate_four_ways_matches_official_flip_transpose_construction():
-    from equissl.augmentations.rotation import rotate_four_ways
+    from equissl.groups import rotate_four_ways
 
     x = torch.randn(3, 2, 5, 5)
     rotated, labels = rotate_four_ways(x)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 
 import numpy as np
@@ -15,14 +14,13 @@ from torch import nn
 
 from equissl.augmentations.views import ViewMaker
 from equissl.config import AugmentConfig
+from equissl.latents import sequence_actions
+from equissl.ssl.ema import ema_momentum
 from equissl.ssl.seq_jepa import (
     SeqJEPA,
     SeqJEPAConfig,
     augmentation_actions,
     augmentation_vectors,
-    ema_momentum,
-    negative_cosine_loss,
-    rotation_actions,
 )
 from equissl.types import Views, ViewSpec
 
@@ -79,21 +77,6 @@ def scipy_relative_quat(euler_1: np.ndarray, euler_2: np.ndarray) -> np.ndarray:
 # EMA
 
 
-def test_ema_momentum_cosine_schedule_values():
-    assert ema_momentum(0, 100) == pytest.approx(0.996, abs=1e-12)
-    assert ema_momentum(50, 100) == pytest.approx(0.998, abs=1e-12)
-    assert ema_momentum(100, 100) == pytest.approx(1.0, abs=1e-12)
-    assert ema_momentum(25, 100) == pytest.approx(1 - 0.004 * (math.cos(math.pi / 4) + 1) / 2, abs=1e-12)
-    assert ema_momentum(10, 100, base=0.99) == pytest.approx(1 - 0.01 * (math.cos(math.pi / 10) + 1) / 2)
-    values = [ema_momentum(k, 37) for k in range(38)]
-    assert all(a <= b for a, b in itertools.pairwise(values))
-    assert ema_momentum(30, 100, base=0.99, schedule="constant") == 0.99
-    with pytest.raises(ValueError):
-        ema_momentum(0, 100, schedule="linear")
-    with pytest.raises(ValueError):
-        ema_momentum(0, 100, base=1.5)
-
-
 def test_on_step_end_moves_only_the_target_with_the_scheduled_momentum():
     objective = build()
     with torch.no_grad():
@@ -121,31 +104,6 @@ def test_on_step_end_moves_only_the_target_with_the_scheduled_momentum():
 
 # ----------------------------------------------------------------------------------------------------
 # Actions
-
-
-def test_rotation_actions_are_r_j_inverse_r_next_as_scipy_computes_them():
-    latents = random_latents(4, seed=3)
-    actions = rotation_actions(latents).double().numpy()  # (B, 3, 4)
-    assert actions.shape == (B, 3, 4)
-    assert (actions[..., 3] >= 0).all()
-    for j in range(3):
-        e_1, e_2 = latents[j][:, :3].double().numpy(), latents[j + 1][:, :3].double().numpy()
-        expected = scipy_relative_quat(e_1, e_2)
-        np.testing.assert_allclose(np.abs((actions[:, j] * expected).sum(-1)), 1.0, atol=1e-5)
-        # The test discriminates: the other composition orders give different rotations.
-        for wrong in (scipy_relative_quat(e_2, e_1),
-                      (Rotation.from_euler("xyz", e_2) * Rotation.from_euler("xyz", e_1).inv()).as_quat()):
-            assert not np.allclose(np.abs((actions[:, j] * wrong).sum(-1)), 1.0, atol=1e-5)
-
-
-def test_rotation_colour_actions_append_hue_deltas():
-    latents = random_latents(3, seed=4)
-    actions = rotation_actions(latents, with_colour=True)
-    assert actions.shape == (B, 2, 6)
-    torch.testing.assert_close(actions[:, :, :4], rotation_actions(latents))
-    for j in range(2):
-        torch.testing.assert_close(actions[:, j, 4], latents[j + 1][:, 3] - latents[j][:, 3])  # floor hue
-        torch.testing.assert_close(actions[:, j, 5], latents[j + 1][:, 6] - latents[j][:, 6])  # light hue
 
 
 def test_augmentation_vectors_units_and_order():
@@ -212,21 +170,6 @@ def test_last_observed_action_slot_is_zeroed_and_only_reaches_the_predictor():
         prediction = objective.predict(aggregate, actions[:, -1])
         assert prediction.shape == (B, WIDTH)
         assert not torch.allclose(objective.predict(aggregate, other_last[:, -1]), prediction)
-
-
-def test_negative_cosine_loss_reference_and_closed_forms():
-    g = torch.Generator().manual_seed(2)
-    p = torch.randn(7, 5, generator=g, dtype=torch.float64)
-    t = torch.randn(7, 5, generator=g, dtype=torch.float64)
-    pn, tn = p.numpy(), t.numpy()
-    cosines = [(pn[i] @ tn[i]) / np.linalg.norm(pn[i]) / np.linalg.norm(tn[i]) for i in range(7)]
-    assert negative_cosine_loss(p, t).item() == pytest.approx(1 - np.mean(cosines), abs=1e-12)
-    assert negative_cosine_loss(3 * t, t).item() == pytest.approx(0.0, abs=1e-12)
-    assert negative_cosine_loss(-t, t).item() == pytest.approx(2.0, abs=1e-12)
-    e = torch.eye(2, dtype=torch.float64)
-    assert negative_cosine_loss(e, e.flip(1)).item() == pytest.approx(1.0, abs=1e-12)
-    with pytest.raises(ValueError):
-        negative_cosine_loss(p, t[:, :4])
 
 
 def test_forward_matches_an_independent_recomputation():
@@ -307,7 +250,7 @@ def test_representations_and_predictor_interface():
         torch.testing.assert_close(reps["equi_embedding"], reps["equi"])
         latents = random_latents(2, seed=8)
         action = objective.action_from_latents(*latents)
-        torch.testing.assert_close(action, rotation_actions(latents)[:, 0])
+        torch.testing.assert_close(action, sequence_actions(latents)[:, 0])
         predicted = objective.predict_equivariant(reps["equi_embedding"], action)
         torch.testing.assert_close(predicted, objective.predict(reps["inv"], action))
         assert build(actions="rotation_colour").action_from_latents(*latents).shape == (B, 6)

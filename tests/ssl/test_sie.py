@@ -1,20 +1,19 @@
-"""SIE: relative actions against scipy, the hypernetwork predictor and the loss against independent
+"""SIE: the hypernetwork predictor and the loss against independent
 reference computations (the official code's formulas), the equivariance term zero by construction."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy.spatial.transform import Rotation
 from torch import nn
 
 from equissl.heads.hypernet import HyperNetPredictor
+from equissl.latents import relative_action
 from equissl.registry import OBJECTIVES
-from equissl.ssl.sie import SIE, SIEConfig, colour_deltas, relative_action, sie_loss
+from equissl.ssl.sie import SIE, SIEConfig, sie_loss
 from equissl.types import Views
 
 
@@ -47,40 +46,6 @@ def object_views(batch: int = 8, seed: int = 0) -> Views:
     latents = random_latents(2 * batch, g).float()
     images = [torch.randn(batch, 3, 12, 12, generator=g) for _ in range(2)]
     return Views(images=images, params=[{}, {}], latents=[latents[:batch], latents[batch:]])
-
-
-# ----------------------------------------------------------------------------------------------------
-# Actions
-
-
-def test_relative_action_is_scipy_relative_rotation_and_colour_deltas():
-    g = torch.Generator().manual_seed(1)
-    l1, l2 = random_latents(64, g), random_latents(64, g)
-    rotation = relative_action(l1, l2, "rotation")
-    expected = (Rotation.from_euler("xyz", l1[:, :3].numpy()).inv()
-                * Rotation.from_euler("xyz", l2[:, :3].numpy())).as_quat()
-    expected = np.where(expected[:, 3:] < 0, -expected, expected)  # canonical sign, w >= 0
-    np.testing.assert_allclose(rotation.numpy(), expected, atol=1e-5)
-    assert (rotation[:, 3] >= 0).all()
-
-    with_colour = relative_action(l1, l2, "rotation_colour")
-    assert with_colour.shape == (64, 6)
-    assert torch.equal(with_colour[:, :4], rotation)
-    # official Dataset3DIEBenchRotColor: latent_2[[3, 6]] - latent_1[[3, 6]]
-    np.testing.assert_allclose(with_colour[:, 4:].numpy(), (l2[:, [3, 6]] - l1[:, [3, 6]]).numpy(), atol=1e-6)
-    assert torch.allclose(colour_deltas(l1, l2), (l2 - l1)[:, [3, 6]])
-
-
-def test_relative_action_order_matters_and_rejects_bad_input():
-    g = torch.Generator().manual_seed(2)
-    l1, l2 = random_latents(16, g), random_latents(16, g)
-    forward, backward = relative_action(l1, l2), relative_action(l2, l1)
-    inverse = forward * torch.tensor([-1.0, -1.0, -1.0, 1.0])  # q^-1 of a unit quaternion, still w >= 0
-    assert torch.allclose(backward, inverse, atol=1e-5)
-    with pytest.raises(ValueError, match="action"):
-        relative_action(l1, l2, "colour")
-    with pytest.raises(ValueError, match="latent"):
-        relative_action(l1[:, :3], l2[:, :3])
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
-"""Process-group helpers: rank / world size, and an all-gather that back-propagates.
+"""Collectives that losses need: rank / world size, and an all-gather that back-propagates.
+
+A leaf module (it imports only torch), so that losses and objectives in ``equissl.ssl`` can use it
+without knowing the trainer.
 
 Losses whose statistics span the batch (contrastive negatives, VICReg's variance and covariance)
 must see the *global* batch when training runs on several processes, and their gradients must
 reach every process's own samples. :func:`gather_with_grad` does that; everything here is the
 identity / (0, 1) when no process group is initialised, so single-process code needs no branches.
 
-Gradient convention (the same as lightly's ``GatherLayer`` and VICReg's / solo-learn's
-``FullGatherLayer``; solo-learn's plain ``GatherLayer`` keeps only the local gradient, which drops the
-contributions of the other ranks' losses and is *not* what we do). Rank ``r`` computes a loss
+Gradient convention (the same as lightly's ``GatherLayer``, VICReg's ``FullGatherLayer`` and
+solo-learn's ``GatherLayer``, which has all-reduced its gradients since 2022; earlier versions kept only
+the local gradient, dropping the contributions of the other ranks' losses). Rank ``r`` computes a loss
 ``L_r`` on its local anchors against the gathered batch; DDP then *averages* parameter gradients.
 The backward of the gather therefore *sums* the incoming gradients over ranks and returns this
 rank's slice: ``dx_r = sum_q dL_q/dx_r``. After DDP's average, the parameter gradient is that of
@@ -17,8 +20,6 @@ DDP's division; tests/launch/test_distributed.py checks both.)
 """
 
 from __future__ import annotations
-
-import socket
 
 import torch
 import torch.distributed as dist
@@ -71,10 +72,3 @@ def gather_with_grad(x: Tensor) -> Tensor:
     if not is_distributed():
         return x
     return _GatherWithGrad.apply(x)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago, for a local ``init_method=tcp://host:port``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from equissl.augmentations.image import chunk_index
-from equissl.augmentations.rotation import RandomFourFoldRotation, rotate_by_index, rotate_four_ways
+from equissl.augmentations.rotation import RandomFourFoldRotation
+from equissl.groups import rotate_by_index, rotate_four_ways
 
 
 def test_rotate_four_ways_labels_match_rot90_and_undo():
