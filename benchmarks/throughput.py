@@ -33,7 +33,7 @@ def measure(config, steps: int, warmup: int) -> dict:
         trainer._micro_step(next(batches), sync=True)
         trainer._optimizer_step(logger)
 
-    views = trainer.view_maker(_to_device(next(batches), trainer.accelerator.device), trainer.spec,
+    views = trainer.view_maker(_to_device(next(batches), trainer.accelerator.device),
                                trainer.generators["augment"])
 
     def forward_backward():
@@ -44,7 +44,7 @@ def measure(config, steps: int, warmup: int) -> dict:
         trainer._optimizer_step(logger)
 
     def augmentation_only():
-        trainer.view_maker(_to_device(next(batches), trainer.accelerator.device), trainer.spec,
+        trainer.view_maker(_to_device(next(batches), trainer.accelerator.device),
                            trainer.generators["augment"])
 
     figures = {}

@@ -1,15 +1,27 @@
 """The ``equissl`` command: pretrain | probe | knn | export | finetune-det | data | launch | equivariance.
 
-Every user error (bad config key, missing data, missing checkpoint) ends with a one-line message on
-stderr and exit status 2, before any work starts; a non-finite loss, too many unreadable files or a failing data item end with status 3.
+Exit status (:mod:`equissl.errors`):
+
+- 2 -- a user error (bad config key or value, missing data, missing checkpoint): one line on stderr
+  naming the key or file, before any work starts;
+- 3 -- a run stopped on purpose (non-finite loss, too many unreadable files, a failing data item): one
+  line, the last complete checkpoint is kept;
+- 130 -- interrupted (Ctrl-C): one line;
+- 1 -- an internal error, a bug in equissl: the traceback and a request to report it.
+
+Every ``key=value`` setting of every command goes through one converter,
+:func:`equissl.config.parse_settings`, as strict as a recipe.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
-from equissl.config import ConfigError
+from equissl.errors import ConfigError, RunStopped, UserError
+
+ISSUES_URL = "https://github.com/equissl/equissl/issues"
 
 
 def _add_pretrain(sub) -> None:
@@ -30,7 +42,9 @@ def _add_eval(sub, name: str, help_text: str) -> None:
     p.add_argument(
         "--compare-random", action="store_true", help="also evaluate a randomly initialised backbone"
     )
-    p.add_argument("overrides", nargs="*", help="probe.* overrides, e.g. probe.epochs=50")
+    p.add_argument(
+        "overrides", nargs="*", help="probe.* overrides, e.g. probe.epochs=50 (LiDAR runs: the BEV probe's)"
+    )
 
 
 def _add_export(sub) -> None:
@@ -73,13 +87,16 @@ def _add_finetune_det(sub) -> None:
 
 
 def _add_data(sub) -> None:
+    from equissl.registry import DATASETS
+
     p = sub.add_parser("data", help="prepare datasets")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     make = data_sub.add_parser("make", help="render an embedded dataset into its cache directory")
+    embedded = [entry.name for entry in DATASETS.entries(embedded=True)]
     make.add_argument(
         "name",
-        choices=sorted({*DATA_MAKE, "lidar-sim"}),
-        help="shapes3d | lidar_sim (the detection set shapes3d_det is made by finetune-det)",
+        choices=sorted({*embedded, *(name.replace("_", "-") for name in embedded)}),
+        help=f"{' | '.join(embedded)} (the detection set shapes3d_det is made by finetune-det)",
     )
     make.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.root=/tmp/shapes3d")
 
@@ -123,20 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _probe_config(run: str, overrides: list[str]):
-    from equissl.config import ProbeConfig, from_dict, parse_override, set_path, to_dict
-    from equissl.eval.features import load_run
-
-    config, _ = load_run(run)
-    tree = {"probe": to_dict(config)["probe"]}
-    for text in overrides:
-        keys, value = parse_override(text)
-        if keys[0] != "probe":
-            raise ConfigError(f"override {text!r}: only probe.* keys can be set here")
-        set_path(tree, keys, value)
-    return from_dict(ProbeConfig, tree["probe"], "probe")
-
-
 def cmd_pretrain(args) -> int:
     from equissl.config import build_config
 
@@ -146,39 +149,36 @@ def cmd_pretrain(args) -> int:
     result = pretrain(config)
     print(f"{result.status}: {result.run_dir} at step {result.step}")
     if args.probe and result.status != "interrupted":
-        if _is_lidar(config):
-            _bev_probe(result.run_dir, None, compare_random=True)
-        else:
-            from equissl.eval.report import evaluate_run, format_report
-
-            print(format_report(evaluate_run(result.run_dir, ("linear", "knn"), compare_random=True)))
+        print(_probe_report(config, result.run_dir, None, ("linear", "knn"), True, []))
     return 0
 
 
-def _is_lidar(config) -> bool:
-    return config.objective.name == "essl3d"  # the one objective fed LiDAR sweeps (view source lidar_pair)
+def _probe_report(config, run, checkpoint, methods: tuple[str, ...], compare_random: bool, overrides) -> str:
+    """The probe that fits the run's backbone (registry data): class-label probes on pooled features, or
+    the bird's-eye-view occupancy probe of LiDAR encoders; ``probe.*`` overrides apply to it."""
+    from equissl.config import parse_settings
+    from equissl.registry import BACKBONES
 
+    if BACKBONES.get(config.backbone.name).meta.get("probe", "linear") == "bev":
+        from equissl.eval.bev_probe import BEVProbeConfig, evaluate_bev_run
+        from equissl.eval.bev_probe import format_report as format_bev
 
-def _bev_probe(run, checkpoint, compare_random: bool) -> None:
-    """LiDAR encoders are probed on bird's-eye-view occupancy of held-out drives, not on class labels."""
-    from equissl.eval.bev_probe import evaluate_bev_run
-    from equissl.eval.bev_probe import format_report as format_bev
+        if methods != ("linear", "knn"):
+            raise ConfigError(f"{run} is a LiDAR run: its backbone is probed by `equissl probe` (BEV probe)")
+        cfg = parse_settings(BEVProbeConfig, overrides, section="probe")
+        return format_bev(evaluate_bev_run(run, checkpoint, compare_random=compare_random, cfg=cfg))
+    from equissl.config import ProbeConfig
+    from equissl.eval.report import evaluate_run, format_report
 
-    print(format_bev(evaluate_bev_run(run, checkpoint, compare_random=compare_random)))
+    probe_cfg = parse_settings(ProbeConfig, overrides, base=config.probe, section="probe")
+    return format_report(evaluate_run(run, methods, compare_random, checkpoint, probe_cfg))
 
 
 def cmd_eval(args, methods: tuple[str, ...]) -> int:
-    from equissl.eval.features import load_run
-    from equissl.eval.report import evaluate_run, format_report
+    from equissl.runs import load_run
 
-    if _is_lidar(load_run(args.run)[0]):
-        if args.overrides or methods != ("linear", "knn"):
-            raise ConfigError(f"{args.run} is a LiDAR run: only `equissl probe` (BEV probe), without overrides")
-        _bev_probe(args.run, args.checkpoint, args.compare_random)
-        return 0
-    probe_cfg = _probe_config(args.run, args.overrides)
-    report = evaluate_run(args.run, methods, args.compare_random, args.checkpoint, probe_cfg)
-    print(format_report(report))
+    config, _ = load_run(args.run, args.checkpoint)
+    print(_probe_report(config, args.run, args.checkpoint, methods, args.compare_random, args.overrides))
     return 0
 
 
@@ -196,33 +196,14 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _finetune_det_config(overrides: list[str]):
-    from dataclasses import fields
-
-    from equissl.config import parse_override
-    from equissl.eval.detection import FinetuneDetConfig
-
-    known = {f.name: f for f in fields(FinetuneDetConfig)}
-    values = {}
-    for text in overrides:
-        keys, value = parse_override(text)
-        if len(keys) != 1 or keys[0] not in known:
-            raise ConfigError(f"finetune-det: unknown setting {text!r}; known: {', '.join(known)}")
-        default = getattr(FinetuneDetConfig, keys[0])
-        try:
-            values[keys[0]] = type(default)(value)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"finetune-det: {text!r}: expected {type(default).__name__}") from error
-    return FinetuneDetConfig(**values)
-
-
 def cmd_finetune_det(args) -> int:
     import json
     from pathlib import Path
 
-    from equissl.eval.detection import finetune_compare, format_detection_report
+    from equissl.config import parse_settings
+    from equissl.eval.detection import FinetuneDetConfig, finetune_compare, format_detection_report
 
-    cfg = _finetune_det_config(args.overrides)
+    cfg = parse_settings(FinetuneDetConfig, args.overrides)
     weights, out = args.weights, args.out
     if args.run:
         from equissl.export.formats import export_run
@@ -240,17 +221,15 @@ def cmd_finetune_det(args) -> int:
     return 0
 
 
-# `equissl data make NAME`: the view source each embedded dataset is read with once it is rendered.
-DATA_MAKE = {"shapes3d": "image", "lidar_sim": "lidar_pair"}
-
-
 def cmd_data(args) -> int:
-    name = args.name.replace("-", "_")
+    """Render an embedded dataset (registry meta ``embedded``) through its factory, read as its ``source``."""
+    from equissl.build import build_dataset
     from equissl.config import build_config
     from equissl.registry import DATASETS
 
+    name = args.name.replace("-", "_")
     config = build_config(None, [f"data.name={name}", *args.overrides])
-    DATASETS.build(config.data.name, config.data, split="train", source=DATA_MAKE[name], num_views=1, seed=0)
+    build_dataset(config, "train", source=DATASETS.get(name).meta["source"], seed=0)
     print(f"{name} ready")
     return 0
 
@@ -265,14 +244,16 @@ def cmd_equivariance(args) -> int:
         report = backbone_equivariance(args.backbone, tiny=args.tiny, seed=args.seed)
         text = json.dumps(report, indent=2)
     else:
+        from equissl.config import parse_settings
         from equissl.eval.equivariance_report import (
+            EquivarianceEvalConfig,
             evaluate_equivariance,
             format_equivariance,
-            settings_from_overrides,
         )
-        from equissl.eval.features import load_run
+        from equissl.runs import load_run
 
-        settings = settings_from_overrides(args.overrides, load_run(args.run, args.checkpoint)[0].probe)
+        base = EquivarianceEvalConfig(probe=load_run(args.run, args.checkpoint)[0].probe)
+        settings = parse_settings(EquivarianceEvalConfig, args.overrides, base=base)
         report = evaluate_equivariance(args.run, args.checkpoint, settings)
         text = format_equivariance(report)
     print(text)
@@ -281,36 +262,42 @@ def cmd_equivariance(args) -> int:
     return 0
 
 
+COMMANDS = {
+    "pretrain": cmd_pretrain,
+    "probe": lambda args: cmd_eval(args, ("linear", "knn")),
+    "knn": lambda args: cmd_eval(args, ("knn",)),
+    "export": lambda args: cmd_export(args),
+    "finetune-det": lambda args: cmd_finetune_det(args),
+    "data": lambda args: cmd_data(args),
+    "equivariance": lambda args: cmd_equivariance(args),
+}
+
+
+def _launch(args) -> int:
+    from equissl.launch.launcher import main as launch_main
+
+    return launch_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from equissl.errors import BadDataError, DataItemError, NonFiniteLossError
-
+    command = COMMANDS.get(args.command, _launch)
     try:
-        if args.command == "pretrain":
-            return cmd_pretrain(args)
-        if args.command == "probe":
-            return cmd_eval(args, ("linear", "knn"))
-        if args.command == "knn":
-            return cmd_eval(args, ("knn",))
-        if args.command == "export":
-            return cmd_export(args)
-        if args.command == "finetune-det":
-            return cmd_finetune_det(args)
-        if args.command == "data":
-            return cmd_data(args)
-        if args.command == "launch":
-            from equissl.launch.launcher import main as launch_main
-
-            return launch_main(args)
-        if args.command == "equivariance":
-            return cmd_equivariance(args)
-    except (ConfigError, ValueError) as error:
+        return command(args)
+    except UserError as error:
         print(f"equissl {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except (NonFiniteLossError, BadDataError, DataItemError, FloatingPointError) as error:
+    except RunStopped as error:
         print(f"equissl {args.command}: stopped: {error}", file=sys.stderr)
         return 3
-    return 1
+    except KeyboardInterrupt:
+        print(f"equissl {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 (a bug: show everything, and ask for a report)
+        traceback.print_exc()
+        print(f"equissl {args.command}: internal error: this is a bug in equissl, not in your settings; "
+              f"please report it at {ISSUES_URL} with the command and the traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

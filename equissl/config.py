@@ -303,13 +303,35 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults <- recipe file <- ``key=value`` overrides, validated as a whole."""
-    tree = load_recipe(recipe) if recipe else {}
+def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...], section: str = "") -> dict[str, Any]:
+    """``tree`` (a plain dict) with ``key=value`` overrides set in place; returned for chaining.
+
+    With ``section``, every key must read ``<section>.<key>`` (e.g. ``probe.epochs=50``) and is set
+    below the section's name.
+    """
     for text in overrides:
         keys, value = parse_override(text)
+        if section:
+            if keys[0] != section or len(keys) < 2:
+                raise ConfigError(f"override {text!r}: only {section}.<key>=value settings are accepted here")
+            keys = keys[1:]
         set_path(tree, keys, value)
-    config = from_dict(Config, tree)
+    return tree
+
+
+def parse_settings(cls: type, overrides: list[str] | tuple[str, ...] = (), base: Any = None, section: str = "") -> Any:
+    """Typed settings ``cls`` (a config dataclass) from ``base`` (an instance, or ``cls``'s defaults) and
+    ``key=value`` overrides, converted as strictly as a recipe: the one converter every command uses.
+
+    ``section`` names the settings in messages and, when given, is the prefix every key must carry.
+    """
+    tree = apply_overrides(to_dict(base) if base is not None else {}, overrides, section)
+    return from_dict(cls, tree, section)
+
+
+def build_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- recipe file <- ``key=value`` overrides, validated as a whole."""
+    config = from_dict(Config, apply_overrides(load_recipe(recipe) if recipe else {}, overrides))
     validate(config)
     return config
 

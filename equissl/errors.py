@@ -26,7 +26,8 @@ class MissingExtraError(UserError):
 
     def __init__(self, feature: str, extra: str, module: str) -> None:
         super().__init__(
-            f"{feature} needs the optional package {module!r}: pip install 'equissl[{extra}]'"
+            f"{feature} needs the optional package {module!r}: pip install 'equissl[{extra}]' "
+            f"(or pip install {module})"
         )
         self.extra = extra
 

@@ -37,15 +37,17 @@ class ViewSpec:
 class Views:
     """A batch of views with the parameters of the transformations that produced them.
 
-    images: ``num_views`` tensors (B, 3, H, W), float, normalised with the data's mean/std.
+    images: ``num_views`` tensors (B, 3, H, W), float, normalised with the data's mean/std (empty for
+        point-cloud sources).
     params: one dict per view of per-sample tensors (B, ...), units documented in
         :mod:`equissl.augmentations.image` (pixels of the output frame, radians, factors).
     small / small_params: the small crops and their parameters (empty unless ``num_small > 0``).
     labels: (B,) int64 class labels (used only by the online probe), or None.
     latents: for ``source="object"``, one (B, 7) float tensor per view: extrinsic xyz Euler angles
         (radians), floor hue, light theta, light phi, light hue -- the 3DIEBench latent layout.
-    extras: modality-specific tensors for sources other than images (e.g. point clouds, flows),
-        documented by the view maker that fills them.
+    points: point-cloud views (B, N, C), float, xyz in metres first (empty for image sources), as the
+        ``lidar_pair`` view maker documents.
+    extras: modality-specific tensors (e.g. scene flow), documented by the view maker that fills them.
     """
 
     images: list[Tensor]
@@ -54,11 +56,12 @@ class Views:
     small_params: list[dict[str, Tensor]] = field(default_factory=list)
     labels: Tensor | None = None
     latents: list[Tensor] | None = None
+    points: list[Tensor] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
-        return self.images[0].shape[0]
+        return (self.images or self.points)[0].shape[0]
 
 
 @dataclass

@@ -10,13 +10,14 @@ from equissl.augmentations.image import (
     sample_params,
 )
 from equissl.augmentations.rotation import RandomFourFoldRotation
-from equissl.augmentations.views import ViewMaker
+from equissl.augmentations.views import ImageViewMaker, ObjectViewMaker
 
 __all__ = [
     "PARAM_KEYS",
     "ImageAugment",
+    "ImageViewMaker",
+    "ObjectViewMaker",
     "RandomFourFoldRotation",
-    "ViewMaker",
     "apply_params",
     "chunk_index",
     "identity_params",

@@ -149,9 +149,10 @@ class LidarPairViewMaker(nn.Module):
     (B, 4, 4) taking frame-t sensor coordinates to frame-(t+1) ones, ``flow_is_ground_truth`` (B,) bool,
     optionally ``boxes`` (B, K, 7) and ``box_labels`` (B, K) (-1 = padding).
 
-    Views: ``images[0:k]`` are k independent augmentations of frame t (rows stay aligned with
-    ``points``: row i of every view is the same physical point); ``images[k]`` is one augmentation of
-    frame t+1; ``params[i]`` are the parameters of view i (module docstring).
+    Views: ``points[0:k]`` (B, N, C) are k independent augmentations of frame t (rows stay aligned with
+    the batch's ``points``: row i of every view is the same physical point); ``points[k]`` is one
+    augmentation of frame t+1; ``params[i]`` are the parameters of view i (module docstring); ``images``
+    is empty.
     ``extras``: ``"next_view"`` = k; ``"flow_target"`` (B, N, 3): every frame-t point carried by its flow
     into view k's coordinates, ``A_k(relative_pose @ (p + flow))`` (NaN on padding) -- the cell of view k
     where frame-t point i should be found; ``"flow"``, ``"relative_pose"``, ``"flow_is_ground_truth"``
@@ -159,13 +160,15 @@ class LidarPairViewMaker(nn.Module):
     ``"box_labels"``.
     """
 
-    def __init__(self, cfg: PointAugmentConfig):
+    def __init__(self, cfg: PointAugmentConfig, spec: ViewSpec):
         super().__init__()
+        if spec.source != "lidar_pair" or spec.num_views < 1:
+            raise ValueError(f"LidarPairViewMaker makes ViewSpec(source='lidar_pair', num_views >= 1), got {spec}")
         self.augment = PointAugment(cfg)
+        self.spec = spec
 
-    def forward(self, batch: dict[str, Tensor], spec: ViewSpec, generator: torch.Generator | None = None) -> Views:
-        if spec.num_views < 1:
-            raise ValueError(f"ViewSpec(source='lidar_pair') needs num_views >= 1, got {spec.num_views}")
+    def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Views:
+        spec = self.spec
         for key in ("points", "points_next", "flow", "relative_pose"):
             if key not in batch:
                 raise ValueError(f"batch lacks {key!r} (has {sorted(batch)}); source 'lidar_pair' needs a LiDAR pair "
@@ -189,10 +192,11 @@ class LidarPairViewMaker(nn.Module):
         if "boxes" in batch:
             extras["boxes"] = [apply_params_to_boxes(batch["boxes"].float(), p) for p in params]
             extras["box_labels"] = batch.get("box_labels")
-        return Views(images=[*images, next_view], params=[*params, next_params], labels=None, extras=extras)
+        return Views(images=[], points=[*images, next_view], params=[*params, next_params], labels=None,
+                     extras=extras)
 
 
 @VIEW_MAKERS.register("lidar_pair", PointAugmentConfig)
-def build_lidar_pair_view_maker(config) -> LidarPairViewMaker:
+def build_lidar_pair_view_maker(config, spec: ViewSpec) -> LidarPairViewMaker:
     """From the whole Config: the ranges are ``config.data.point_augment`` (defaults when absent)."""
-    return LidarPairViewMaker(getattr(config.data, "point_augment", None) or PointAugmentConfig())
+    return LidarPairViewMaker(getattr(config.data, "point_augment", None) or PointAugmentConfig(), spec)

@@ -1,10 +1,19 @@
 """The backbone contract (timm's convention).
 
 A backbone is an ``nn.Module`` with
+
 - ``num_features: int`` -- width of the pooled features;
-- ``forward_features(x)`` -- the spatial map (B, C, h, w) or tokens (B, N, C);
+- ``forward_features(x)`` -- the spatial map (B, C, h, w) (LiDAR encoders: the bird's-eye-view map);
 - ``forward(x) -> (B, num_features)`` -- pooled features;
-- ``export_state_dict()`` -- plain keys in the naming of its origin library.
+- ``export_state_dict()`` -- plain keys in the naming of its origin library (torchvision, timm, OpenPCDet);
+- ``export_formats: tuple[str, ...]`` -- the ``equissl export --format`` values it supports, and
+  ``export_note: str`` -- why a format is missing, when that depends on its settings (else empty);
+- for the ``timm`` format, ``timm_model() -> (name, kwargs)``: how ``timm.create_model`` rebuilds it;
+- for the ``torchvision`` / ``detectron2`` / ``mmdet`` formats, ``torchvision_state_dict()`` (the
+  trunk's torchvision keys) and ``torchvision_builder() -> str`` (``torchvision.models`` name).
+
+Which probe fits a backbone is registry data (``BACKBONES.register(..., probe="bev")``), so that the
+command line can choose before building anything.
 """
 
 from __future__ import annotations
@@ -13,10 +22,13 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
+IMAGE_FORMATS = ("safetensors", "torchvision", "timm", "detectron2", "mmdet", "onnx")
+
 
 @runtime_checkable
 class Backbone(Protocol):
     num_features: int
+    export_formats: tuple[str, ...]
 
     def forward_features(self, x: Tensor) -> Tensor: ...
 

@@ -100,8 +100,15 @@ class CapsNetResNet(ResNet):
         """torchvision ResNet keys for the trunk (``conv1.weight``, ``layer4.1.bn2.*``), ``capsules.*``."""
         return super().export_state_dict()
 
+    @property
+    def export_formats(self) -> tuple[str, ...]:
+        """The trunk goes to torchvision / detectors like a ResNet's; timm has no capsule model."""
+        return tuple(fmt for fmt in super().export_formats if fmt != "timm")
 
-@BACKBONES.register("capsnet_resnet18", CapsNetConfig)
+
+@BACKBONES.register(
+    "capsnet_resnet18", CapsNetConfig, description="ResNet-18 trunk read out through self-routing capsules"
+)
 def build_capsnet_resnet18(cfg: CapsNetConfig) -> CapsNetResNet:
     return CapsNetResNet(
         "resnet18",

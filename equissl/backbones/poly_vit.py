@@ -99,6 +99,8 @@ class PolyViT(VisionTransformer):
             **kwargs,
         )
         self.anchor = anchor
+        self.timm_kwargs = {"img_size": img_size, "patch_size": patch_size, "global_pool": global_pool,
+                            "anchor": anchor, "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads}
         self.pos_conv = nn.Conv2d(
             embed_dim, embed_dim, 3, padding=1, groups=embed_dim, padding_mode="circular"
         )
@@ -131,6 +133,16 @@ class PolyViT(VisionTransformer):
         """timm ViT key names, with ``pos_conv.*`` in place of ``pos_embed`` (and no ``head``)."""
         return {k: v.detach().clone() for k, v in self.state_dict().items()}
 
+    export_formats = ("safetensors", "timm")
+    export_note = ""
+
+    def timm_model(self) -> tuple[str, dict]:
+        """Our registered ``equissl_poly_vit_<size>`` (:mod:`equissl.export.timm_models`) and the kwargs that
+        rebuild this model (its widths are explicit, so a non-standard width still loads)."""
+        dims = {key: self.timm_kwargs[key] for key in ("embed_dim", "depth", "num_heads")}
+        size = next((name for name, standard in SIZES.items() if standard == dims), "tiny")
+        return f"equissl_poly_vit_{size}", dict(self.timm_kwargs)
+
 
 def checkpoint_filter_fn(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Adapt a timm ViT state dict: drop the absolute ``pos_embed`` and the classifier ``head``.
@@ -160,17 +172,14 @@ class PolyViTConfig(BackboneConfig):
 
 
 def _register(size: str) -> None:
-    @BACKBONES.register(f"poly_vit_{size}", PolyViTConfig)
+    @BACKBONES.register(
+        f"poly_vit_{size}", PolyViTConfig, description=f"ViT-{size[0].upper()}, polyphase-anchored: exact shift invariance"
+    )
     def build(cfg: PolyViTConfig) -> PolyViT:
         dims = {k: getattr(cfg, k) or v for k, v in SIZES[size].items()}
-        return PolyViT(
-            img_size=cfg.img_size,
-            patch_size=cfg.patch_size,
-            global_pool=cfg.global_pool,
-            anchor=cfg.anchor,
-            drop_path_rate=cfg.drop_path_rate,
-            **dims,
-        )
+        kwargs = {"img_size": cfg.img_size, "patch_size": cfg.patch_size, "global_pool": cfg.global_pool,
+                  "anchor": cfg.anchor, **dims}
+        return PolyViT(drop_path_rate=cfg.drop_path_rate, **kwargs)
 
 
 for _size in SIZES:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import models
 
+from equissl.backbones.base import IMAGE_FORMATS
 from equissl.config import BackboneConfig
 from equissl.registry import BACKBONES
 
@@ -26,6 +27,8 @@ class ResNetConfig(BackboneConfig):
     stem: Literal["imagenet", "cifar", "strided"] = "imagenet"
     zero_init_residual: bool = False
 
+
+TRUNK_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 
 _CONSTRUCTORS = {
     "resnet18": models.resnet18,
@@ -64,9 +67,37 @@ class ResNet(models.ResNet):
         """torchvision key names (``conv1.weight``, ``layer1.0.bn1.running_mean``, ...), no ``fc``."""
         return {k: v.detach().clone() for k, v in self.state_dict().items()}
 
+    # -- what the export needs (equissl.backbones.base) -------------------------------------------------
+    @property
+    def export_formats(self) -> tuple[str, ...]:
+        """Every format with the ``imagenet`` stem; detectors' and timm's ResNets have no other stem."""
+        return IMAGE_FORMATS if self.stem == "imagenet" else ("safetensors", "onnx")
+
+    @property
+    def export_note(self) -> str:
+        if self.stem == "imagenet":
+            return ""
+        return (f"backbone.stem={self.stem!r}: detectors', torchvision's and timm's ResNets have the 7x7 "
+                "stride-2 'imagenet' stem; pretrain with backbone.stem=imagenet")
+
+    @property
+    def depth(self) -> int:
+        return int(self.arch.removeprefix("resnet"))
+
+    def torchvision_builder(self) -> str:
+        return self.arch
+
+    def torchvision_state_dict(self) -> dict[str, Tensor]:
+        """The trunk's torchvision keys (``conv1``, ``bn1``, ``layer1-4``; no ``fc``, no extra heads)."""
+        return {k: v.contiguous() for k, v in self.export_state_dict().items() if k.startswith(TRUNK_PREFIXES)}
+
+    def timm_model(self) -> tuple[str, dict]:
+        """timm's ``resnetXX`` has our keys (``conv1``, ``bn1``, ``layerN.i.*``, ``downsample.0/1``)."""
+        return self.arch, {}
+
 
 def _register(arch: str) -> None:
-    @BACKBONES.register(arch, ResNetConfig)
+    @BACKBONES.register(arch, ResNetConfig, description=f"torchvision {arch}")
     def build(cfg: ResNetConfig) -> ResNet:
         return ResNet(arch, stem=cfg.stem, zero_init_residual=cfg.zero_init_residual)
 

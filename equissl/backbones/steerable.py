@@ -413,13 +413,16 @@ class SteerableResNet(nn.Module):
         )
         return plain.train(self.training)
 
+    export_formats = ("safetensors",)
+    export_note = ""
+
     def export_state_dict(self) -> dict[str, Tensor]:
         """State dict of :meth:`export` (expanded plain-conv weights; ``conv1.weight``, ``layer1.0.bn1.*``...)."""
         return {k: v.detach().clone() for k, v in self.export().state_dict().items()}
 
 
 def _register(name: str, default_group: str) -> None:
-    @BACKBONES.register(name, SteerableConfig)
+    @BACKBONES.register(name, SteerableConfig, description=f"steerable ResNet equivariant to {default_group.upper()}")
     def build(cfg: SteerableConfig) -> SteerableResNet:
         group = parse_group(cfg.group or default_group)
         return SteerableResNet(

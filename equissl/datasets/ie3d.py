@@ -33,6 +33,7 @@ from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as TF
 
 from equissl.config import DataConfig
+from equissl.errors import UserError
 from equissl.registry import DATASETS
 
 SPLITS = ("train", "val")
@@ -62,21 +63,21 @@ def _load_index(index_dir: Path, split: str) -> tuple[list[str], np.ndarray]:
     images_file, labels_file = index_dir / f"{split}_images.npy", index_dir / f"{split}_labels.npy"
     for path, what in ((images_file, 'object paths "/SYNSET/OBJ"'), (labels_file, "integer class labels")):
         if not path.is_file():
-            raise ValueError(
+            raise UserError(
                 f"3DIEBench index file {path} is missing: expected a .npy array of {what} for split {split!r}"
             )
     try:
         paths = np.load(images_file, allow_pickle=False)
         labels = np.load(labels_file, allow_pickle=False)
     except ValueError as error:
-        raise ValueError(
+        raise UserError(
             f"cannot read the index files in {index_dir} without unpickling ({error}); "
             "expected plain numpy string and integer arrays"
         ) from None
     if paths.ndim != 1 or paths.dtype.kind not in "US":
-        raise ValueError(f"{images_file}: expected a 1-D array of strings, got {paths.dtype} {paths.shape}")
+        raise UserError(f"{images_file}: expected a 1-D array of strings, got {paths.dtype} {paths.shape}")
     if labels.shape != paths.shape or labels.dtype.kind not in "iu":
-        raise ValueError(
+        raise UserError(
             f"{labels_file}: expected {len(paths)} integer labels, got {labels.dtype} {labels.shape}"
         )
     objects = [str(p.decode() if isinstance(p, bytes) else p).strip("/") for p in paths]
@@ -105,7 +106,7 @@ class IE3DDataset(Dataset):
     ) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
-            raise ValueError(
+            raise UserError(
                 f"3DIEBench root {self.root} does not exist: expected a folder holding "
                 "SYNSET/OBJ/image_k.jpg and latent_k.npy"
             )
@@ -124,7 +125,7 @@ class IE3DDataset(Dataset):
         self.image_size, self.views_per_object = image_size, views_per_object
         self.objects, self.labels = _load_index(self.index_dir, split)
         if not self.objects:
-            raise ValueError(f"{self.index_dir / f'{split}_images.npy'} lists no objects")
+            raise UserError(f"{self.index_dir / f'{split}_images.npy'} lists no objects")
         self.epoch = 0
         self.bad_files: list[str] = []
         self.skipped_reads = 0
@@ -269,7 +270,7 @@ class IE3DDataset(Dataset):
         }
 
 
-@DATASETS.register("3diebench", IE3DConfig)
+@DATASETS.register("3diebench", IE3DConfig, description="3DIEBench (Garrido et al. 2023), read from data.root")
 def build_3diebench(cfg: IE3DConfig, split: str, source: str, num_views: int, seed: int) -> IE3DDataset:
     return IE3DDataset(
         data_root(cfg),

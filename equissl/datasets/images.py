@@ -50,6 +50,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from equissl.config import DataConfig
 from equissl.datasets.ie3d import data_root
+from equissl.errors import ConfigError, UserError
 from equissl.registry import DATASETS
 
 SPLITS = ("train", "val")
@@ -108,7 +109,7 @@ def _dataset_folder(root: Path, folder: str, marker: str, what: str) -> Path:
     if (root / marker).is_file():
         return root
     state = "does not exist" if not root.exists() else f"holds neither {folder}/ nor {marker}"
-    raise ValueError(
+    raise UserError(
         f"{what} root {root} {state}: expected the extracted dataset, e.g. {root / folder / marker}"
     )
 
@@ -184,7 +185,7 @@ def read_cifar_pickle(path: Path) -> dict[str, Any]:
     """A CIFAR python batch as a dict with str keys (written by Python 2 with str keys or by Python 3
     with bytes keys; both read here)."""
     if not path.is_file():
-        raise ValueError(f"CIFAR file {path} is missing: expected a pickled batch of the python version")
+        raise UserError(f"CIFAR file {path} is missing: expected a pickled batch of the python version")
     try:
         with open(path, "rb") as handle:
             entry = _ArrayUnpickler(handle, encoding="latin1").load()  # latin1: Python 2 numpy arrays
@@ -198,7 +199,7 @@ def read_cifar_pickle(path: Path) -> dict[str, Any]:
         KeyError,
         OverflowError,
     ) as error:  # what a damaged pickle raises; name the file
-        raise ValueError(
+        raise UserError(
             f"cannot read {path} as a CIFAR python batch: {type(error).__name__}: {error}"
         ) from None
     if not isinstance(entry, dict):
@@ -266,7 +267,7 @@ class CIFARDataset(_ArrayDataset):
         for path in [*paths, self.root / layout.meta]:  # every file named before any is read
             if not path.is_file():
                 expected = ", ".join([*(layout.files["train"] + layout.files["val"]), layout.meta])
-                raise ValueError(f"{layout.title} file {path} is missing: {self.root} should hold {expected}")
+                raise UserError(f"{layout.title} file {path} is missing: {self.root} should hold {expected}")
         images, labels = [], []
         for path in paths:
             data, batch_labels = self._read_batch(path, layout)
@@ -278,7 +279,7 @@ class CIFARDataset(_ArrayDataset):
         meta = read_cifar_pickle(self.root / layout.meta)
         names = _names(meta.get(layout.names_key, ()))
         if len(names) != layout.num_classes:
-            raise ValueError(
+            raise UserError(
                 f"{self.root / layout.meta}: expected {layout.num_classes} names under {layout.names_key!r}, "
                 f"got {len(names)}"
             )
@@ -292,7 +293,7 @@ class CIFARDataset(_ArrayDataset):
         data = np.asarray(entry["data"])
         labels = np.asarray(entry[layout.label_key], dtype=np.int64)
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: expected b'data' uint8 of shape (N, 3072), got {data.dtype} {data.shape}"
             )
         if labels.shape != (len(data),):
@@ -331,7 +332,7 @@ class STL10Dataset(_ArrayDataset):
         super().__init__(image_size)
         check_split_and_source("stl10", split, "image")
         if train_split not in ("train", "unlabeled", "train+unlabeled"):
-            raise ValueError(f"train_split must be train, unlabeled or train+unlabeled, got {train_split!r}")
+            raise UserError(f"train_split must be train, unlabeled or train+unlabeled, got {train_split!r}")
         self.root = _dataset_folder(Path(root).expanduser(), "stl10_binary", STL_FILES[split][0], "STL-10")
         self.split, self.train_split = split, train_split
         part_names = train_split.split("+") if split == "train" else ["val"]
@@ -358,7 +359,7 @@ class STL10Dataset(_ArrayDataset):
     @staticmethod
     def _count_images(path: Path) -> int:
         if not path.is_file():
-            raise ValueError(
+            raise UserError(
                 f"STL-10 file {path} is missing: expected uint8 images of 3x96x96 (column-major)"
             )
         size = path.stat().st_size
@@ -371,7 +372,7 @@ class STL10Dataset(_ArrayDataset):
     @staticmethod
     def _read_labels(path: Path, count: int) -> np.ndarray:
         if not path.is_file():
-            raise ValueError(f"STL-10 file {path} is missing: expected one uint8 label in 1..10 per image")
+            raise UserError(f"STL-10 file {path} is missing: expected one uint8 label in 1..10 per image")
         labels = np.fromfile(path, dtype=np.uint8).astype(np.int64)
         if len(labels) != count:
             raise ValueError(f"{path}: {len(labels)} labels for {count} images")
@@ -427,17 +428,17 @@ class ImageFolderDataset(Dataset):
         self.split, self.image_size = split, image_size
         layout = "root/train/<class>/*.jpg|png and root/val/<class>/..."
         if not self.root.is_dir():
-            raise ValueError(f"image folder root {self.root} does not exist: expected {layout}")
+            raise UserError(f"image folder root {self.root} does not exist: expected {layout}")
         folder = self.root / split
         if not folder.is_dir():
-            raise ValueError(f"image folder {folder} is missing: expected {layout}")
+            raise UserError(f"image folder {folder} is missing: expected {layout}")
         class_folder = (
             self.root / "train" if (self.root / "train").is_dir() else folder
         )  # labels agree across splits
         self.class_names = sorted(d.name for d in class_folder.iterdir() if d.is_dir())
         unknown = sorted({d.name for d in folder.iterdir() if d.is_dir()} - set(self.class_names))
         if unknown:
-            raise ValueError(f"{folder} has classes missing from {class_folder}: {', '.join(unknown)}")
+            raise UserError(f"{folder} has classes missing from {class_folder}: {', '.join(unknown)}")
         self.num_classes = len(self.class_names)
         self.files: list[Path] = []
         labels = []
@@ -446,7 +447,7 @@ class ImageFolderDataset(Dataset):
             self.files.extend(files)
             labels.extend([label] * len(files))
         if not self.files:
-            raise ValueError(
+            raise UserError(
                 f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class folders of {folder}: expected {layout}"
             )
         self.labels = np.array(labels, dtype=np.int64)
@@ -495,7 +496,7 @@ class ImageFolderDataset(Dataset):
 # Registry entries.
 
 
-@DATASETS.register("imagefolder", ImageFolderConfig)
+@DATASETS.register("imagefolder", ImageFolderConfig, description="a folder of images, train/<class>/ and val/<class>/")
 def build_imagefolder(
     cfg: ImageFolderConfig, split: str, source: str, num_views: int, seed: int
 ) -> ImageFolderDataset:
@@ -503,19 +504,19 @@ def build_imagefolder(
     return ImageFolderDataset(data_root(cfg), split=split, image_size=cfg.image_size)
 
 
-@DATASETS.register("cifar10", CIFAR10Config)
+@DATASETS.register("cifar10", CIFAR10Config, description="CIFAR-10 (python pickle format)")
 def build_cifar10(cfg: CIFAR10Config, split: str, source: str, num_views: int, seed: int) -> CIFARDataset:
     check_split_and_source(cfg.name, split, source)
     return CIFARDataset(data_root(cfg), "cifar10", split=split, image_size=cfg.image_size)
 
 
-@DATASETS.register("cifar100", CIFAR100Config)
+@DATASETS.register("cifar100", CIFAR100Config, description="CIFAR-100 (python pickle format)")
 def build_cifar100(cfg: CIFAR100Config, split: str, source: str, num_views: int, seed: int) -> CIFARDataset:
     check_split_and_source(cfg.name, split, source)
     return CIFARDataset(data_root(cfg), "cifar100", split=split, image_size=cfg.image_size)
 
 
-@DATASETS.register("stl10", STL10Config)
+@DATASETS.register("stl10", STL10Config, description="STL-10 (binary format)")
 def build_stl10(cfg: STL10Config, split: str, source: str, num_views: int, seed: int) -> STL10Dataset:
     check_split_and_source(cfg.name, split, source)
     return STL10Dataset(data_root(cfg), split=split, image_size=cfg.image_size, train_split=cfg.train_split)

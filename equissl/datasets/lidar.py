@@ -53,6 +53,7 @@ from torch.utils.data import Dataset
 from equissl.augmentations.points import PointAugmentConfig
 from equissl.config import DataConfig
 from equissl.datasets.ie3d import data_root
+from equissl.errors import ConfigError, UserError
 from equissl.registry import DATASETS
 
 CLASS_NAMES = ("Car", "Pedestrian", "Cyclist")  # OpenPCDet's KITTI classes: box label k is CLASS_NAMES[k]
@@ -216,10 +217,10 @@ def kitti_sequence(root: str | Path, name: str) -> SweepSequence:
     folder = root / "sequences" / name
     sweeps = _frame_files(folder / "velodyne", ".bin")
     if not sweeps:
-        raise ValueError(f"no velodyne sweeps in {folder / 'velodyne'} (expected NNNNNN.bin files)")
+        raise UserError(f"no velodyne sweeps in {folder / 'velodyne'} (expected NNNNNN.bin files)")
     pose_file = next((p for p in (folder / "poses.txt", root / "poses" / f"{name}.txt") if p.is_file()), None)
     if pose_file is None:
-        raise ValueError(f"sequence {name}: no poses ({folder / 'poses.txt'} or {root / 'poses' / f'{name}.txt'})")
+        raise UserError(f"sequence {name}: no poses ({folder / 'poses.txt'} or {root / 'poses' / f'{name}.txt'})")
     camera_poses = read_kitti_poses(pose_file)
     calib_file = folder / "calib.txt"
     tr = read_calib(calib_file).get("Tr", np.eye(4)) if calib_file.is_file() else np.eye(4)
@@ -237,7 +238,7 @@ def kitti360_sequence(root: str | Path, name: str) -> SweepSequence:
     root = Path(root)
     sweeps = _frame_files(root / "data_3d_raw" / name / "velodyne_points" / "data", ".bin")
     if not sweeps:
-        raise ValueError(f"no sweeps in {root / 'data_3d_raw' / name / 'velodyne_points' / 'data'}")
+        raise UserError(f"no sweeps in {root / 'data_3d_raw' / name / 'velodyne_points' / 'data'}")
     imu_poses = read_kitti360_poses(root / "data_poses" / name / "poses.txt")
     cam_to_pose = read_calib(root / "calibration" / "calib_cam_to_pose.txt")["image_00"]
     rows = np.loadtxt(root / "calibration" / "calib_cam_to_velo.txt", dtype=np.float64).reshape(1, 12)
@@ -287,7 +288,7 @@ class LidarPairDataset(Dataset):
         if frame_gap < 1 or max_points < 1:
             raise ValueError(f"frame_gap and max_points must be >= 1, got {frame_gap}, {max_points}")
         if frame_gap != 1 and any(s.flows is not None for s in sequences):
-            raise ValueError("flow files give the motion to the next sweep: data.frame_gap must be 1 with them")
+            raise ConfigError("flow files give the motion to the next sweep: data.frame_gap must be 1 with them")
         self.min_box_points = min_box_points
         self.sequences = sequences
         self.frame_gap = frame_gap
@@ -437,7 +438,9 @@ def load_sequences(root: str | Path, names: tuple[str, ...], layout: str) -> lis
     return [reader(root, name) for name in names]
 
 
-@DATASETS.register("kitti_odometry", KittiOdometryConfig)
+@DATASETS.register(
+    "kitti_odometry", KittiOdometryConfig, description="KITTI odometry / SemanticKITTI / KITTI-360 sweeps"
+)
 def build_kitti_odometry(cfg: KittiOdometryConfig, split: str, source: str, num_views: int, seed: int) -> LidarPairDataset:
     """Consecutive-sweep pairs of real KITTI odometry / SemanticKITTI / KITTI-360 drives, with flow from the
     static-world assumption (zero; the poses carry the ego motion)."""
@@ -445,7 +448,7 @@ def build_kitti_odometry(cfg: KittiOdometryConfig, split: str, source: str, num_
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     root = data_root(cfg)
     if not root.is_dir():
-        raise ValueError(f"KITTI data root {root} does not exist: set data.root to the folder holding "
+        raise ConfigError(f"KITTI data root {root} does not exist: set data.root to the folder holding "
                          f"{'data_3d_raw/' if cfg.layout == 'kitti360' else 'sequences/'}")
     names = cfg.train_sequences if split == "train" else cfg.val_sequences
     return LidarPairDataset(load_sequences(root, names, cfg.layout), cfg.frame_gap, cfg.max_points, seed)

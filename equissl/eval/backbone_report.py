@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from equissl.errors import UserError
 from equissl.eval.equivariance import (
     equivariance_error,
     image_action,
@@ -75,7 +76,7 @@ def backbone_equivariance(name: str, tiny: bool = False, batch: int = 8, draws: 
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     if BACKBONES.get(name).config_cls.__module__.startswith("equissl.backbones.lidar"):
-        raise ValueError(f"backbone {name!r} takes point clouds; --backbone measures image backbones")
+        raise UserError(f"backbone {name!r} takes point clouds; --backbone measures image backbones")
     model, cfg, size = _build(name, tiny)
     report: dict = {"backbone": name, "tiny": tiny}
     if hasattr(model, "group"):

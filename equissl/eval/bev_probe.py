@@ -12,15 +12,13 @@ For a fair comparison the batch-norm statistics of both encoders (pretrained and
 re-estimated on the probe's training sweeps first (``recalibrate_bn``): a random encoder's initial
 statistics (0 / 1) would otherwise handicap it.
 
-    python -m equissl.eval.bev_probe --run runs/essl3d_pointpillars_lidarsim [probe.epochs=40 ...]
+    equissl probe --run runs/essl3d_pointpillars_lidarsim [--compare-random] [probe.epochs=40 ...]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,12 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-import equissl.backbones.lidar
-import equissl.datasets.lidar_sim
-import equissl.ssl.scene_flow  # noqa: F401  (registers essl3d: runs' configs name it)
-from equissl.config import from_dict, parse_override, set_path
+from equissl.build import build_dataset
 from equissl.datasets.lidar import CLASS_NAMES
-from equissl.registry import DATASETS
 
 
 @dataclass
@@ -210,20 +204,18 @@ def evaluate_bev_run(run_dir: str | Path, checkpoint: str | Path | None = None, 
                      cfg: BEVProbeConfig | None = None, device: str | None = None) -> dict:
     """BEV probe of the run's newest (or given) checkpoint and, optionally, of a random encoder of the
     same architecture (same seed as the run's initialisation); saved to ``run_dir/eval/bev_probe.json``."""
-    from equissl.eval.features import build_backbone, load_run
+    from equissl.runs import checkpoint_step, load_backbone, load_run
 
     cfg = cfg or BEVProbeConfig()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     config, path = load_run(run_dir, checkpoint)
-    build = lambda split: DATASETS.build(config.data.name, config.data, split=split, source="lidar_pair",
-                                         num_views=1, seed=config.trainer.seed)
-    train_set, val_set = build("train"), build("val")
-    results = {"pretrained": bev_probe(build_backbone(config, path, config.trainer.seed), train_set, val_set, cfg,
+    train_set, val_set = (build_dataset(config, split, source="lidar_pair") for split in ("train", "val"))
+    results = {"pretrained": bev_probe(load_backbone(config, path, config.trainer.seed), train_set, val_set, cfg,
                                        device=device)}
     if compare_random:
-        results["random init"] = bev_probe(build_backbone(config, None, config.trainer.seed), train_set, val_set,
+        results["random init"] = bev_probe(load_backbone(config, None, config.trainer.seed), train_set, val_set,
                                            cfg, device=device)
-    report = {"run": str(run_dir), "checkpoint": str(path), "step": int((path / "COMPLETE").read_text()),
+    report = {"run": str(run_dir), "checkpoint": str(path), "step": checkpoint_step(path),
               "probe": asdict(cfg), "results": results}
     out = Path(run_dir) / "eval" / "bev_probe.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -237,30 +229,3 @@ def format_report(report: dict) -> str:
         per_class = "  ".join(f"{k} {v:5.1f}" for k, v in scores["AP"].items())
         lines.append(f"  {model:<12} mAP {scores['mAP']:5.1f}   {per_class}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m equissl.eval.bev_probe", description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--checkpoint")
-    parser.add_argument("--no-random", action="store_true", help="skip the random-init comparison")
-    parser.add_argument("overrides", nargs="*", help="probe settings, e.g. probe.epochs=40")
-    args = parser.parse_args(argv)
-    tree: dict = {}
-    for text in args.overrides:
-        keys, value = parse_override(text)
-        if keys[0] != "probe" or len(keys) != 2:
-            print(f"bev_probe: error: override {text!r}: expected probe.<key>=value", file=sys.stderr)
-            return 2
-        set_path(tree, keys[1:], value)
-    try:
-        cfg = from_dict(BEVProbeConfig, tree, "probe")
-        print(format_report(evaluate_bev_run(args.run, args.checkpoint, not args.no_random, cfg)))
-    except ValueError as error:
-        print(f"bev_probe: error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

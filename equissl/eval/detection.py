@@ -29,6 +29,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from equissl.datasets.shapes3d_det import DetectionSetSpec, Shapes3DDetection, default_cache_dir
+from equissl.errors import UserError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -55,7 +56,7 @@ def load_torchvision_export(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     """A ``--format torchvision`` export (``.pth`` or ``.safetensors``) and its ``<path>.json`` metadata."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no backbone file at {path}: run `equissl export --format torchvision` first")
+        raise UserError(f"no backbone file at {path}: run `equissl export --format torchvision` first")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -14,20 +14,11 @@ and, for objectives with a predictor, PRE, MRR and Hits@k on train -> train and 
 predictor with the action to each of its views; ``MRR_shuffled`` repeats the MRR with each query given
 another query's action, so that a predictor which ignores its action shows as MRR == MRR_shuffled.
 
-The objective interface this module relies on (all optional, duck-typed; see :class:`EquivariantObjective`):
-
-``representations(images) -> {"inv": (B, Di), "equi": (B, De), "full": (B, D)[, "equi_embedding": (B, E)]}``
-    images are normalised (B, 3, H, W); called under ``torch.no_grad()`` in eval mode. Without it the
-    backbone's pooled features are the ``full`` representation and ``inv`` / ``equi`` are not reported.
-``object_representations(reps, latents) -> reps``
-    optional: the representations of the V views of one object (``reps`` as returned above, latents
-    (V, 7)) rewritten with context from the object's other views (seq-JEPA: ``inv`` = the aggregate of a
-    sequence of views, as in training).
-``action_from_latents(latents_src, latents_tgt) -> (B, A)``
-    the predictor's action for the transformation from source to target view, from (B, 7) latents.
-``predict_equivariant(equi_embedding, action) -> (B, E)``
-    the predicted ``equi_embedding`` of the target view. PRE / MRR / H@k need all three and the
-    ``equi_embedding`` key.
+The objective contract this module relies on is declared in :mod:`equissl.ssl.base`: every objective's
+``representations(images)`` gives at least the ``full`` representation; an
+:class:`~equissl.ssl.base.EquivariantObjective` adds ``inv`` / ``equi`` parts, its ``object_representations``
+(applied per object), and the predictor (``action_from_latents``, ``predict_equivariant``,
+``equi_embedding``) that PRE / MRR / H@k need.
 """
 
 from __future__ import annotations
@@ -37,39 +28,25 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from equissl.config import Config, ConfigError, ProbeConfig, from_dict, parse_override, set_path, to_dict
+from equissl.build import build_dataset
+from equissl.config import Config, ConfigError, ProbeConfig
 from equissl.eval import rotation_metrics as rm
-from equissl.eval.features import load_run, preprocess
+from equissl.eval.features import preprocess
 from equissl.latents import absolute_quat
-from equissl.launch import checkpoint as ckpt
-from equissl.launch.trainer import build_objective
-from equissl.registry import DATASETS
-from equissl.ssl.base import Objective
+from equissl.runs import checkpoint_step, load_objective, load_run
+from equissl.ssl.base import EquivariantObjective, Objective
 
 PARTS = ("inv", "equi", "full")
-OBJECTIVE_PREFIX = "objective."
-
-
-@runtime_checkable
-class EquivariantObjective(Protocol):
-    """What an objective implements to be measured by part and through its predictor (module docstring)."""
-
-    def representations(self, images: Tensor) -> dict[str, Tensor]: ...
-
-    def action_from_latents(self, latents_1: Tensor, latents_2: Tensor) -> Tensor: ...
-
-    def predict_equivariant(self, equi_embedding: Tensor, action: Tensor) -> Tensor: ...
 
 
 @dataclass
 class EquivarianceEvalConfig:
-    """Settings of :func:`evaluate_equivariance` (``key=value`` overrides: :func:`settings_from_overrides`)."""
+    """Settings of :func:`evaluate_equivariance` (``key=value`` overrides: :func:`equissl.config.parse_settings`)."""
 
     regression: rm.RegressionProtocol = field(default_factory=rm.RegressionProtocol)
     probe: ProbeConfig | None = None  # None: the run's probe section
@@ -83,37 +60,8 @@ class EquivarianceEvalConfig:
     num_workers: int = -1  # -1: the run's data.num_workers
 
 
-def settings_from_overrides(overrides: list[str] | tuple[str, ...] = (),
-                            base_probe: ProbeConfig | None = None) -> EquivarianceEvalConfig:
-    """``EquivarianceEvalConfig`` from ``key=value`` strings, e.g. ``regression.epochs=50 max_objects=100``.
-
-    ``probe.*`` keys apply on top of ``base_probe`` (pass the run's ``config.probe``), else on top of the
-    ``ProbeConfig`` defaults; without ``probe.*`` keys the settings keep ``probe=base_probe``.
-    """
-    tree = to_dict(EquivarianceEvalConfig())
-    tree["probe"] = to_dict(base_probe) if base_probe is not None else None
-    for text in overrides:
-        keys, value = parse_override(text)
-        if keys[0] == "probe" and tree["probe"] is None:
-            tree["probe"] = to_dict(ProbeConfig())
-        set_path(tree, keys, value)
-    try:
-        return from_dict(EquivarianceEvalConfig, tree)
-    except ConfigError as error:
-        raise ConfigError(f"equivariance settings: {error}") from None
-
-
 # ----------------------------------------------------------------------------------------------------
 # Loading and extraction
-
-
-def load_objective(config: Config, checkpoint: Path, device: str | torch.device = "cpu") -> Objective:
-    """The run's objective (backbone, heads, predictor) with the checkpoint's weights, in eval mode."""
-    objective = build_objective(config)
-    state = ckpt.load_model_state(checkpoint)
-    own = {k[len(OBJECTIVE_PREFIX):]: v for k, v in state.items() if k.startswith(OBJECTIVE_PREFIX)}
-    objective.load_state_dict(own, strict=True)
-    return objective.to(device).eval()
 
 
 class _ObjectViews(Dataset):
@@ -143,19 +91,7 @@ def _as_list(batch):
     return batch
 
 
-def part_representations(objective: nn.Module, images: Tensor) -> dict[str, Tensor]:
-    """``objective.representations(images)`` or, for objectives without it, ``{"full": backbone(images)}``."""
-    if hasattr(objective, "representations"):
-        return objective.representations(images)
-    return {"full": objective.backbone(images)}
-
-
-def has_predictor(objective: nn.Module) -> bool:
-    return all(hasattr(objective, name) for name in ("representations", "action_from_latents",
-                                                       "predict_equivariant"))
-
-
-def _per_object(objective: nn.Module, out: dict[str, Tensor], latents: list[Tensor]) -> dict[str, Tensor]:
+def _per_object(objective: EquivariantObjective, out: dict[str, Tensor], latents: list[Tensor]) -> dict[str, Tensor]:
     """``objective.object_representations`` applied to each object's rows of ``out`` (object-major)."""
     counts = [len(item) for item in latents]
     pieces = [objective.object_representations({key: value[rows] for key, value in out.items()}, lat)
@@ -164,14 +100,13 @@ def _per_object(objective: nn.Module, out: dict[str, Tensor], latents: list[Tens
 
 
 @torch.no_grad()
-def extract_split(objective: nn.Module, config: Config, split: str, settings: EquivarianceEvalConfig,
+def extract_split(objective: Objective, config: Config, split: str, settings: EquivarianceEvalConfig,
                   device: str | torch.device = "cpu") -> dict[str, Tensor]:
     """Representations of every view of every object of ``split``, on the CPU:
     ``{part: (N, D_part), "objects": (N,), "latents": (N, 7), "labels": (N,)}``, object-major."""
-    dataset = DATASETS.build(config.data.name, config.data, split=split, source="image", num_views=1,
-                             seed=config.trainer.seed)
+    dataset = build_dataset(config, split)
     if not hasattr(dataset, "object_views"):
-        raise ValueError(f"dataset {config.data.name!r} has no object views: the equivariance evaluation needs "
+        raise ConfigError(f"dataset {config.data.name!r} has no object views: the equivariance evaluation needs "
                          "a 3DIEBench-format dataset (3diebench, shapes3d)")
     objects = chosen_objects(dataset.num_objects, settings.max_objects)
     views = getattr(dataset, "views_per_object", 1)
@@ -181,8 +116,8 @@ def extract_split(objective: nn.Module, config: Config, split: str, settings: Eq
     collected: dict[str, list[Tensor]] = {}
     for batch in loader:
         images = torch.cat([item[1] for item in batch])
-        out = part_representations(objective, preprocess(images.to(device), config))
-        if hasattr(objective, "object_representations"):
+        out = objective.representations(preprocess(images.to(device), config))
+        if isinstance(objective, EquivariantObjective):
             out = _per_object(objective, out, [item[2] for item in batch])
         extra = {
             "objects": torch.cat([torch.full((len(item[1]),), item[0], dtype=torch.long) for item in batch]),
@@ -199,7 +134,7 @@ def extract_split(objective: nn.Module, config: Config, split: str, settings: Eq
 # Metrics
 
 
-def _predictions(objective: nn.Module, embeddings: Tensor, latents: Tensor, source: Tensor, action_from: Tensor,
+def _predictions(objective: EquivariantObjective, embeddings: Tensor, latents: Tensor, source: Tensor, action_from: Tensor,
                  action_to: Tensor, device: str | torch.device, batch_size: int) -> Tensor:
     """Predicted embeddings of the rows ``source`` moved by the actions ``action_from[i] -> action_to[i]``."""
     predicted = []
@@ -211,7 +146,7 @@ def _predictions(objective: nn.Module, embeddings: Tensor, latents: Tensor, sour
 
 
 @torch.no_grad()
-def predictor_metrics(objective: nn.Module, data: dict[str, Tensor], settings: EquivarianceEvalConfig,
+def predictor_metrics(objective: EquivariantObjective, data: dict[str, Tensor], settings: EquivarianceEvalConfig,
                       device: str | torch.device = "cpu", batch_size: int = 1024, seed: int = 0) -> dict[str, float]:
     """PRE, MRR and H@k of the objective's predictor on one split (queries and candidates both from it),
     and ``MRR_shuffled``: the MRR when each query is given another query's action (a seeded permutation),
@@ -240,7 +175,7 @@ def _pair_data(data: dict[str, Tensor], part: str) -> rm.PairData:
     return rm.PairData(features=data[part], objects=data["objects"], latents=data["latents"])
 
 
-def evaluate_parts(objective: nn.Module, train: dict[str, Tensor], val: dict[str, Tensor],
+def evaluate_parts(objective: Objective, train: dict[str, Tensor], val: dict[str, Tensor],
                    settings: EquivarianceEvalConfig, probe: ProbeConfig, seed: int = 0,
                    device: str | torch.device = "cpu") -> dict:
     """Every metric on the extracted representations of the two splits (see the module docstring)."""
@@ -255,7 +190,7 @@ def evaluate_parts(objective: nn.Module, train: dict[str, Tensor], val: dict[str
         if settings.colour:
             results["colour_r2"][part] = rm.colour_prediction_r2(
                 _pair_data(train, part), _pair_data(val, part), settings.regression, device)
-    if settings.predictor and has_predictor(objective) and "equi_embedding" in train:
+    if settings.predictor and isinstance(objective, EquivariantObjective) and "equi_embedding" in train:
         results["prediction"] = {name: predictor_metrics(objective, data, settings, device, seed=seed)
                                  for name, data in (("train", train), ("val", val))}
     else:
@@ -286,7 +221,7 @@ def evaluate_equivariance(run_dir: str | Path, checkpoint: str | Path | None = N
     out_dir = run_dir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
-        "run": str(run_dir), "checkpoint": str(path), "step": int((path / ckpt.COMPLETE_MARKER).read_text()),
+        "run": str(run_dir), "checkpoint": str(path), "step": checkpoint_step(path),
         "objective": config.objective.name, "backbone": config.backbone.name, "dataset": config.data.name,
         "views": {"train": len(train["objects"]), "val": len(val["objects"])},
         "results": results, "settings": dataclasses.asdict(settings),

@@ -7,39 +7,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from equissl.config import Config, from_dict
-from equissl.launch import checkpoint as ckpt
-from equissl.registry import BACKBONES, DATASETS
-
-BACKBONE_PREFIX = "objective.backbone."
-
-
-def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> tuple[Config, Path]:
-    """The resolved config of a run and its newest complete checkpoint (or the one given)."""
-    run_dir = Path(run_dir)
-    path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir)
-    if path is None or not (path / ckpt.COMPLETE_MARKER).is_file():
-        raise ValueError(f"no complete checkpoint in {run_dir / 'checkpoints'}: run `equissl pretrain` first")
-    config = from_dict(Config, yaml.safe_load((path / "config.yaml").read_text()))
-    return config, path
-
-
-def backbone_state(checkpoint: Path) -> dict[str, Tensor]:
-    state = ckpt.load_model_state(checkpoint)
-    return {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
-
-
-def build_backbone(config: Config, checkpoint: Path | None, seed: int = 0) -> nn.Module:
-    """The run's backbone with its pretrained weights, or randomly initialised (``checkpoint=None``)."""
-    torch.manual_seed(seed)
-    backbone = BACKBONES.build(config.backbone.name, config.backbone)
-    if checkpoint is not None:
-        backbone.load_state_dict(backbone_state(checkpoint), strict=True)
-    return backbone.eval()
+from equissl.build import build_dataset
+from equissl.config import Config
 
 
 def preprocess(images: Tensor, config: Config) -> Tensor:
@@ -57,8 +29,7 @@ def preprocess(images: Tensor, config: Config) -> Tensor:
 def extract_features(backbone: nn.Module, config: Config, split: str, batch_size: int = 256,
                      device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
     """Pooled features (N, D) and labels (N,) of every labelled image of ``split``, in dataset order."""
-    dataset = DATASETS.build(config.data.name, config.data, split=split, source="image", num_views=1,
-                             seed=config.trainer.seed)
+    dataset = build_dataset(config, split)
     labelled_split = getattr(dataset, "labelled_split", None)  # pretraining on unlabelled images (STL-10)
     if labelled_split is not None:
         dataset = labelled_split()

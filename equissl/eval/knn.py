@@ -10,13 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from equissl.errors import UserError
+
 
 @torch.no_grad()
 def knn_predict(train_x: Tensor, train_y: Tensor, query_x: Tensor, k: int = 20, temperature: float = 0.07,
                 chunk: int = 1024) -> Tensor:
     """(N, D), (N,), (M, D) -> predicted labels (M,)."""
     if k < 1 or k > len(train_x):
-        raise ValueError(f"knn k={k} must lie in [1, {len(train_x)}] (the train split's size)")
+        raise UserError(f"knn k={k} must lie in [1, {len(train_x)}] (the train split's size)")
     num_classes = int(train_y.max()) + 1
     train_x = F.normalize(train_x.float(), dim=1)
     predictions = []

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import torch
 
+from equissl.build import build_dataset
 from equissl.config import Config, ProbeConfig
-from equissl.eval.features import build_backbone, cached_features, load_run, preprocess
+from equissl.eval.features import cached_features, preprocess
 from equissl.eval.knn import knn_top1
 from equissl.eval.linear_probe import linear_probe
 from equissl.eval.plots import probe_figure
-from equissl.launch.checkpoint import load_model_state
+from equissl.runs import checkpoint_step, load_backbone, load_objective, load_run
 
 
 def _device() -> str:
@@ -22,7 +23,7 @@ def _device() -> str:
 
 def evaluate_model(config: Config, checkpoint: Path | None, probe_cfg: ProbeConfig, methods: tuple[str, ...],
                    cache_dir: Path) -> dict[str, float]:
-    backbone = build_backbone(config, checkpoint, seed=config.trainer.seed)
+    backbone = load_backbone(config, checkpoint, seed=config.trainer.seed)
     key = str(checkpoint.resolve()) if checkpoint is not None else f"random-init-seed{config.trainer.seed}"
     train_x, train_y = cached_features(backbone, config, "train", cache_dir, key, _device())
     val_x, val_y = cached_features(backbone, config, "val", cache_dir, key, _device())
@@ -47,15 +48,8 @@ def objective_metrics(config: Config, checkpoint: Path, split: str = "val") -> t
     whole images resized to :func:`metrics_image_size`; returns (metrics, that image side)."""
     from torch.utils.data import DataLoader
 
-    from equissl.launch.trainer import build_objective
-    from equissl.registry import DATASETS
-
-    objective = build_objective(config)
-    state = {k[len("objective."):]: v for k, v in load_model_state(checkpoint).items() if k.startswith("objective.")}
-    objective.load_state_dict(state)
-    objective.eval().to(_device())
-    dataset = DATASETS.build(config.data.name, config.data, split=split, source="image", num_views=1,
-                             seed=config.trainer.seed)
+    objective = load_objective(config, checkpoint, _device())
+    dataset = build_dataset(config, split)
     size = metrics_image_size(config, objective)
     sums: dict[str, float] = {}
     count = 0
@@ -83,7 +77,7 @@ def evaluate_run(run_dir: str | Path, methods: tuple[str, ...] = ("linear", "knn
     if compare_random:
         results["random init"] = evaluate_model(config, None, probe_cfg, methods, cache)
     objective_scores, metrics_size = objective_metrics(config, path)
-    step = int((path / "COMPLETE").read_text())
+    step = checkpoint_step(path)
     name = "_".join(methods)
     report = {"run": str(run_dir), "checkpoint": str(path), "step": step, "results": results,
               "objective_metrics_val": objective_scores,

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from equissl.config import ProbeConfig
+from equissl.errors import ConfigError, UserError
 from equissl.eval.linear_probe import linear_probe
 from equissl.latents import colour_deltas, relative_action
 from equissl.rotations import canonical_quat
@@ -192,12 +193,12 @@ def pair_regression(
     if protocol.epochs < 1 or protocol.batch_size < 1 or protocol.pairs_per_object < 1:
         raise ValueError("regression: epochs, batch_size and pairs_per_object must be >= 1")
     if protocol.r2_average not in R2_AVERAGES:
-        raise ValueError(f"regression.r2_average must be one of {R2_AVERAGES}, got {protocol.r2_average!r}")
+        raise ConfigError(f"regression.r2_average must be one of {R2_AVERAGES}, got {protocol.r2_average!r}")
     generator = torch.Generator().manual_seed(protocol.seed)
     torch.manual_seed(protocol.seed)
     val_first, val_second = sample_view_pairs(val.objects, protocol.val_pairs_per_object, generator)
     if len(val_first) == 0 or train.objects.numel() == 0:
-        raise ValueError("pair regression needs objects with at least two views in both splits")
+        raise UserError("pair regression needs objects with at least two views in both splits")
     out_dim = target_fn(train.latents[:1], train.latents[:1]).shape[-1]
     head = _mlp(2 * train.features.shape[1], protocol.hidden_dims, out_dim).to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay)

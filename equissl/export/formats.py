@@ -37,11 +37,12 @@ import yaml
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from equissl.backbones.base import IMAGE_FORMATS
 from equissl.config import Config, to_dict
-from equissl.eval.features import build_backbone, load_run
+from equissl.errors import ConfigError
+from equissl.runs import load_backbone, load_run
 
-FORMATS = ("safetensors", "torchvision", "timm", "detectron2", "mmdet", "onnx")
-RESNET_BODY_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+FORMATS = IMAGE_FORMATS
 
 
 def export_metadata(config: Config, checkpoint: Path) -> dict:
@@ -65,22 +66,7 @@ def export_metadata(config: Config, checkpoint: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Key conversions (pure functions of a torchvision-keyed ResNet state dict).
-
-
-def torchvision_resnet_state(backbone: nn.Module) -> dict[str, Tensor]:
-    """torchvision ResNet keys of the backbone's trunk (no ``fc``, no extra heads such as capsules)."""
-    from equissl.backbones.resnet import ResNet
-
-    if not isinstance(backbone, ResNet):
-        raise ValueError(f"this format needs a ResNet backbone, got {type(backbone).__name__}")  # noqa: TRY004
-    if backbone.stem != "imagenet":
-        raise ValueError(
-            f"backbone.stem={backbone.stem!r}: detectors' ResNets have the 7x7 stride-2 'imagenet' stem; "
-            "pretrain with backbone.stem=imagenet (or export --format safetensors)"
-        )
-    state = backbone.export_state_dict()
-    return OrderedDict((k, v.contiguous()) for k, v in state.items() if k.startswith(RESNET_BODY_PREFIXES))
+# Key conversions (pure functions of a torchvision-keyed ResNet state dict, ``torchvision_state_dict()``).
 
 
 def detectron2_key(name: str) -> str:
@@ -114,10 +100,6 @@ def _pixel_stats_255(metadata: dict) -> tuple[list[float], list[float]]:
     return [round(255 * m, 3) for m in norm["mean"]], [round(255 * s, 3) for s in norm["std"]]
 
 
-def _resnet_depth(metadata: dict) -> int:
-    return int(metadata["backbone"].removeprefix("resnet").removeprefix("capsnet_resnet"))
-
-
 # ----------------------------------------------------------------------------------------------------
 # Writers: (backbone, metadata, out) -> extra metadata describing how to load the file.
 
@@ -129,14 +111,14 @@ def _write_safetensors(backbone: nn.Module, metadata: dict, out: Path) -> dict:
 
 
 def _write_torchvision(backbone: nn.Module, metadata: dict, out: Path) -> dict:
-    state = torchvision_resnet_state(backbone)
+    state = backbone.torchvision_state_dict()
     if out.suffix == ".safetensors":
         save_file(dict(state), str(out), metadata={"equissl": json.dumps(metadata)})
         load = "safetensors.torch.load_file(path)"
     else:
         torch.save(state, out)
         load = "torch.load(path, weights_only=True)"
-    arch = f"resnet{_resnet_depth(metadata)}"
+    arch = backbone.torchvision_builder()
     return {
         "consumer": {
             "library": "torchvision",
@@ -146,29 +128,8 @@ def _write_torchvision(backbone: nn.Module, metadata: dict, out: Path) -> dict:
     }
 
 
-def _timm_spec(backbone: nn.Module, metadata: dict) -> tuple[str, dict]:
-    from equissl.backbones.poly_vit import SIZES, PolyViT
-    from equissl.backbones.resnet import ResNet
-
-    if isinstance(backbone, PolyViT):
-        cfg = metadata["backbone_config"]
-        size = metadata["backbone"].removeprefix("poly_vit_")
-        kwargs = {
-            "img_size": cfg["img_size"],
-            "patch_size": cfg["patch_size"],
-            "global_pool": cfg["global_pool"],
-            "anchor": cfg["anchor"],
-            **{k: cfg[k] or SIZES[size][k] for k in ("embed_dim", "depth", "num_heads")},
-        }
-        return f"equissl_poly_vit_{size}", kwargs
-    if isinstance(backbone, ResNet) and type(backbone) is ResNet:
-        torchvision_resnet_state(backbone)  # checks the stem
-        return f"resnet{_resnet_depth(metadata)}", {}
-    raise ValueError(f"no timm model for backbone {metadata['backbone']!r}; use --format safetensors")
-
-
 def _write_timm(backbone: nn.Module, metadata: dict, out: Path) -> dict:
-    name, kwargs = _timm_spec(backbone, metadata)
+    name, kwargs = backbone.timm_model()
     extra = {
         "timm_model": name,
         "timm_kwargs": kwargs,
@@ -194,9 +155,9 @@ def _write_detectron2(backbone: nn.Module, metadata: dict, out: Path) -> dict:
             "MODEL.PIXEL_MEAN": mean,
             "MODEL.PIXEL_STD": std,
             "INPUT.FORMAT": "RGB",
-            "MODEL.RESNETS.DEPTH": _resnet_depth(metadata),
+            "MODEL.RESNETS.DEPTH": backbone.depth,
             "MODEL.RESNETS.STRIDE_IN_1X1": False,
-            "MODEL.RESNETS.RES2_OUT_CHANNELS": 64 if _resnet_depth(metadata) < 50 else 256,
+            "MODEL.RESNETS.RES2_OUT_CHANNELS": 64 if backbone.depth < 50 else 256,
         },
         "consumer": {
             "library": "detectron2",
@@ -204,7 +165,7 @@ def _write_detectron2(backbone: nn.Module, metadata: dict, out: Path) -> dict:
             "detectron2_config keys set (pixels in 0-255, RGB)",
         },
     }
-    payload = to_detectron2(torchvision_resnet_state(backbone))
+    payload = to_detectron2(backbone.torchvision_state_dict())
     payload["equissl"] = {**metadata, **extra}
     with open(out, "wb") as handle:
         pickle.dump(payload, handle)
@@ -217,7 +178,7 @@ def _write_mmdet(backbone: nn.Module, metadata: dict, out: Path) -> dict:
         "mmdet_config": {
             "model.backbone": {
                 "type": "ResNet",
-                "depth": _resnet_depth(metadata),
+                "depth": backbone.depth,
                 "style": "pytorch",
                 "init_cfg": {"type": "Pretrained", "checkpoint": str(out.resolve()), "prefix": "backbone."},
             },
@@ -230,7 +191,7 @@ def _write_mmdet(backbone: nn.Module, metadata: dict, out: Path) -> dict:
     }
     torch.save(
         {
-            "state_dict": to_mmdet(torchvision_resnet_state(backbone)),
+            "state_dict": to_mmdet(backbone.torchvision_state_dict()),
             "meta": json.loads(json.dumps({**metadata, **extra})),
         },
         out,
@@ -276,10 +237,21 @@ WRITERS: dict[str, Callable[[nn.Module, dict, Path], dict]] = {
 }
 
 
+def check_format(backbone: nn.Module, fmt: str, name: str = "") -> None:
+    """Refuse ``fmt`` unless the backbone declares it (``export_formats``), saying which it supports and why
+    (``export_note``)."""
+    if fmt in backbone.export_formats:
+        return
+    note = f"; {backbone.export_note}" if backbone.export_note else ""
+    raise ConfigError(f"backbone {name or type(backbone).__name__} cannot export as {fmt!r} "
+                      f"(it exports as: {', '.join(backbone.export_formats)}){note}")
+
+
 def export_backbone(backbone: nn.Module, metadata: dict, out: str | Path, fmt: str = "safetensors") -> Path:
     """Write ``backbone`` to ``out`` in ``fmt`` and ``<out>.json`` with ``metadata`` (plus loading hints)."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+    check_format(backbone, fmt, metadata.get("backbone", ""))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {**metadata, "export_format": fmt}
@@ -293,6 +265,6 @@ def export_run(
 ) -> Path:
     """Write the run's backbone to ``out`` in ``fmt``, with ``<out>.json`` metadata beside it."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
     config, path = load_run(run_dir, checkpoint)
-    return export_backbone(build_backbone(config, path), export_metadata(config, path), out, fmt)
+    return export_backbone(load_backbone(config, path), export_metadata(config, path), out, fmt)

@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from equissl.errors import MissingExtraError, UserError
+
 
 @dataclass
 class LaunchSpec:
@@ -55,14 +57,14 @@ def torchrun_prefix() -> list[str]:
 def build_command(spec: LaunchSpec) -> list[str]:
     """The command line for ``spec`` (for several nodes: the one to run on every node)."""
     if spec.nproc_per_node < 1 or spec.nnodes < 1:
-        raise ValueError("--nproc-per-node and --nnodes must be >= 1")
+        raise UserError("--nproc-per-node and --nnodes must be >= 1")
     if spec.nnodes == 1 and spec.nproc_per_node == 1:
         return [sys.executable, "-m", "equissl.cli", *pretrain_args(spec)]
     if spec.nnodes == 1:
         rendezvous = ["--standalone"]
     else:
         if not spec.rdzv_endpoint:
-            raise ValueError("several nodes need --rdzv-endpoint HOST:PORT (node 0's address and a free port)")
+            raise UserError("several nodes need --rdzv-endpoint HOST:PORT (node 0's address and a free port)")
         rendezvous = ["--nnodes", str(spec.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", spec.rdzv_endpoint,
                       "--rdzv-id", spec.rdzv_id]
     return [*torchrun_prefix(), *rendezvous, "--nproc-per-node", str(spec.nproc_per_node),
@@ -88,7 +90,7 @@ def _import_submitit():
     try:
         import submitit
     except ImportError:
-        raise ValueError("SLURM launches need submitit: pip install submitit") from None
+        raise MissingExtraError("SLURM launches", "slurm", "submitit") from None
     return submitit
 
 

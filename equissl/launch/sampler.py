@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from equissl.errors import ConfigError
+
 
 class ResumableSampler(Sampler[int]):
     """Shuffles ``num_items`` with a generator seeded by (seed, epoch), shards it over ranks and
@@ -21,7 +23,7 @@ class ResumableSampler(Sampler[int]):
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.batches_per_epoch = num_items // (batch_size * world_size)
         if self.batches_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"dataset of {num_items} items is smaller than one global batch "
                 f"({world_size} processes x trainer.batch_size={batch_size})"
             )

@@ -23,7 +23,7 @@ from accelerate.state import AcceleratorState
 from torch import nn
 from torch.utils.data import DataLoader
 
-from equissl.augmentations.views import ViewMaker
+from equissl.build import build_dataset, build_objective, build_view_maker
 from equissl.config import Config, to_dict
 from equissl.errors import BadDataError, NonFiniteLossError
 from equissl.launch import checkpoint as ckpt
@@ -32,7 +32,6 @@ from equissl.launch.logging import MetricLogger
 from equissl.launch.optim import build_optimizer, build_scheduler, scaled_lr
 from equissl.launch.sampler import ResumableSampler
 from equissl.launch.sync_bn import convert_to_global_batchnorm
-from equissl.registry import BACKBONES, DATASETS, OBJECTIVES, VIEW_MAKERS
 from equissl.ssl.base import Objective
 from equissl.types import StepOutput, Views
 
@@ -92,18 +91,6 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def build_objective(config: Config) -> Objective:
-    backbone = BACKBONES.build(config.backbone.name, config.backbone)
-    return OBJECTIVES.build(config.objective.name, config.objective, backbone)
-
-
-def make_view_maker(config: Config, spec):
-    """Images ("image", "object") use the kornia pipeline; other modalities register their own."""
-    if spec.source in ("image", "object"):
-        return ViewMaker(config.augment)
-    return VIEW_MAKERS.build(spec.source, config)
-
-
 def _as_float64(value):
     """Floating tensors inside (nested lists / dicts / dataclasses of) ``value`` as float64."""
     if isinstance(value, torch.Tensor):
@@ -140,8 +127,7 @@ class Trainer:
         torch.manual_seed(tc.seed)  # same initial weights on every rank
         objective = build_objective(config)
         self.spec = objective.required_views
-        self.dataset = DATASETS.build(config.data.name, config.data, split="train", source=self.spec.source,
-                                      num_views=self.spec.num_views, seed=tc.seed)
+        self.dataset = build_dataset(config, "train", self.spec.source, self.spec.num_views)
         num_classes = getattr(self.dataset, "num_classes", 0)  # unlabelled data: no online probe
         model = PretrainModel(objective, num_classes, tc.online_probe and num_classes > 0)
         if tc.precision == "fp64":
@@ -152,7 +138,7 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, config.optim, tc.max_steps)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.sampler = ResumableSampler(len(self.dataset), tc.batch_size, tc.seed, self.rank, self.world_size)
-        self.view_maker = make_view_maker(config, self.spec)
+        self.view_maker = build_view_maker(config, self.spec)
         self.generators = {"augment": torch.Generator(device=self.accelerator.device).manual_seed(tc.seed + 7919 * self.rank)}
         self.state = ckpt.TrainerState()
         self.stop_signals = (signal.SIGTERM, signal.SIGUSR1)  # SLURM runs add SIGUSR2 (launcher.SlurmPretrain)
@@ -218,7 +204,7 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def _micro_step(self, batch: dict, sync: bool) -> StepOutput:
         self._step_batches.append(batch)
-        views = self.view_maker(_to_device(batch, self.accelerator.device), self.spec, self.generators["augment"])
+        views = self.view_maker(_to_device(batch, self.accelerator.device), self.generators["augment"])
         if self.config.trainer.precision == "fp64":
             views = _as_float64(views)
         context = self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()

@@ -1,4 +1,14 @@
-"""The objective contract: an ``nn.Module`` that owns its backbone and heads and turns Views into a loss."""
+"""The objective contract: an ``nn.Module`` that owns its backbone and heads and turns Views into a loss.
+
+Two classes:
+
+- :class:`Objective`, what every method implements for training (``required_views``, ``forward``,
+  ``on_step_end``) and offers for evaluation (``representations``, ``evaluation_metrics``);
+- :class:`EquivariantObjective`, an objective with an equivariant part and a predictor of how that part
+  moves under a known transformation (SIE, EquiCaps, seq-JEPA). ``equissl equivariance --run`` measures
+  any such objective by part and through its predictor (PRE, MRR, H@k); it decides by this class, not by
+  looking for methods.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +34,10 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def on_step_end(self, step: int, total_steps: int) -> None:
-        """Hook called after each optimizer step (EMA targets, schedules of loss weights)."""
+        """Hook called after each optimizer step (EMA targets, schedules of loss weights).
+
+        step: optimizer steps done so far (1-based); total_steps: ``trainer.max_steps``.
+        """
 
     def evaluation_metrics(self, images: Tensor) -> dict[str, Tensor]:
         """Method-specific metrics on eval views (B, 3, H, W), normalised, no augmentation.
@@ -33,3 +46,44 @@ class Objective(nn.Module):
         (E-SSL: rotation-prediction accuracy). Default: none.
         """
         return {}
+
+    def representations(self, images: Tensor) -> dict[str, Tensor]:
+        """Representations of normalised images (B, 3, H, W) to evaluate, by part name.
+
+        Default: ``{"full": backbone(images)}`` (B, num_features). Objectives with an invariant and an
+        equivariant part add ``"inv"`` and ``"equi"`` (see :class:`EquivariantObjective`). Called in eval
+        mode under ``torch.no_grad()``.
+        """
+        return {"full": self.backbone(images)}
+
+
+class EquivariantObjective(Objective):
+    """An objective whose representation has an equivariant part and a predictor of its motion.
+
+    The evaluation protocol (``equissl equivariance --run``, :mod:`equissl.eval.equivariance_report`):
+
+    ``representations(images)``
+        ``{"inv": (B, Di), "equi": (B, De), "full": (B, D), "equi_embedding": (B, E)}``: the invariant and
+        equivariant parts, the backbone's pooled features, and the space the predictor acts in.
+    ``action_from_latents(latents_1, latents_2) -> (B, A)``
+        the predictor's action for the transformation from view 1 to view 2, from (B, 7) latents
+        (:mod:`equissl.latents`).
+    ``predict_equivariant(equi_embedding, action) -> (B, E)``
+        the predicted ``equi_embedding`` of the target view.
+    ``object_representations(reps, latents) -> reps``
+        the representations of the V views of one object (latents (V, 7)) rewritten with context from
+        the object's other views (seq-JEPA: ``inv`` aggregates a sequence of views, as in training).
+        Default: unchanged.
+    """
+
+    def representations(self, images: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def action_from_latents(self, latents_1: Tensor, latents_2: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def predict_equivariant(self, equi_embedding: Tensor, action: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def object_representations(self, reps: dict[str, Tensor], latents: Tensor) -> dict[str, Tensor]:
+        return reps

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from equissl.augmentations.image import chunk_index
 from equissl.config import ObjectiveConfig
+from equissl.errors import ConfigError
 from equissl.heads.mlp import projection_mlp
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
@@ -109,11 +110,11 @@ class CARE(Objective):
         super().__init__(backbone)
         cfg = cfg or CAREConfig()
         if cfg.temperature <= 0:
-            raise ValueError(f"objective.temperature must be > 0, got {cfg.temperature}")
+            raise ConfigError(f"objective.temperature must be > 0, got {cfg.temperature}")
         if cfg.num_chunks < 1:
-            raise ValueError(f"objective.num_chunks must be >= 1, got {cfg.num_chunks}")
+            raise ConfigError(f"objective.num_chunks must be >= 1, got {cfg.num_chunks}")
         if cfg.equivariance_weight < 0:
-            raise ValueError(f"objective.equivariance_weight must be >= 0, got {cfg.equivariance_weight}")
+            raise ConfigError(f"objective.equivariance_weight must be >= 0, got {cfg.equivariance_weight}")
         self.cfg = cfg
         self.required_views = ViewSpec(source="image", num_views=2, shared_chunks=cfg.num_chunks)
         self.projector = projection_mlp(backbone.num_features, cfg.proj_hidden_dims, cfg.proj_out_dim,
@@ -145,6 +146,8 @@ class CARE(Objective):
         return StepOutput(loss=loss, metrics=metrics, features=h_a.detach())
 
 
-@OBJECTIVES.register("care", CAREConfig)
+@OBJECTIVES.register(
+    "care", CAREConfig, description="CARE (Gupta et al. 2024): InfoNCE + orthogonal equivariance of embeddings"
+)
 def build_care(cfg: CAREConfig, backbone: nn.Module) -> CARE:
     return CARE(backbone, cfg)

@@ -63,11 +63,12 @@ from torch import Tensor, nn
 
 from equissl.config import ObjectiveConfig
 from equissl.distributed import gather_with_grad
+from equissl.errors import ConfigError
 from equissl.heads.capsules import SelfRoutingCapsules
 from equissl.latents import relative_action, relative_rotation
 from equissl.registry import OBJECTIVES
 from equissl.rotations import quat_to_matrix
-from equissl.ssl.base import Objective
+from equissl.ssl.base import EquivariantObjective
 from equissl.ssl.losses import covariance_loss, full_precision, upcast, variance_loss
 from equissl.types import StepOutput, Views, ViewSpec
 
@@ -204,7 +205,7 @@ def equicaps_loss(
 # The objective.
 
 
-class EquiCaps(Objective):
+class EquiCaps(EquivariantObjective):
     """EquiCaps over any backbone whose ``forward_features`` is a spatial map (B, C, h, w)."""
 
     required_views = ViewSpec(source="object", num_views=2)
@@ -307,17 +308,19 @@ def _map_channels(backbone: nn.Module, size: int = 64) -> int:
 
 def _validate(cfg: EquiCapsConfig) -> None:
     if cfg.pose_dim not in (3, 4):
-        raise ValueError(f"objective.pose_dim must be 3 or 4, got {cfg.pose_dim}")
+        raise ConfigError(f"objective.pose_dim must be 3 or 4, got {cfg.pose_dim}")
     if cfg.num_capsules < 2 or cfg.num_primary < 1:
-        raise ValueError("objective.num_capsules must be >= 2 and num_primary >= 1")
+        raise ConfigError("objective.num_capsules must be >= 2 and num_primary >= 1")
     if cfg.capsule_map_size < 0:
-        raise ValueError(f"objective.capsule_map_size must be >= 0, got {cfg.capsule_map_size}")
+        raise ConfigError(f"objective.capsule_map_size must be >= 0, got {cfg.capsule_map_size}")
     if min(cfg.inv_coeff, cfg.equi_coeff, cfg.std_coeff, cfg.cov_coeff, cfg.memax_coeff) < 0:
         raise ValueError("EquiCaps loss coefficients must be >= 0")
     if not 0.0 < cfg.log_eps < 1.0:
-        raise ValueError(f"objective.log_eps must be in (0, 1), got {cfg.log_eps}")
+        raise ConfigError(f"objective.log_eps must be in (0, 1), got {cfg.log_eps}")
 
 
-@OBJECTIVES.register("equicaps", EquiCapsConfig)
+@OBJECTIVES.register(
+    "equicaps", EquiCapsConfig, description="EquiCaps (Konstantinou et al. 2025): pose-aware capsules, no predictor"
+)
 def build_equicaps(cfg: EquiCapsConfig, backbone: nn.Module) -> EquiCaps:
     return EquiCaps(backbone, cfg)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from equissl.backbones.lidar.voxelize import bev_grid_coordinates, inside_bev
 from equissl.config import ObjectiveConfig
+from equissl.errors import ConfigError, UserError
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
 from equissl.ssl.ema import ema_momentum, ema_update, frozen_copy
@@ -88,7 +89,7 @@ def rotation_labels(angle: Tensor, bins: int, tolerance: float = 1e-3) -> Tensor
     index = torch.round(angle / step)
     off = torch.remainder(angle - index * step + math.pi, 2 * math.pi) - math.pi
     if bool((off.abs() > tolerance).any()):
-        raise ValueError(f"view rotations are not multiples of 2 pi / {bins}: set data.point_augment.rotation_bins "
+        raise ConfigError(f"view rotations are not multiples of 2 pi / {bins}: set data.point_augment.rotation_bins "
                          f"to objective.rotation_bins ({bins})")
     return torch.remainder(index.long(), bins)
 
@@ -143,9 +144,9 @@ class ESSL3D(Objective):
     def __init__(self, cfg: ESSL3DConfig, backbone: nn.Module):
         super().__init__(backbone)
         if cfg.contrastive_weight > 0 and cfg.num_views < 2:
-            raise ValueError("objective.contrastive_weight > 0 needs objective.num_views >= 2")
+            raise ConfigError("objective.contrastive_weight > 0 needs objective.num_views >= 2")
         if cfg.rotation_bins < 2 or cfg.matches_per_scene < 2 or cfg.temperature <= 0:
-            raise ValueError("objective.rotation_bins and matches_per_scene must be >= 2, temperature > 0")
+            raise ConfigError("objective.rotation_bins and matches_per_scene must be >= 2, temperature > 0")
         self.cfg = cfg
         self.required_views = ViewSpec(source="lidar_pair", num_views=cfg.num_views)
         width = backbone.num_features
@@ -169,7 +170,7 @@ class ESSL3D(Objective):
         return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).float().mean()
 
     def contrastive_loss(self, maps: dict[int, Tensor], views: Views) -> tuple[Tensor, Tensor, int]:
-        xyz_a, xyz_b = views.images[0][..., :3], views.images[1][..., :3]
+        xyz_a, xyz_b = views.points[0][..., :3], views.points[1][..., :3]
         valid = inside_bev(xyz_a, self.point_cloud_range) & inside_bev(xyz_b, self.point_cloud_range)
         index, ok = pick(valid, self.cfg.matches_per_scene)
         pos_a, pos_b = _gather(xyz_a, index), _gather(xyz_b, index)
@@ -194,7 +195,7 @@ class ESSL3D(Objective):
 
     def flow_loss(self, maps: dict[int, Tensor], views: Views) -> tuple[Tensor, int]:
         next_index = views.extras["next_view"]
-        source, target_pos = views.images[0][..., :3], views.extras["flow_target"]
+        source, target_pos = views.points[0][..., :3], views.extras["flow_target"]
         valid = inside_bev(source, self.point_cloud_range) & inside_bev(target_pos, self.point_cloud_range)
         moving = torch.linalg.vector_norm(torch.nan_to_num(views.extras["flow"].float()), dim=-1) > self.cfg.moving_threshold
         index, ok = pick(valid, self.cfg.matches_per_scene, moving, self.cfg.moving_fraction)
@@ -209,7 +210,7 @@ class ESSL3D(Objective):
         for online_view, online_pos, target_view, target_pos_ in pairs:
             online = self.predictor(self.projector(sample_bev(maps[online_view], online_pos, self.point_cloud_range)[ok]))
             with torch.no_grad():
-                target_map = self.target_backbone.forward_features(views.images[target_view])
+                target_map = self.target_backbone.forward_features(views.points[target_view])
                 target = self.target_projector(sample_bev(target_map, target_pos_, self.point_cloud_range)[ok])
             losses.append(byol_loss(online, target))
         return sum(losses) / len(losses), int(ok.sum())
@@ -218,10 +219,10 @@ class ESSL3D(Objective):
     def forward(self, views: Views) -> StepOutput:
         cfg = self.cfg
         if not hasattr(self.backbone, "point_cloud_range"):
-            raise ValueError("essl3d needs a BEV backbone with a point_cloud_range (backbone.name=pointpillars), got "
+            raise ConfigError("essl3d needs a BEV backbone with a point_cloud_range (backbone.name=pointpillars), got "
                              f"{type(self.backbone).__name__}")
         if "next_view" not in views.extras:
-            raise ValueError("essl3d needs views from the 'lidar_pair' view maker (extras['next_view'] missing)")
+            raise UserError("essl3d needs views from the 'lidar_pair' view maker (extras['next_view'] missing)")
         next_index = views.extras["next_view"]
         needed = set()
         if cfg.rotation_weight > 0:
@@ -231,7 +232,7 @@ class ESSL3D(Objective):
         if cfg.flow_weight > 0:
             needed |= {0} | ({next_index} if cfg.flow_symmetric else set())
         needed |= {0}
-        maps = {i: self.backbone.forward_features(views.images[i]) for i in sorted(needed)}
+        maps = {i: self.backbone.forward_features(views.points[i]) for i in sorted(needed)}
         loss = maps[0].sum() * 0
         metrics: dict[str, Tensor | float] = {}
         if cfg.rotation_weight > 0:
@@ -258,6 +259,8 @@ class ESSL3D(Objective):
         ema_update(self.target_projector, self.projector, tau)
 
 
-@OBJECTIVES.register("essl3d", ESSL3DConfig)
+@OBJECTIVES.register(
+    "essl3d", ESSL3DConfig, description="E-SSL3D (Hegde et al. 2024): LiDAR rotation, point contrast and scene flow"
+)
 def build_essl3d(cfg: ESSL3DConfig, backbone: nn.Module) -> ESSL3D:
     return ESSL3D(cfg, backbone)

@@ -77,10 +77,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from equissl.config import ObjectiveConfig
+from equissl.errors import ConfigError
 from equissl.heads.mlp import projection_mlp
 from equissl.latents import ACTION_DIMS, relative_action, sequence_actions
 from equissl.registry import OBJECTIVES
-from equissl.ssl.base import Objective
+from equissl.ssl.base import EquivariantObjective
 from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy
 from equissl.ssl.losses import negative_cosine_loss
 from equissl.types import StepOutput, Views, ViewSpec
@@ -167,7 +168,7 @@ def action_dim(cfg: SeqJEPAConfig) -> int:
     return sum(AUG_PARAM_WIDTHS[k] for k in cfg.aug_action_params)
 
 
-class SeqJEPA(Objective):
+class SeqJEPA(EquivariantObjective):
     """seq-JEPA over any backbone; see the module docstring. ``required_views`` depends on ``actions``."""
 
     def __init__(self, backbone: nn.Module, cfg: SeqJEPAConfig | None = None) -> None:
@@ -181,7 +182,7 @@ class SeqJEPA(Objective):
         self.action_dim = action_dim(cfg)
         self.token_dim = width + cfg.action_embed_dim
         if self.token_dim % cfg.num_heads:
-            raise ValueError(f"seq-JEPA token width {width} + {cfg.action_embed_dim} = {self.token_dim} "
+            raise ConfigError(f"seq-JEPA token width {width} + {cfg.action_embed_dim} = {self.token_dim} "
                              f"is not divisible by objective.num_heads={cfg.num_heads}")
         self.action_embed = projection_mlp(self.action_dim, [], cfg.action_embed_dim,
                                            last_norm="bn_no_affine")
@@ -321,22 +322,24 @@ class SeqJEPA(Objective):
 
 def _validate(cfg: SeqJEPAConfig) -> None:
     if cfg.num_observed < 1:
-        raise ValueError(f"objective.num_observed must be >= 1, got {cfg.num_observed}")
+        raise ConfigError(f"objective.num_observed must be >= 1, got {cfg.num_observed}")
     if cfg.action_embed_dim < 1 or cfg.num_layers < 1 or cfg.num_heads < 1 or cfg.mlp_ratio < 1:
-        raise ValueError("objective.action_embed_dim, num_layers, num_heads and mlp_ratio must be >= 1")
+        raise ConfigError("objective.action_embed_dim, num_layers, num_heads and mlp_ratio must be >= 1")
     if cfg.predictor_hidden_dim < 0:
-        raise ValueError(f"objective.predictor_hidden_dim must be >= 0, got {cfg.predictor_hidden_dim}")
+        raise ConfigError(f"objective.predictor_hidden_dim must be >= 0, got {cfg.predictor_hidden_dim}")
     if not 0.0 <= cfg.dropout < 1.0:
-        raise ValueError(f"objective.dropout must be in [0, 1), got {cfg.dropout}")
+        raise ConfigError(f"objective.dropout must be in [0, 1), got {cfg.dropout}")
     if not 0.0 <= cfg.ema_base <= 1.0:
-        raise ValueError(f"objective.ema_base must be in [0, 1], got {cfg.ema_base}")
+        raise ConfigError(f"objective.ema_base must be in [0, 1], got {cfg.ema_base}")
     if cfg.actions == "augment":
         unknown = [k for k in cfg.aug_action_params if k not in AUG_PARAM_WIDTHS]
         if unknown or not cfg.aug_action_params:
-            raise ValueError(f"objective.aug_action_params must be a non-empty subset of "
+            raise ConfigError(f"objective.aug_action_params must be a non-empty subset of "
                              f"{sorted(AUG_PARAM_WIDTHS)}, got {list(cfg.aug_action_params)}")
 
 
-@OBJECTIVES.register("seqjepa", SeqJEPAConfig)
+@OBJECTIVES.register(
+    "seqjepa", SeqJEPAConfig, description="seq-JEPA (Ghaemi et al. 2025): predict the next view of a sequence"
+)
 def build_seq_jepa(cfg: SeqJEPAConfig, backbone: nn.Module) -> SeqJEPA:
     return SeqJEPA(backbone, cfg)

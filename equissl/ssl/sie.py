@@ -57,11 +57,12 @@ from torch import Tensor, nn
 
 from equissl.config import ObjectiveConfig
 from equissl.distributed import gather_with_grad
+from equissl.errors import ConfigError
 from equissl.heads.hypernet import HyperNetPredictor
 from equissl.heads.mlp import projection_mlp
 from equissl.latents import ACTION_DIMS, RelativeAction, relative_action
 from equissl.registry import OBJECTIVES
-from equissl.ssl.base import Objective
+from equissl.ssl.base import EquivariantObjective
 from equissl.ssl.losses import covariance_loss, invariance_loss, upcast, variance_loss
 from equissl.types import StepOutput, Views, ViewSpec
 
@@ -138,7 +139,7 @@ class SIEConfig(ObjectiveConfig):
     variance_average_branches: bool = False  # True: official code's halved variance terms
 
 
-class SIE(Objective):
+class SIE(EquivariantObjective):
     required_views = ViewSpec(source="object", num_views=2)
 
     def __init__(self, backbone: nn.Module, cfg: SIEConfig | None = None) -> None:
@@ -146,11 +147,11 @@ class SIE(Objective):
         cfg = cfg or SIEConfig()
         width = backbone.num_features
         if not 0 < cfg.equi_dim < width:
-            raise ValueError(f"objective.equi_dim must be in (0, {width}) for this backbone, got {cfg.equi_dim}")
+            raise ConfigError(f"objective.equi_dim must be in (0, {width}) for this backbone, got {cfg.equi_dim}")
         if not cfg.inv_proj_dims or not cfg.equi_proj_dims:
-            raise ValueError("objective.inv_proj_dims and objective.equi_proj_dims need at least the output width")
+            raise ConfigError("objective.inv_proj_dims and objective.equi_proj_dims need at least the output width")
         if cfg.action not in ACTION_DIMS:
-            raise ValueError(f"objective.action must be one of {sorted(ACTION_DIMS)}, got {cfg.action!r}")
+            raise ConfigError(f"objective.action must be one of {sorted(ACTION_DIMS)}, got {cfg.action!r}")
         self.cfg = cfg
         self.inv_dim = width - cfg.equi_dim
         inv_dims, equi_dims = list(cfg.inv_proj_dims), list(cfg.equi_proj_dims)
@@ -211,6 +212,8 @@ class SIE(Objective):
         return StepOutput(loss=loss, metrics=metrics, features=h_a.detach())
 
 
-@OBJECTIVES.register("sie", SIEConfig)
+@OBJECTIVES.register(
+    "sie", SIEConfig, description="SIE (Garrido et al. 2023): split invariant / equivariant parts, hypernetwork"
+)
 def build_sie(cfg: SIEConfig, backbone: nn.Module) -> SIE:
     return SIE(backbone, cfg)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from equissl.config import ObjectiveConfig
+from equissl.errors import ConfigError
 from equissl.heads.mlp import LastNorm, projection_mlp
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
@@ -63,9 +64,9 @@ class SimCLR(Objective):
         super().__init__(backbone)
         cfg = cfg or SimCLRConfig()
         if cfg.temperature <= 0:
-            raise ValueError(f"objective.temperature must be > 0, got {cfg.temperature}")
+            raise ConfigError(f"objective.temperature must be > 0, got {cfg.temperature}")
         if cfg.proj_num_layers < 1:
-            raise ValueError(f"objective.proj_num_layers must be >= 1, got {cfg.proj_num_layers}")
+            raise ConfigError(f"objective.proj_num_layers must be >= 1, got {cfg.proj_num_layers}")
         self.cfg = cfg
         if cfg.views == "object":
             self.required_views = dataclasses.replace(self.required_views, source="object")
@@ -99,6 +100,6 @@ class SimCLR(Objective):
         return StepOutput(loss=loss, metrics={"loss/nt_xent": loss.detach()}, features=h_a.detach())
 
 
-@OBJECTIVES.register("simclr", SimCLRConfig)
+@OBJECTIVES.register("simclr", SimCLRConfig, description="SimCLR (Chen et al. 2020): NT-Xent between two augmented views")
 def build_simclr(cfg: SimCLRConfig, backbone: nn.Module) -> SimCLR:
     return SimCLR(backbone, cfg)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from equissl.config import ObjectiveConfig
+from equissl.errors import ConfigError
 from equissl.heads.mlp import projection_mlp
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
@@ -45,7 +46,7 @@ class VICReg(Objective):
         super().__init__(backbone)
         cfg = cfg or VICRegConfig()
         if len(cfg.expander_dims) < 1:
-            raise ValueError("objective.expander_dims needs at least the output dimension")
+            raise ConfigError("objective.expander_dims needs at least the output dimension")
         self.cfg = cfg
         dims = list(cfg.expander_dims)
         self.expander = projection_mlp(
@@ -69,6 +70,8 @@ class VICReg(Objective):
         return StepOutput(loss=loss, metrics=metrics, features=h_a.detach())
 
 
-@OBJECTIVES.register("vicreg", VICRegConfig)
+@OBJECTIVES.register(
+    "vicreg", VICRegConfig, description="VICReg (Bardes et al. 2022): variance-invariance-covariance"
+)
 def build_vicreg(cfg: VICRegConfig, backbone: nn.Module) -> VICReg:
     return VICReg(backbone, cfg)

@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from equissl.augmentations.image import PARAM_KEYS, apply_params, chunk_index, normalize
-from equissl.augmentations.views import ViewMaker
+from equissl.augmentations.views import ImageViewMaker, ObjectViewMaker
 from equissl.config import AugmentConfig
 from equissl.types import Views, ViewSpec
+from tests.helpers import make_views
 
 CFG = AugmentConfig(crop_size=24, small_crop_size=12, blur_prob=0.3)
 
@@ -33,7 +34,7 @@ def object_batch(batch: int = 4, views: int = 3, size: int = 24) -> dict:
 
 def test_image_views_shapes_params_and_labels():
     batch = image_batch()
-    views = ViewMaker(CFG)(batch, ViewSpec(source="image", num_views=3, num_small=2), gen())
+    views = make_views(CFG, ViewSpec(source="image", num_views=3, num_small=2), batch, gen())
     assert isinstance(views, Views) and views.batch_size == 6
     assert [v.shape for v in views.images] == [(6, 3, 24, 24)] * 3
     assert [v.shape for v in views.small] == [(6, 3, 12, 12)] * 2
@@ -57,7 +58,7 @@ def test_views_are_normalised_with_the_config_mean_and_std():
     )
     batch = image_batch()
     batch["image"] = torch.full_like(batch["image"], 51)  # 0.2 everywhere: crops and flips change nothing
-    views = ViewMaker(cfg)(batch, ViewSpec(num_views=2), gen())
+    views = make_views(cfg, ViewSpec(num_views=2), batch, gen())
     expected = torch.tensor([(0.2 - 0.5) / 0.5, (0.2 - 0.25) / 0.25, (0.2 - 0.75) / 0.125]).view(1, 3, 1, 1)
     for image in views.images:
         torch.testing.assert_close(image, expected.expand_as(image), atol=1e-5, rtol=0)
@@ -65,7 +66,7 @@ def test_views_are_normalised_with_the_config_mean_and_std():
 
 def test_object_views_none_are_only_resized_and_normalised():
     batch = object_batch(size=24)
-    views = ViewMaker(CFG)(batch, ViewSpec(source="object", num_views=2), gen())
+    views = make_views(CFG, ViewSpec(source="object", num_views=2), batch, gen())
     assert len(views.images) == 2 and views.small == []
     for k in range(2):
         expected = normalize(batch["images"][:, k].float() / 255, CFG.mean, CFG.std)
@@ -81,7 +82,7 @@ def test_object_views_none_are_only_resized_and_normalised():
 
 def test_object_views_none_resize_to_crop_size():
     batch = object_batch(size=48)
-    views = ViewMaker(CFG)(batch, ViewSpec(source="object", num_views=3), gen())
+    views = make_views(CFG, ViewSpec(source="object", num_views=3), batch, gen())
     assert [v.shape for v in views.images] == [(4, 3, 24, 24)] * 3
     for k in range(3):
         torch.testing.assert_close(
@@ -93,7 +94,7 @@ def test_object_views_full_augment_each_rendered_view():
     cfg = AugmentConfig(crop_size=16, object_views="full")
     batch = object_batch(batch=8, views=2)
     spec = ViewSpec(source="object", num_views=2, num_small=1, shared_chunks=2)
-    views = ViewMaker(cfg)(batch, spec, gen())
+    views = make_views(cfg, spec, batch, gen())
     assert [v.shape for v in views.images] == [(8, 3, 16, 16)] * 2 and views.small[0].shape == (8, 3, 32, 32)
     for k in range(2):
         torch.testing.assert_close(
@@ -115,14 +116,14 @@ def test_object_views_full_augment_each_rendered_view():
 def test_image_views_shared_chunks_and_seed():
     batch = image_batch(batch=9)
     spec = ViewSpec(num_views=2, shared_chunks=3)
-    views = ViewMaker(CFG)(batch, spec, gen(5))
+    views = make_views(CFG, spec, batch, gen(5))
     chunks = chunk_index(9, 3)
     for params in views.params:
         for key in PARAM_KEYS:
             value = params[key].reshape(9, -1)
             for chunk in range(3):
                 assert torch.equal(value[chunks == chunk], value[chunks == chunk][:1].expand(3, -1))
-    again = ViewMaker(CFG)(batch, spec, gen(5))
+    again = make_views(CFG, spec, batch, gen(5))
     assert all(torch.equal(a, b) for a, b in zip(views.images, again.images))
 
 
@@ -130,19 +131,22 @@ def test_float_batches_work_like_uint8():
     batch = image_batch()
     as_float = dict(batch, image=batch["image"].float() / 255)
     spec = ViewSpec(num_views=2, num_small=1)
-    a = ViewMaker(CFG)(batch, spec, gen(2))
-    b = ViewMaker(CFG)(as_float, spec, gen(2))
+    a = make_views(CFG, spec, batch, gen(2))
+    b = make_views(CFG, spec, as_float, gen(2))
     for x, y in zip(a.images + a.small, b.images + b.small):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
 
 
 def test_mismatched_batches_raise():
-    maker = ViewMaker(CFG)
     with pytest.raises(ValueError, match="images"):
-        maker(image_batch(), ViewSpec(source="object"), gen())
+        make_views(CFG, ViewSpec(source="object"), image_batch(), gen())
     with pytest.raises(ValueError, match="image"):
-        maker(object_batch(), ViewSpec(source="image"), gen())
+        make_views(CFG, ViewSpec(source="image"), object_batch(), gen())
     with pytest.raises(ValueError, match="views per object"):
-        maker(object_batch(views=2), ViewSpec(source="object", num_views=3), gen())
+        make_views(CFG, ViewSpec(source="object", num_views=3), object_batch(views=2), gen())
     with pytest.raises(ValueError):
-        maker(image_batch(), ViewSpec(num_views=0), gen())
+        make_views(CFG, ViewSpec(num_views=0), image_batch(), gen())
+    with pytest.raises(ValueError, match="source"):  # a maker is bound to the source it makes
+        ImageViewMaker(CFG, ViewSpec(source="object"))
+    with pytest.raises(ValueError, match="source"):
+        ObjectViewMaker(CFG, ViewSpec(source="image"))

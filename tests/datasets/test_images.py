@@ -415,9 +415,9 @@ def test_image_folder_errors(folder_root, tmp_path):
 
 def test_pretrain_and_probe_on_cifar10(tmp_path):
     from equissl.config import ProbeConfig
-    from equissl.eval.features import load_run
     from equissl.eval.report import evaluate_model
     from equissl.launch.trainer import pretrain
+    from equissl.runs import load_run
 
     root = tmp_path / "cifar"
     write_cifar10(root)

@@ -14,6 +14,7 @@ from scipy.spatial.transform import Rotation
 
 from equissl.eval import rotation_metrics as rm
 from equissl.latents import absolute_quat, relative_action
+from equissl.ssl.base import EquivariantObjective
 
 
 def unit_quats(n: int, seed: int) -> torch.Tensor:
@@ -204,11 +205,11 @@ def tiny_3diebench(tmp_path):
 
 
 def test_evaluate_equivariance_end_to_end(tiny_3diebench, tmp_path):
-    from equissl.config import build_config
+    from equissl.config import build_config, parse_settings
     from equissl.eval.equivariance_report import (
+        EquivarianceEvalConfig,
         evaluate_equivariance,
         format_equivariance,
-        settings_from_overrides,
     )
     from equissl.launch.trainer import pretrain
 
@@ -221,8 +222,8 @@ def test_evaluate_equivariance_end_to_end(tiny_3diebench, tmp_path):
         f"trainer.run_dir={run_dir}", "trainer.device=cpu",
     ])
     pretrain(config)
-    settings = settings_from_overrides(["regression.epochs=2", "regression.hidden_dims=[8]",
-                                        "probe.epochs=2", "probe.weight_decays=[0.0]", "num_workers=0"])
+    settings = parse_settings(EquivarianceEvalConfig, ["regression.epochs=2", "regression.hidden_dims=[8]",
+                                                       "probe.epochs=2", "probe.weight_decays=[0.0]", "num_workers=0"])
     report = evaluate_equivariance(run_dir, settings=settings, device="cpu")
     results = report["results"]
     assert report["views"] == {"train": 12, "val": 6} and report["step"] == 2
@@ -265,17 +266,17 @@ def test_equivariance_cli_prints_the_table_and_refuses_bad_settings(tiny_3dieben
 def test_objectives_without_a_split_report_full_only_and_no_predictor():
     from torch import nn
 
-    from equissl.eval.equivariance_report import format_equivariance, has_predictor, part_representations
+    from equissl.eval.equivariance_report import format_equivariance
+    from equissl.ssl.base import EquivariantObjective, Objective
 
-    class Plain(nn.Module):  # e.g. SimCLR / CARE: a backbone, no representations(), no predictor
+    class Plain(Objective):  # e.g. SimCLR / CARE: a backbone, the default representations(), no predictor
         def __init__(self):
-            super().__init__()
-            self.backbone = nn.Flatten()
+            super().__init__(nn.Flatten())
 
     images = torch.randn(2, 3, 2, 2)
-    reps = part_representations(Plain(), images)
+    reps = Plain().representations(images)
     assert list(reps) == ["full"] and reps["full"].shape == (2, 12)
-    assert not has_predictor(Plain())
+    assert not isinstance(Plain(), EquivariantObjective)
     report = {"objective": "simclr", "backbone": "resnet18", "dataset": "shapes3d", "step": 5, "run": "r",
               "seconds": 1.0, "results": {"classification_top1": {"full": 50.0},
                                           "rotation_r2": {"full": {"r2": 0.25}},
@@ -290,11 +291,11 @@ def test_extraction_hands_each_objects_views_to_object_representations(tiny_3die
 
     from equissl.config import build_config
     from equissl.eval.equivariance_report import EquivarianceEvalConfig, extract_split
+    from equissl.ssl.base import EquivariantObjective
 
-    class ObjectMean(nn.Module):  # inv of a view = mean of its object's views (a sequence-level rep)
+    class ObjectMean(EquivariantObjective):  # inv of a view = mean of its object's views (a sequence-level rep)
         def __init__(self):
-            super().__init__()
-            self.backbone = nn.Flatten()
+            super().__init__(nn.Flatten())
             self.calls = []
 
         def representations(self, images):
@@ -318,12 +319,12 @@ def test_extraction_hands_each_objects_views_to_object_representations(tiny_3die
     assert not torch.allclose(data["inv"], data["equi"])
 
 
-class _RotatingPredictor(torch.nn.Module):
+class _RotatingPredictor(EquivariantObjective):
     """Embedding of a view = its flattened rotation matrix; the predictor right-multiplies it by the action
     (the relative rotation ``R_src^-1 R_tgt``), exactly -- or ignores the action when ``uses_action`` is off."""
 
     def __init__(self, uses_action: bool) -> None:
-        super().__init__()
+        super().__init__(torch.nn.Identity())
         self.uses_action = uses_action
 
     @staticmethod

@@ -7,8 +7,8 @@ from safetensors.torch import load_file
 
 from equissl.cli import main
 from equissl.config import build_config
-from equissl.eval.features import build_backbone, load_run
 from equissl.launch.trainer import pretrain
+from equissl.runs import load_backbone, load_run
 
 RECIPE = "configs/simclr_resnet18_shapes3d.yaml"
 
@@ -23,7 +23,7 @@ def test_exported_backbone_loads_into_torchvision_strict_and_gives_the_same_feat
     resnet.fc = torch.nn.Identity()  # fc excluded: the export holds the backbone only
     resnet.load_state_dict(load_file(str(out)), strict=True)
     config, checkpoint = load_run(tmp_path / "run")
-    trained = build_backbone(config, checkpoint)
+    trained = load_backbone(config, checkpoint)
     resnet.eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():

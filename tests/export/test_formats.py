@@ -15,9 +15,9 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from equissl.cli import main
 from equissl.config import build_config
-from equissl.eval.features import build_backbone, load_run
 from equissl.export.formats import detectron2_key, export_backbone, export_metadata
 from equissl.launch.trainer import pretrain
+from equissl.runs import load_backbone, load_run
 from tests.conftest import TINY_DATA
 
 RECIPE = "configs/simclr_resnet18_shapes3d.yaml"
@@ -43,7 +43,7 @@ def resnet_run(tiny_shapes3d_root, tmp_path_factory):
     ]
     pretrain(build_config(RECIPE, overrides))
     config, checkpoint = load_run(run_dir)
-    return run_dir, build_backbone(config, checkpoint)
+    return run_dir, load_backbone(config, checkpoint)
 
 
 def _export(run_dir, fmt, out):
@@ -112,7 +112,7 @@ def test_timm_export_of_the_polyphase_vit_loads_under_our_timm_name(tmp_path):
             "backbone.num_heads=2",
         ],
     )
-    trained = build_backbone(config, None, seed=3)
+    trained = load_backbone(config, None, seed=3)
     out = export_backbone(trained, export_metadata(config, tmp_path), tmp_path / "vit.safetensors", "timm")
     metadata = json.loads((tmp_path / "vit.safetensors.json").read_text())
     assert metadata["timm_model"] == "equissl_poly_vit_tiny"

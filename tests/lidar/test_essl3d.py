@@ -90,9 +90,9 @@ def views(tiny_sim):
     root, cfg = tiny_sim
     dataset = lidar_sim_dataset(root, cfg, "train", seed=0)
     batch = dataset.collate_fn([dataset[0], dataset[3]])
-    maker = LidarPairViewMaker(PointAugmentConfig(rotation_bins=4))
     spec = ESSL3D(ESSL3DConfig(), PointPillars(SMALL)).required_views
-    return maker(batch, spec, torch.Generator().manual_seed(0))
+    maker = LidarPairViewMaker(PointAugmentConfig(rotation_bins=4), spec)
+    return maker(batch, torch.Generator().manual_seed(0))
 
 
 def _objective(**overrides) -> ESSL3D:

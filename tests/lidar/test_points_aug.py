@@ -113,12 +113,12 @@ def test_lidar_pair_views_carry_points_by_flow_pose_and_augmentation():
     batch = {"points": points, "points_next": next_points, "flow": flow, "relative_pose": relative,
              "flow_is_ground_truth": torch.tensor([True, True]),
              "boxes": torch.tensor([[[1.0, 2.0, -1.0, 4.0, 2.0, 1.5, 0.0]]] * 2), "box_labels": torch.zeros(2, 1).long()}
-    views = LidarPairViewMaker(PointAugmentConfig())(batch, ViewSpec(source="lidar_pair", num_views=2),
-                                                    torch.Generator().manual_seed(5))
-    assert len(views.images) == 3 and views.extras["next_view"] == 2 and views.batch_size == 2
+    maker = LidarPairViewMaker(PointAugmentConfig(), ViewSpec(source="lidar_pair", num_views=2))
+    views = maker(batch, torch.Generator().manual_seed(5))
+    assert len(views.points) == 3 and not views.images and views.extras["next_view"] == 2 and views.batch_size == 2
     for k in range(2):  # frame-t views: rows stay aligned with the input points
-        assert torch.allclose(views.images[k], apply_params(points, views.params[k]), equal_nan=True)
-    assert torch.allclose(views.images[2], apply_params(next_points, views.params[2]), equal_nan=True)
+        assert torch.allclose(views.points[k], apply_params(points, views.params[k]), equal_nan=True)
+    assert torch.allclose(views.points[2], apply_params(next_points, views.params[2]), equal_nan=True)
     for b in range(2):
         moved = points[b, :, :3].double() + flow[b].double()
         in_next = moved @ relative[b, :3, :3].double().T + relative[b, :3, 3].double()
@@ -128,4 +128,4 @@ def test_lidar_pair_views_carry_points_by_flow_pose_and_augmentation():
     assert torch.isnan(views.extras["flow_target"][1, -5:]).all()
     assert torch.allclose(views.extras["boxes"][1], apply_params_to_boxes(batch["boxes"], views.params[1]))
     with pytest.raises(ValueError, match="lidar_pair"):
-        LidarPairViewMaker(PointAugmentConfig())({"image": points}, ViewSpec(source="lidar_pair"), None)
+        LidarPairViewMaker(PointAugmentConfig(), ViewSpec(source="lidar_pair"))({"image": points}, None)

@@ -7,25 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from equissl.augmentations.image import chunk_index
-from equissl.augmentations.views import ViewMaker
 from equissl.config import AugmentConfig
 from equissl.registry import OBJECTIVES
 from equissl.ssl.care import CARE, CAREConfig, orthogonal_equivariance_loss
 from equissl.ssl.losses import nt_xent
 from equissl.types import ViewSpec
-
-
-class TinyBackbone(nn.Module):
-    def __init__(self, num_features: int = 24) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.conv = nn.Conv2d(3, num_features, 3, stride=2)
-
-    def forward(self, x):
-        return self.conv(x).mean(dim=(2, 3))
+from tests.helpers import TinyBackbone, make_views
 
 
 def pairwise_reference(z_a, z_b, chunks):
@@ -113,12 +102,12 @@ def test_objective_on_batch_shared_views():
     assert (CAREConfig().equivariance_weight, CAREConfig().num_chunks, CAREConfig().temperature) == (0.01, 8, 0.5)
     assert CARE.required_views == ViewSpec(source="image", num_views=2, shared_chunks=8)
     torch.manual_seed(0)
-    care = CARE(TinyBackbone(), cfg)
+    care = CARE(TinyBackbone(24), cfg)
     assert care.required_views.shared_chunks == 4
     g = torch.Generator().manual_seed(4)
     batch = {"image": torch.randint(0, 256, (16, 3, 20, 20), generator=g, dtype=torch.uint8)}
-    maker = ViewMaker(AugmentConfig(crop_size=12))
-    views = maker(batch, care.required_views, torch.Generator().manual_seed(5))
+    cfg = AugmentConfig(crop_size=12)
+    views = make_views(cfg, care.required_views, batch, torch.Generator().manual_seed(5))
     out = care(views)
     with torch.no_grad():
         z_a, z_b = care.projector(care.backbone(views.images[0])), care.projector(care.backbone(views.images[1]))
@@ -128,6 +117,6 @@ def test_objective_on_batch_shared_views():
     out.loss.backward()
     assert all(p.grad is not None for p in care.parameters())
 
-    per_sample = maker(batch, ViewSpec(source="image", num_views=2), torch.Generator().manual_seed(5))
+    per_sample = make_views(cfg, ViewSpec(source="image", num_views=2), batch, torch.Generator().manual_seed(5))
     with pytest.raises(ValueError, match="shared"):
         care(per_sample)

@@ -27,6 +27,7 @@ from equissl.ssl.equicaps import (
     pose_equivariance_loss,
 )
 from equissl.types import Views, ViewSpec
+from tests.helpers import TinyBackbone
 
 N, J = 6, 5
 
@@ -180,19 +181,6 @@ def test_equicaps_loss_float32_under_autocast_and_errors():
 # The objective
 
 
-class TinyBackbone(nn.Module):
-    def __init__(self, width: int = 8) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, width, 3, stride=2, padding=1)
-        self.bn = nn.BatchNorm2d(width)
-        self.num_features = width
-
-    def forward_features(self, x):
-        return torch.relu(self.bn(self.conv(x)))
-
-    def forward(self, x):
-        return self.forward_features(x).mean(dim=(2, 3))
-
 
 class PixelBackbone(nn.Module):
     """forward_features is the image itself: lets a test write what the 'capsules' see into pixels."""
@@ -254,7 +242,7 @@ def test_objective_pose_loss_is_zero_for_an_ideal_pose_encoder_and_not_for_a_lef
 def test_objective_forward_backward_and_representations():
     torch.manual_seed(0)
     cfg = EquiCapsConfig(num_capsules=4, num_primary=3)
-    objective = EquiCaps(TinyBackbone(), cfg)
+    objective = EquiCaps(TinyBackbone(8), cfg)
     assert objective.required_views == ViewSpec(source="object", num_views=2)
     views = pose_views(n=4)
     views.images = [torch.randn(4, 3, 8, 8) for _ in range(2)]
@@ -298,9 +286,9 @@ def test_reuses_a_capsule_backbones_capsules_and_defaults_follow_the_paper():
     assert coefficients == (0.1, 5.0, 10.0, 1.0)
     assert (defaults.memax_coeff, defaults.num_capsules, defaults.pose_dim) == (1.0, 32, 3)
     with pytest.raises(ValueError):
-        EquiCaps(TinyBackbone(), EquiCapsConfig(pose_dim=2))
+        EquiCaps(TinyBackbone(8), EquiCapsConfig(pose_dim=2))
     with pytest.raises(ValueError, match="latents"):
-        EquiCaps(TinyBackbone(), EquiCapsConfig(num_capsules=4))(Views(images=[torch.randn(2, 3, 8, 8)] * 2,
+        EquiCaps(TinyBackbone(8), EquiCapsConfig(num_capsules=4))(Views(images=[torch.randn(2, 3, 8, 8)] * 2,
                                                                         params=[{}, {}]))
 
 

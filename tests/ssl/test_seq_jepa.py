@@ -10,9 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
-from torch import nn
 
-from equissl.augmentations.views import ViewMaker
 from equissl.config import AugmentConfig
 from equissl.latents import sequence_actions
 from equissl.ssl.ema import ema_momentum
@@ -23,24 +21,10 @@ from equissl.ssl.seq_jepa import (
     augmentation_vectors,
 )
 from equissl.types import Views, ViewSpec
+from tests.helpers import TinyBackbone, make_views
 
 B, M, WIDTH, SIZE = 5, 3, 12, 8
 
-
-class TinyBackbone(nn.Module):
-    """The backbone contract in a few hundred parameters (fast on CPU)."""
-
-    def __init__(self, width: int = WIDTH) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, width, 3, stride=2, padding=1)
-        self.bn = nn.BatchNorm2d(width)
-        self.num_features = width
-
-    def forward_features(self, x):
-        return torch.relu(self.bn(self.conv(x)))
-
-    def forward(self, x):
-        return self.forward_features(x).mean(dim=(2, 3))
 
 
 def small_config(**changes) -> SeqJEPAConfig:
@@ -51,7 +35,7 @@ def small_config(**changes) -> SeqJEPAConfig:
 
 def build(**changes) -> SeqJEPA:
     torch.manual_seed(0)
-    return SeqJEPA(TinyBackbone(), small_config(**changes))
+    return SeqJEPA(TinyBackbone(WIDTH), small_config(**changes))
 
 
 def random_latents(views: int, batch: int = B, seed: int = 0) -> list[torch.Tensor]:
@@ -228,7 +212,7 @@ def test_augmentation_actions_train_end_to_end_from_the_view_maker():
     objective = build(actions="augment").train()
     g = torch.Generator().manual_seed(7)
     batch = {"image": torch.randint(0, 256, (B, 3, 12, 12), generator=g, dtype=torch.uint8)}
-    views = ViewMaker(AugmentConfig(crop_size=SIZE, blur_prob=0.5))(batch, objective.required_views, g)
+    views = make_views(AugmentConfig(crop_size=SIZE, blur_prob=0.5), objective.required_views, batch, g)
     actions = objective.sequence_actions(views)
     assert actions.shape == (B, M, 9) and torch.isfinite(actions).all()
     out = objective(views)

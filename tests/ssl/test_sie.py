@@ -8,25 +8,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from equissl.heads.hypernet import HyperNetPredictor
 from equissl.latents import relative_action
 from equissl.registry import OBJECTIVES
 from equissl.ssl.sie import SIE, SIEConfig, sie_loss
 from equissl.types import Views
-
-
-class TinyBackbone(nn.Module):
-    """A cheap stand-in for a ResNet: conv -> global pool, ``num_features`` outputs."""
-
-    def __init__(self, num_features: int = 24) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.conv = nn.Conv2d(3, num_features, 3, stride=2)
-
-    def forward(self, x):
-        return self.conv(x).mean(dim=(2, 3))
+from tests.helpers import TinyBackbone
 
 
 def random_latents(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -38,7 +26,7 @@ def random_latents(n: int, generator: torch.Generator) -> torch.Tensor:
 def small_sie(**changes) -> SIE:
     torch.manual_seed(0)
     cfg = SIEConfig(equi_dim=8, inv_proj_dims=(12, 10), equi_proj_dims=(12, 6), **changes)
-    return SIE(TinyBackbone(), cfg)
+    return SIE(TinyBackbone(24), cfg)
 
 
 def object_views(batch: int = 8, seed: int = 0) -> Views:
@@ -227,7 +215,7 @@ def test_colour_action_widens_the_hypernetwork_and_errors_are_user_errors():
     assert sie.predictor.action_dim == 6
     assert torch.isfinite(sie(object_views()).loss)
     with pytest.raises(ValueError, match="equi_dim"):
-        SIE(TinyBackbone(), SIEConfig(equi_dim=24))
+        SIE(TinyBackbone(24), SIEConfig(equi_dim=24))
     views = object_views()
     with pytest.raises(ValueError, match="latents"):
         small_sie()(Views(images=views.images, params=views.params))

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from equissl.backbones.lidar.voxelize import Pillars, grid_size, voxelize
 from equissl.config import BackboneConfig
+from equissl.errors import ConfigError
 from equissl.registry import BACKBONES
 
 BN_EPS, BN_MOMENTUM = 1e-3, 0.01  # OpenPCDet's, for every norm layer of this model
@@ -163,7 +164,7 @@ class BaseBEVBackbone(nn.Module):
         super().__init__()
         lengths = {len(cfg.layer_nums), len(cfg.layer_strides), len(cfg.num_filters)}
         if len(lengths) != 1 or len(cfg.upsample_strides) != len(cfg.num_upsample_filters):
-            raise ValueError("backbone.layer_nums / layer_strides / num_filters must have one entry per level, and "
+            raise ConfigError("backbone.layer_nums / layer_strides / num_filters must have one entry per level, and "
                              "upsample_strides / num_upsample_filters equal lengths")
         c_in = [input_channels, *cfg.num_filters[:-1]]
         self.blocks = nn.ModuleList()
@@ -238,6 +239,9 @@ class PointPillars(nn.Module):
         """-> (B, num_features): the BEV map averaged over all cells."""
         return self.forward_features(x).mean(dim=(2, 3))
 
+    export_formats = ("safetensors", "openpcdet")
+    export_note = ""
+
     def export_state_dict(self) -> dict[str, Tensor]:
         """OpenPCDet key names (``vfe.pfn_layers.0.linear.weight``, ``backbone_2d.blocks.0.1.weight``,
         ``backbone_2d.deblocks.0.0.weight``, ...), loadable by ``Detector3DTemplate.load_params_from_file``."""
@@ -263,7 +267,7 @@ def _feature_stride(cfg: PointPillarsConfig, grid: tuple[int, int, int]) -> int:
         cumulative.append(running)
     nx, ny, _ = grid
     if nx % running or ny % running:
-        raise ValueError(f"the BEV grid {nx} x {ny} must be divisible by the total stride {running} "
+        raise ConfigError(f"the BEV grid {nx} x {ny} must be divisible by the total stride {running} "
                          "(product of backbone.layer_strides)")
     if not cfg.upsample_strides:
         return running
@@ -296,11 +300,13 @@ def openpcdet_model_config(cfg: PointPillarsConfig) -> dict:
     }
 
 
-@BACKBONES.register("pointpillars", PointPillarsConfig)
+@BACKBONES.register(
+    "pointpillars", PointPillarsConfig, probe="bev", description="PointPillars LiDAR encoder (OpenPCDet layout)"
+)
 def build_pointpillars(cfg: PointPillarsConfig) -> PointPillars:
     if len(cfg.point_cloud_range) != 6 or len(cfg.voxel_size) != 3:
-        raise ValueError("backbone.point_cloud_range needs 6 numbers (x_min, y_min, z_min, x_max, y_max, z_max) "
+        raise ConfigError("backbone.point_cloud_range needs 6 numbers (x_min, y_min, z_min, x_max, y_max, z_max) "
                          "and backbone.voxel_size 3 (dx, dy, dz)")
     if cfg.num_point_features < 3 or not cfg.vfe_filters:
-        raise ValueError("backbone.num_point_features must be >= 3 and backbone.vfe_filters non-empty")
+        raise ConfigError("backbone.num_point_features must be >= 3 and backbone.vfe_filters non-empty")
     return PointPillars(cfg)

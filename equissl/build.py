@@ -1,0 +1,40 @@
+"""Composition from the registries: a validated :class:`~equissl.config.Config` -> the parts of a run.
+
+The trainer, the evaluations, the export and the Python API all build through these functions, so that
+a part is made the same way wherever it is used and no face needs the trainer to get an objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from equissl.config import Config
+from equissl.registry import BACKBONES, DATASETS, OBJECTIVES, VIEW_MAKERS
+from equissl.ssl.base import Objective
+from equissl.types import Views, ViewSpec
+
+
+def build_backbone(config: Config) -> nn.Module:
+    """The backbone of ``config.backbone`` (randomly initialised from torch's global RNG)."""
+    return BACKBONES.build(config.backbone.name, config.backbone)
+
+
+def build_objective(config: Config) -> Objective:
+    """The objective of ``config.objective`` around a new backbone of ``config.backbone``."""
+    return OBJECTIVES.build(config.objective.name, config.objective, build_backbone(config))
+
+
+def build_dataset(
+    config: Config, split: str, source: str = "image", num_views: int = 1, seed: int | None = None
+) -> Dataset:
+    """The ``split`` of ``config.data`` read for a view source (``"image"``: one image per item)."""
+    seed = config.trainer.seed if seed is None else seed
+    return DATASETS.build(config.data.name, config.data, split=split, source=source, num_views=num_views, seed=seed)
+
+
+def build_view_maker(config: Config, spec: ViewSpec) -> Callable[..., Views]:
+    """The registered view maker of ``spec.source``, bound to ``spec``: ``maker(batch, generator)``."""
+    return VIEW_MAKERS.build(spec.source, config, spec)
