@@ -24,7 +24,8 @@ Per sweep (files of sequence SS, frame NNNNNN):
 - ``poses.txt`` (camera 0 -> world, relative to the first frame, KITTI style) with ``calib.txt`` (Tr =
   velodyne -> camera 0, KITTI's axis convention) and ``times.txt`` (seconds).
 ``splits.json`` names the train and val sequences (val = held-out drives with their own seeds);
-``lidar_sim.json`` (the marker, written last) holds the hash of the generation parameters.
+``lidar_sim.json`` (the marker, written last) holds the hash of the generation parameters; a folder
+holding anything else, a simulation with other parameters included, is refused, never replaced.
 
 Determinism: sequence k of split s is generated from ``numpy.random.default_rng([seed, s, k])`` alone,
 so the output does not depend on the number of render workers or on the other sequences.
@@ -32,19 +33,17 @@ so the output does not depend on the number of render workers or on the other se
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import multiprocessing
 import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import open3d as o3d
 
+from equissl.datasets import materialise
 from equissl.datasets.ie3d import data_root
 from equissl.datasets.lidar import (
     CLASS_NAMES,
@@ -58,9 +57,10 @@ from equissl.datasets.lidar import (
     write_semantic_labels,
     write_velodyne,
 )
+from equissl.datasets.materialise import keyed_root
 from equissl.registry import DATASETS
 
-SIMULATOR_VERSION = 1  # bump when a change alters the written bytes, so cached renders are redone
+SIMULATOR_VERSION = 1  # bump when a change alters the written bytes: older renders are then refused, not read
 MARKER_NAME = "lidar_sim.json"
 SPLITS_FILE = "splits.json"
 
@@ -563,10 +563,6 @@ def generation_params(cfg: LidarSimConfig) -> dict:
     return params
 
 
-def params_hash(params: dict) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-
-
 def sequence_names(cfg: LidarSimConfig) -> dict[str, list[str]]:
     train = [f"{k:02d}" for k in range(cfg.num_sequences)]
     val = [f"{cfg.num_sequences + k:02d}" for k in range(cfg.val_sequences)]
@@ -574,14 +570,13 @@ def sequence_names(cfg: LidarSimConfig) -> dict[str, list[str]]:
 
 
 def is_complete(root: str | Path, cfg: LidarSimConfig) -> bool:
-    try:
-        marker = json.loads((Path(root) / MARKER_NAME).read_text())
-        return marker.get("params_sha256") == params_hash(generation_params(cfg))
-    except (OSError, ValueError):
-        return False
+    """Whether ``root`` holds a finished simulation made with ``cfg``'s generation parameters."""
+    return materialise.is_complete(root, MARKER_NAME, generation_params(cfg))
 
 
-def _write_tree(tmp: Path, cfg: LidarSimConfig, params: dict, progress: bool) -> dict:
+def _write_tree(tmp: Path, cfg: LidarSimConfig, progress: bool) -> dict:
+    """Simulate every drive into the empty folder ``tmp`` and write the splits; returns the marker's extra
+    fields (the materialiser writes the marker)."""
     import time
 
     from tqdm.auto import tqdm
@@ -607,37 +602,26 @@ def _write_tree(tmp: Path, cfg: LidarSimConfig, params: dict, progress: bool) ->
     (tmp / SPLITS_FILE).write_text(json.dumps(names, indent=1) + "\n")
     summary = {"sweeps": len(tasks) * cfg.frames_per_sequence, "points": int(sum(counts)),
                "seconds": round(time.perf_counter() - start, 2), "workers": workers}
-    marker = {"params_sha256": params_hash(params), "params": params, "summary": summary,
-              "class_names": list(CLASS_NAMES)}
-    (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=1) + "\n")  # last: the render is complete
-    return summary
+    return {"summary": summary, "class_names": list(CLASS_NAMES)}
 
 
 def render_lidar_sim(root: str | Path, cfg: LidarSimConfig, progress: bool = True) -> Path:
     """Simulate the dataset into ``root`` unless a complete render with the same generation parameters is
-    there; returns ``root``. A non-empty ``root`` without the marker raises ValueError (never deleted)."""
-    root = Path(root).expanduser()
-    params = generation_params(cfg)
-    if is_complete(root, cfg):
+    there; returns ``root``. Only an absent or empty ``root`` is written to: one holding a render with other
+    parameters, or any other non-empty folder, raises :class:`~equissl.errors.UserError` and is left
+    untouched (see :mod:`equissl.datasets.materialise`)."""
+    return materialise.materialise(root, MARKER_NAME, generation_params(cfg),
+                                   lambda tmp: _write_tree(tmp, cfg, progress), "lidar_sim")
+
+
+def default_root(cfg: LidarSimConfig) -> Path:
+    """Where ``cfg`` simulates to: ``data.root`` if set; else ``$EQUISSL_DATA/lidar_sim`` (or
+    ``~/.cache/equissl/lidar_sim``) for the default generation parameters and ``lidar_sim-<hash>`` beside
+    it for any other, so drives with other settings are kept apart instead of refused."""
+    root = data_root(cfg)
+    if cfg.root:
         return root
-    if root.exists() and any(root.iterdir()) and not (root / MARKER_NAME).exists():
-        raise ValueError(f"{root} exists, is not empty and holds no {MARKER_NAME}: refusing to overwrite it; "
-                         "point data.root at an empty or new folder")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:12]}"
-    try:
-        _write_tree(tmp, cfg, params, progress)
-        if is_complete(root, cfg):  # another process finished the same render meanwhile
-            return root
-        old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:12]}"
-        if root.exists():
-            root.rename(old)
-        tmp.rename(root)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return keyed_root(root, generation_params(cfg), generation_params(LidarSimConfig()))
 
 
 def lidar_sim_dataset(root: str | Path, cfg: LidarSimConfig, split: str, seed: int) -> LidarPairDataset:
@@ -652,7 +636,7 @@ def lidar_sim_dataset(root: str | Path, cfg: LidarSimConfig, split: str, seed: i
 
 @DATASETS.register("lidar_sim", LidarSimConfig)
 def build_lidar_sim(cfg: LidarSimConfig, split: str, source: str, num_views: int, seed: int) -> LidarPairDataset:
-    """Simulate into ``cfg.root`` (default ``$EQUISSL_DATA/lidar_sim``, else ``~/.cache/equissl/lidar_sim``)
-    on first use, then read it as (t, t+1) sweep pairs with ground-truth flow and boxes."""
-    root = render_lidar_sim(data_root(cfg), cfg)
+    """Simulate into :func:`default_root` on first use, then read it as (t, t+1) sweep pairs with
+    ground-truth flow and boxes."""
+    root = render_lidar_sim(default_root(cfg), cfg)
     return lidar_sim_dataset(root, cfg, split, seed)

@@ -33,22 +33,18 @@ synthetic (``9xxxxxxx``, not WordNet) and ``class_names.json`` maps them to read
 
 ``render_shapes3d(root, cfg)`` is idempotent: it renders into a temporary folder, writes the marker
 ``shapes3d.json`` (holding the hash of the generation parameters) last and renames the folder into
-place, so a killed render never looks complete. Output is identical for any number of workers.
+place, so a killed render never looks complete; a folder holding anything else, a render with other
+parameters included, is refused, never replaced. Output is identical for any number of workers.
 """
 
 from __future__ import annotations
 
 import colorsys
-import contextlib
 import functools
-import glob
 import hashlib
 import json
 import multiprocessing
 import os
-import shutil
-import socket
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,10 +56,13 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from equissl.config import DataConfig
+from equissl.datasets import materialise
 from equissl.datasets.ie3d import IE3DDataset, data_root
+from equissl.datasets.materialise import keyed_root
+from equissl.datasets.materialise import params_sha256 as params_hash  # noqa: F401 -- public name
 from equissl.registry import DATASETS
 
-RENDERER_VERSION = 1  # bump when a change alters the rendered bytes, so cached renders are redone
+RENDERER_VERSION = 1  # bump when a change alters the rendered bytes: older renders are then refused, not read
 MARKER_NAME = "shapes3d.json"
 CLASS_NAMES_FILE = "class_names.json"
 
@@ -776,20 +775,14 @@ def generation_params(cfg: Shapes3DConfig) -> dict:
     }
 
 
-def params_hash(params: dict) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-
-
 def is_complete(root: str | Path, cfg: Shapes3DConfig) -> bool:
     """Whether ``root`` holds a finished render made with ``cfg``'s generation parameters."""
-    marker = Path(root) / MARKER_NAME
-    try:
-        return json.loads(marker.read_text()).get("params_sha256") == params_hash(generation_params(cfg))
-    except (OSError, ValueError):
-        return False
+    return materialise.is_complete(root, MARKER_NAME, generation_params(cfg))
 
 
-def _write_tree(tmp: Path, cfg: Shapes3DConfig, params: dict, progress: bool) -> None:
+def _write_tree(tmp: Path, cfg: Shapes3DConfig, progress: bool) -> dict:
+    """Render every object into the empty folder ``tmp`` and write the index files; returns the marker's
+    extra fields (the materialiser writes the marker)."""
     from tqdm.auto import tqdm
 
     per_class = cfg.objects_per_class + cfg.val_objects_per_class
@@ -835,76 +828,20 @@ def _write_tree(tmp: Path, cfg: Shapes3DConfig, params: dict, progress: bool) ->
         np.save(tmp / f"all_latents_{split}.npy", all_latents)
     names = {synset_id(k): CLASS_NAMES[k] for k in range(cfg.num_classes)}
     (tmp / CLASS_NAMES_FILE).write_text(json.dumps(names, indent=1) + "\n")
-    marker = {"params_sha256": params_hash(params), "params": params, "latent_names": list(LATENT_NAMES)}
-    (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=1) + "\n")  # last: the render is complete
-
-
-def _remove_dead_temporaries(root: Path) -> None:
-    """Delete temporary folders left by killed renders of ``root`` on this host."""
-    prefix = f".{root.name}.tmp-{socket.gethostname()}-"
-    for folder in root.parent.glob(f"{glob.escape(prefix)}*"):
-        pid = folder.name[len(prefix) :].split("-")[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-        except OSError:  # alive, but not ours to signal
-            pass
-
-
-@contextlib.contextmanager
-def _render_lock(root: Path):
-    """Serialise renders of one root across processes of this host (DDP ranks calling the factory)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: the rename at the end still keeps a root whole
-        yield
-        return
-    with open(root.parent / f".{root.name}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return {"latent_names": list(LATENT_NAMES)}
 
 
 def render_shapes3d(root: str | Path, cfg: Shapes3DConfig, progress: bool = True) -> Path:
     """Render the dataset into ``root`` in 3DIEBench's layout, unless a complete render with the same
     generation parameters is already there; returns ``root``.
 
-    A render with other parameters in ``root`` is replaced; a non-empty ``root`` that is not a shapes3d
-    render raises ValueError rather than being deleted. Work happens in ``.<root>.tmp-<host>-<pid>-*``
-    next to ``root``, renamed into place once complete.
+    Only an absent or empty ``root`` is rendered into: one holding a render with other parameters, or
+    any other non-empty folder, raises :class:`~equissl.errors.UserError` and is left untouched (see
+    :mod:`equissl.datasets.materialise` for the lock, the temporary folder and the atomic rename).
     """
-    root = Path(root).expanduser()
-    params = generation_params(cfg)
-    if is_complete(root, cfg):
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with _render_lock(root):
-        if is_complete(root, cfg):  # another process rendered it while we waited
-            return root
-        if root.exists() and any(root.iterdir()) and not (root / MARKER_NAME).exists():
-            raise ValueError(
-                f"{root} exists, is not empty and holds no {MARKER_NAME}: refusing to overwrite "
-                "it; point data.root at an empty or new folder"
-            )
-        _remove_dead_temporaries(root)
-        tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp, old = root.parent / f".{root.name}.tmp-{tag}", root.parent / f".{root.name}.old-{tag}"
-        try:
-            _write_tree(tmp, cfg, params, progress)
-            if is_complete(root, cfg):  # finished meanwhile by a process on another host
-                return root
-            if root.exists():
-                root.rename(old)
-            tmp.rename(root)
-        finally:
-            for folder in (tmp, old):
-                shutil.rmtree(folder, ignore_errors=True)
-    return root
+    return materialise.materialise(
+        root, MARKER_NAME, generation_params(cfg), lambda tmp: _write_tree(tmp, cfg, progress), "shapes3d"
+    )
 
 
 def default_root(cfg: Shapes3DConfig) -> Path:
@@ -912,10 +849,7 @@ def default_root(cfg: Shapes3DConfig) -> Path:
     root = data_root(cfg)
     if cfg.root:
         return root
-    digest = params_hash(generation_params(cfg))
-    if digest == params_hash(generation_params(Shapes3DConfig())):
-        return root
-    return root.with_name(f"{root.name}-{digest[:10]}")
+    return keyed_root(root, generation_params(cfg), generation_params(Shapes3DConfig()))
 
 
 @DATASETS.register("shapes3d", Shapes3DConfig)
