@@ -128,9 +128,9 @@ def _tripod() -> shapes3d.Mesh:
     gray = (0.7, 0.7, 0.7)
     return shapes3d.mesh_from_parts(
         [
-            shapes3d._box((0.9, 0.1, 0.1), (0.45, 0, 0), gray),
-            shapes3d._box((0.1, 0.5, 0.1), (0, 0.25, 0), gray),
-            shapes3d._box((0.1, 0.1, 0.25), (0, 0, 0.125), gray),
+            shapes3d.catalogue._box((0.9, 0.1, 0.1), (0.45, 0, 0), gray),
+            shapes3d.catalogue._box((0.1, 0.5, 0.1), (0, 0.25, 0), gray),
+            shapes3d.catalogue._box((0.1, 0.1, 0.25), (0, 0, 0.125), gray),
         ]
     )
 
@@ -247,7 +247,7 @@ def test_failed_render_leaves_no_complete_looking_root(tmp_path, monkeypatch):
             raise RuntimeError("killed")
         return shapes3d.sample_latents(np.random.default_rng(0), task[4])
 
-    monkeypatch.setattr(shapes3d, "_render_object", failing)
+    monkeypatch.setattr(shapes3d.writer, "_render_object", failing)  # looked up there
     with pytest.raises(RuntimeError, match="killed"):
         render_shapes3d(tmp_path / "d", tiny(num_classes=2), progress=False)
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # nothing that could look complete
