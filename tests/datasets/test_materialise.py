@@ -1,4 +1,4 @@
-"""The shared materialiser: one render under concurrency, atomic swaps, cleanup, and refusals that delete nothing."""
+"""The shared materialiser: one render under concurrency, atomic swaps, cleanup, refusals that delete nothing."""
 
 from __future__ import annotations
 
