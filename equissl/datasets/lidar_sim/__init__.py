@@ -111,6 +111,7 @@ def default_root(cfg: LidarSimConfig) -> Path:
 
 
 def lidar_sim_dataset(root: str | Path, cfg: LidarSimConfig, split: str, seed: int) -> LidarPairDataset:
+    """The (t, t+1) sweep pairs of the ``split`` drives of the simulation in ``root``."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     names = json.loads((Path(root) / SPLITS_FILE).read_text())[split]

@@ -31,7 +31,7 @@ from typing import Literal
 from equissl.config import DataConfig
 from equissl.datasets.ie3d import IE3DDataset, data_root
 from equissl.datasets.materialise import keyed_root
-from equissl.datasets.materialise import params_sha256 as params_hash
+from equissl.datasets.materialise import params_sha256 as params_hash  # its name here before the materialiser
 from equissl.datasets.shapes3d import catalogue, renderer, writer
 from equissl.datasets.shapes3d.catalogue import CLASS_NAMES, Mesh, build_object, mesh_from_parts
 from equissl.datasets.shapes3d.renderer import (
