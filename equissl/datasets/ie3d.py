@@ -1,6 +1,6 @@
 """Reader for datasets in 3DIEBench's format (the real benchmark, or ``shapes3d`` renders).
 
-On disk (see :mod:`equissl.datasets.shapes3d` for what was checked against facebookresearch/SIE):
+On disk (see :mod:`equissl.datasets.shapes3d.writer` for what was checked against facebookresearch/SIE):
 ``root/SYNSET/OBJ/image_k.jpg`` and ``latent_k.npy`` (7 floats: extrinsic xyz Euler angles in radians,
 floor hue, light theta, light phi, light hue), plus the index files ``{split}_images.npy`` (unicode
 paths ``"/SYNSET/OBJ"``) and ``{split}_labels.npy`` (integer labels) for split ``train`` / ``val``, in

@@ -24,6 +24,7 @@ from equissl.datasets.shapes3d import (
     is_complete,
     render_shapes3d,
 )
+from equissl.errors import UserError
 from equissl.registry import DATASETS
 
 
@@ -127,9 +128,9 @@ def _tripod() -> shapes3d.Mesh:
     gray = (0.7, 0.7, 0.7)
     return shapes3d.mesh_from_parts(
         [
-            shapes3d._box((0.9, 0.1, 0.1), (0.45, 0, 0), gray),
-            shapes3d._box((0.1, 0.5, 0.1), (0, 0.25, 0), gray),
-            shapes3d._box((0.1, 0.1, 0.25), (0, 0, 0.125), gray),
+            shapes3d.catalogue._box((0.9, 0.1, 0.1), (0.45, 0, 0), gray),
+            shapes3d.catalogue._box((0.1, 0.5, 0.1), (0, 0.25, 0), gray),
+            shapes3d.catalogue._box((0.1, 0.1, 0.25), (0, 0, 0.125), gray),
         ]
     )
 
@@ -209,16 +210,20 @@ def test_objects_are_shaded_on_a_floor_and_colour_varies_within_class():
     assert np.ptp(np.array(colours), axis=0).max() > 0.3
 
 
-def test_render_is_idempotent_and_rerenders_on_changed_params(tmp_path):
+def test_render_is_idempotent_and_refuses_a_render_with_other_params(tmp_path):
     cfg = tiny(num_classes=2, views_per_object=2, render_size=16)
     root = render_shapes3d(tmp_path / "d", cfg, progress=False)
     marker = root / MARKER_NAME
     stamp = marker.stat().st_mtime_ns
     assert render_shapes3d(root, cfg, progress=False) == root and marker.stat().st_mtime_ns == stamp
     assert is_complete(root, cfg) and not is_complete(root, tiny(num_classes=2, views_per_object=2, seed=5))
+    before = tree_bytes(root)
     changed = tiny(num_classes=2, views_per_object=3, render_size=16)
-    render_shapes3d(root, changed, progress=False)
-    assert is_complete(root, changed) and (np.load(root / "all_latents_train.npy").shape == (2 * 3, 7))
+    with pytest.raises(UserError, match="data.views_per_object=2, this run asks for 3: point data.root"):
+        render_shapes3d(root, changed, progress=False)
+    # never deleted: the render with other settings is still there, complete, byte for byte
+    assert not is_complete(root, changed) and (np.load(root / "all_latents_train.npy").shape == (2 * 2, 7))
+    assert is_complete(root, cfg) and tree_bytes(root) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["d"]  # no temporary folders left
 
 
@@ -242,7 +247,7 @@ def test_failed_render_leaves_no_complete_looking_root(tmp_path, monkeypatch):
             raise RuntimeError("killed")
         return shapes3d.sample_latents(np.random.default_rng(0), task[4])
 
-    monkeypatch.setattr(shapes3d, "_render_object", failing)
+    monkeypatch.setattr(shapes3d.writer, "_render_object", failing)  # looked up there
     with pytest.raises(RuntimeError, match="killed"):
         render_shapes3d(tmp_path / "d", tiny(num_classes=2), progress=False)
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # nothing that could look complete

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -20,14 +21,17 @@ from equissl.datasets.lidar import (
 )
 from equissl.datasets.lidar_sim import (
     SEMANTIC,
+    LidarSimConfig,
     beam_directions,
     build_scene,
+    default_root,
     lidar_sim_dataset,
     render_lidar_sim,
     scene_raycaster,
     sequence_rng,
     simulate_sweep,
 )
+from equissl.errors import UserError
 from tests.lidar.conftest import tiny_sim_config
 
 
@@ -64,6 +68,23 @@ def test_render_is_cached_and_refuses_foreign_folders(tmp_path, tiny_sim):
     (tmp_path / "foreign" / "keep.txt").write_text("user data")
     with pytest.raises(ValueError, match="refusing to overwrite"):
         render_lidar_sim(tmp_path / "foreign", cfg, progress=False)
+    assert (tmp_path / "foreign" / "keep.txt").read_text() == "user data"
+    # a simulation with other settings is refused by name, never replaced
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    refusal = f"holds a lidar_sim render with data.beams={cfg.beams}, this run asks for 16: point data.root"
+    with pytest.raises(UserError, match=refusal):
+        render_lidar_sim(root, dataclasses.replace(cfg, beams=16), progress=False)
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_default_root_keeps_simulations_with_other_settings_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("EQUISSL_DATA", str(tmp_path))
+    assert default_root(LidarSimConfig()) == tmp_path / "lidar_sim"
+    assert default_root(LidarSimConfig(max_points=100, render_workers=1)) == tmp_path / "lidar_sim"
+    roots = {default_root(c) for c in (LidarSimConfig(), LidarSimConfig(beams=64), LidarSimConfig(seed=1))}
+    others = roots - {tmp_path / "lidar_sim"}
+    assert len(others) == 2 and all(r.parent == tmp_path and r.name.startswith("lidar_sim-") for r in others)
+    assert default_root(LidarSimConfig(root=str(tmp_path / "mine"), beams=64)) == tmp_path / "mine"
 
 
 def test_flow_moves_points_onto_their_object_at_the_next_sweep():
