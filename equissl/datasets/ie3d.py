@@ -34,10 +34,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from equissl.config import DataConfig
 from equissl.errors import UserError
+from equissl.latents import LATENT_SIZE
 from equissl.registry import DATASETS
 
 SPLITS = ("train", "val")
-LATENT_SIZE = 7
 
 
 @dataclass

@@ -40,6 +40,7 @@ from equissl.datasets.lidar_sim.writer import (
     write_sequence,
 )
 from equissl.datasets.materialise import keyed_root
+from equissl.errors import ConfigError
 from equissl.registry import DATASETS
 
 __all__ = [
@@ -116,12 +117,15 @@ def lidar_sim_dataset(root: str | Path, cfg: LidarSimConfig, split: str, seed: i
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     names = json.loads((Path(root) / SPLITS_FILE).read_text())[split]
     if not names:
-        raise ValueError(f"lidar_sim has no {split} sequences (data.val_sequences = 0?)")
+        raise ConfigError(f"lidar_sim has no {split} sequences (data.val_sequences = 0?)")
     sequences = [kitti_sequence(root, name) for name in names]
     return LidarPairDataset(sequences, cfg.frame_gap, cfg.max_points, seed)
 
 
-@DATASETS.register("lidar_sim", LidarSimConfig)
+@DATASETS.register(
+    "lidar_sim", LidarSimConfig, embedded=True, source="lidar_pair",
+    description="embedded: simulated LiDAR drives with flow and boxes, in KITTI's layout",
+)
 def build_lidar_sim(cfg: LidarSimConfig, split: str, source: str, num_views: int, seed: int) -> LidarPairDataset:
     """Simulate into :func:`default_root` on first use, then read it as (t, t+1) sweep pairs with
     ground-truth flow and boxes."""

@@ -41,6 +41,7 @@ from equissl.datasets.lidar import (
 )
 from equissl.datasets.lidar_sim.scene import build_scene
 from equissl.datasets.lidar_sim.sensor import simulate_sweep
+from equissl.errors import ConfigError
 
 if TYPE_CHECKING:  # the config lives in the package's __init__, which imports this module
     from equissl.datasets.lidar_sim import LidarSimConfig
@@ -93,11 +94,11 @@ def generation_params(cfg: LidarSimConfig) -> dict:
     checks = {"num_sequences": 1, "frames_per_sequence": 2, "beams": 1, "azimuth_steps": 8}
     for key, low in checks.items():
         if getattr(cfg, key) < low:
-            raise ValueError(f"data.{key} must be >= {low}, got {getattr(cfg, key)}")
+            raise ConfigError(f"data.{key} must be >= {low}, got {getattr(cfg, key)}")
     if cfg.val_sequences < 0 or cfg.seed < 0 or not 0 <= cfg.dropout < 1 or cfg.range_noise < 0:
-        raise ValueError("data.val_sequences and data.seed must be >= 0, data.dropout in [0, 1), range_noise >= 0")
+        raise ConfigError("data.val_sequences and data.seed must be >= 0, data.dropout in [0, 1), range_noise >= 0")
     if not 0 < cfg.min_range < cfg.max_range or cfg.frame_rate <= 0:
-        raise ValueError("data.min_range / max_range must satisfy 0 < min < max and data.frame_rate > 0")
+        raise ConfigError("data.min_range / max_range must satisfy 0 < min < max and data.frame_rate > 0")
     keys = ("num_sequences", "val_sequences", "frames_per_sequence", "frame_rate", "beams", "elevation_range",
             "elevation_table", "azimuth_steps", "min_range", "max_range", "range_noise", "dropout",
             "sensor_height", "cars", "pedestrians", "cyclists", "seed")

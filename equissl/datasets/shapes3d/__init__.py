@@ -37,7 +37,6 @@ from equissl.datasets.shapes3d.catalogue import CLASS_NAMES, Mesh, build_object,
 from equissl.datasets.shapes3d.renderer import (
     CAMERA_FOV,
     CAMERA_POSITION,
-    LATENT_NAMES,
     LATENT_RANGES,
     euler_sampler,
     render_view,
@@ -59,7 +58,6 @@ __all__ = [
     "CAMERA_FOV",
     "CAMERA_POSITION",
     "CLASS_NAMES",
-    "LATENT_NAMES",
     "LATENT_RANGES",
     "MARKER_NAME",
     "RENDERER_VERSION",
@@ -110,7 +108,10 @@ def default_root(cfg: Shapes3DConfig) -> Path:
     return keyed_root(root, generation_params(cfg), generation_params(Shapes3DConfig()))
 
 
-@DATASETS.register("shapes3d", Shapes3DConfig)
+@DATASETS.register(
+    "shapes3d", Shapes3DConfig, embedded=True, source="image",
+    description="embedded: procedural 3D objects rendered in 3DIEBench's layout (default data)",
+)
 def build_shapes3d(cfg: Shapes3DConfig, split: str, source: str, num_views: int, seed: int) -> IE3DDataset:
     """Render into ``cfg.root`` on first use, then read it with the 3DIEBench reader. Without
     ``data.root``: ``$EQUISSL_DATA/shapes3d`` (else ``~/.cache/equissl/shapes3d``) for the default

@@ -8,7 +8,7 @@ coloured HSV (floor hue, 0.6, 0.6); a spot light at distance 4 in direction (the
 
 Where we differ, on purpose: our light is directional (from direction (theta, phi)) with a softer colour
 (saturation ``LIGHT_SATURATION``), plus a white ambient and sky term; shading is Lambertian with
-ray-traced shadows. A latent holds the 7 values of ``LATENT_NAMES``; :func:`sample_latents` draws them
+ray-traced shadows. A latent holds the 7 values of ``equissl.latents.LATENT_NAMES``; :func:`sample_latents` draws them
 (poses by ``data.rotations``: see :mod:`equissl.datasets.shapes3d`).
 """
 
@@ -24,6 +24,7 @@ import open3d as o3d
 from scipy.spatial.transform import Rotation
 
 from equissl.datasets.shapes3d.catalogue import Mesh
+from equissl.errors import ConfigError
 
 # Scene constants, from 3DIEBench's generator (see module docstring).
 CAMERA_DISTANCE = 2.5
@@ -35,7 +36,6 @@ LIGHT_SATURATION = 0.6
 AMBIENT, SKY, KEY = 0.12, 0.35, 1.1  # linear-light weights of the three lighting terms
 GAMMA = 2.2
 
-LATENT_NAMES = ("euler_x", "euler_y", "euler_z", "floor_hue", "light_theta", "light_phi", "light_hue")
 LATENT_RANGES = (  # closed bounds of each latent, in LATENT_NAMES order
     (-np.pi, np.pi),
     (-np.pi / 2, np.pi / 2),
@@ -62,7 +62,7 @@ EULER_SAMPLERS = {"so3": _so3_euler, "3diebench": _3diebench_euler}  # data.rota
 def euler_sampler(rotations: str) -> Callable[[np.random.Generator, int], np.ndarray]:
     """The Euler-angle sampler of pose distribution ``rotations``; ValueError naming the key otherwise."""
     if rotations not in EULER_SAMPLERS:
-        raise ValueError(f"data.rotations must be one of {sorted(EULER_SAMPLERS)}, got {rotations!r}")
+        raise ConfigError(f"data.rotations must be one of {sorted(EULER_SAMPLERS)}, got {rotations!r}")
     return EULER_SAMPLERS[rotations]
 
 

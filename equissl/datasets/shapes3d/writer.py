@@ -37,7 +37,9 @@ from PIL import Image
 
 from equissl.datasets import materialise
 from equissl.datasets.shapes3d.catalogue import CLASS_NAMES, Mesh, build_object
-from equissl.datasets.shapes3d.renderer import LATENT_NAMES, euler_sampler, render_view, sample_latents
+from equissl.datasets.shapes3d.renderer import euler_sampler, render_view, sample_latents
+from equissl.errors import ConfigError
+from equissl.latents import LATENT_NAMES
 
 if TYPE_CHECKING:  # the config lives in the package's __init__, which imports this module
     from equissl.datasets.shapes3d import Shapes3DConfig
@@ -88,12 +90,12 @@ def _render_object(task: tuple) -> np.ndarray:
 def generation_params(cfg: Shapes3DConfig) -> dict:
     """Everything the rendered bytes depend on (not the reader's image_size, nor the worker count)."""
     if not 1 <= cfg.num_classes <= len(CLASS_NAMES):
-        raise ValueError(f"data.num_classes must be in [1, {len(CLASS_NAMES)}], got {cfg.num_classes}")
+        raise ConfigError(f"data.num_classes must be in [1, {len(CLASS_NAMES)}], got {cfg.num_classes}")
     for key in ("objects_per_class", "views_per_object", "render_size", "supersample"):
         if getattr(cfg, key) < 1:
-            raise ValueError(f"data.{key} must be >= 1, got {getattr(cfg, key)}")
+            raise ConfigError(f"data.{key} must be >= 1, got {getattr(cfg, key)}")
     if cfg.val_objects_per_class < 0 or cfg.seed < 0:
-        raise ValueError("data.val_objects_per_class and data.seed must be >= 0")
+        raise ConfigError("data.val_objects_per_class and data.seed must be >= 0")
     euler_sampler(cfg.rotations)  # refuse an unknown pose distribution before any rendering
     # the pose distribution enters only when not the default, so existing so3 renders stay valid
     pose = {} if cfg.rotations == "so3" else {"rotations": cfg.rotations}
