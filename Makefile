@@ -1,4 +1,4 @@
-# The README's two commands: `make pretrain` (main job) and `make test`.
+# The README's two commands: `make pretrain` (main job) and `make test` (lint, docs and tests).
 # Both create the virtual environment when missing and install the package into it.
 VENV ?= .venv
 PYTHON ?= python3
@@ -18,10 +18,10 @@ system-deps:
 	  fi; \
 	fi
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: system-deps $(BIN)/.installed
@@ -29,11 +29,15 @@ install: system-deps $(BIN)/.installed
 pretrain: install
 	$(BIN)/equissl pretrain --config $(RECIPE) --probe
 
+# Lint, format, the documentation site and the test suite: what CI runs (.ci/run).
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir .cache/site
 	$(BIN)/python -m pytest
 
 benchmark: install
 	$(BIN)/python benchmarks/throughput.py
 
 clean:
-	rm -rf runs
+	rm -rf runs .cache/site

@@ -26,17 +26,30 @@ from pathlib import Path
 import torch
 
 RECIPE = "configs/simclr_resnet18_shapes3d.yaml"
-DATA = ["data.objects_per_class=2", "data.val_objects_per_class=1", "data.views_per_object=8",
-        "data.render_size=64", "data.num_workers=1"]
+DATA = [
+    "data.objects_per_class=2",
+    "data.val_objects_per_class=1",
+    "data.views_per_object=8",
+    "data.render_size=64",
+    "data.num_workers=1",
+]
 
 
 def _run(processes: int, args, data_root: Path, run_dir: Path) -> dict:
     from equissl.launch.launcher import LaunchSpec, build_command
 
-    overrides = [f"data.root={data_root}", *DATA, f"data.image_size={args.image_size}",
-                 f"augment.crop_size={args.image_size}", f"trainer.batch_size={args.batch_size}",
-                 f"trainer.max_steps={args.steps}", "trainer.log_every=1", "trainer.checkpoint_every=100000",
-                 "trainer.progress=false", f"trainer.run_dir={run_dir}"]
+    overrides = [
+        f"data.root={data_root}",
+        *DATA,
+        f"data.image_size={args.image_size}",
+        f"augment.crop_size={args.image_size}",
+        f"trainer.batch_size={args.batch_size}",
+        f"trainer.max_steps={args.steps}",
+        "trainer.log_every=1",
+        "trainer.checkpoint_every=100000",
+        "trainer.progress=false",
+        f"trainer.run_dir={run_dir}",
+    ]
     command = build_command(LaunchSpec(RECIPE, overrides, nproc_per_node=processes, device=args.device))
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -46,8 +59,12 @@ def _run(processes: int, args, data_root: Path, run_dir: Path) -> dict:
     timed = [r["images_per_s"] for r in rows if r["step"] > args.warmup]
     # images_per_s per row covers one step; the harmonic mean is total images / total time
     images_per_s = len(timed) / sum(1.0 / v for v in timed)
-    return {"processes": processes, "global_batch": processes * args.batch_size,
-            "images_per_s": round(images_per_s, 2), "wall_s": round(time.perf_counter() - start, 1)}
+    return {
+        "processes": processes,
+        "global_batch": processes * args.batch_size,
+        "images_per_s": round(images_per_s, 2),
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
 
 
 def main() -> None:
@@ -65,17 +82,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_root = Path(tmp) / "shapes3d"
         config = build_config(None, [f"data.root={data_root}", *DATA, f"data.image_size={args.image_size}"])
-        DATASETS.build("shapes3d", config.data, split="train", source="image", num_views=1, seed=0)  # render once
+        DATASETS.build(
+            "shapes3d", config.data, split="train", source="image", num_views=1, seed=0
+        )  # render once
         results = [_run(n, args, data_root, Path(tmp) / f"run-{n}") for n in args.processes]
     base = results[0]["images_per_s"]
     for r in results:
         r["speedup_vs_first"] = round(r["images_per_s"] / base, 3)
-    print(json.dumps({
-        "benchmark": "scaling", "recipe": RECIPE, "device": args.device,
-        "gpu": torch.cuda.get_device_name(0) if args.device != "cpu" and torch.cuda.is_available() else None,
-        "cpu_cores": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "machine": platform.machine(), "batch_size_per_process": args.batch_size,
-        "image_size": args.image_size, "steps": args.steps, "warmup_steps": args.warmup, "results": results,
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "scaling",
+                "recipe": RECIPE,
+                "device": args.device,
+                "gpu": torch.cuda.get_device_name(0)
+                if args.device != "cpu" and torch.cuda.is_available()
+                else None,
+                "cpu_cores": os.cpu_count(),
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                "machine": platform.machine(),
+                "batch_size_per_process": args.batch_size,
+                "image_size": args.image_size,
+                "steps": args.steps,
+                "warmup_steps": args.warmup,
+                "results": results,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ def measure(config, steps: int, warmup: int) -> dict:
         trainer._micro_step(next(batches), sync=True)
         trainer._optimizer_step(logger)
 
-    views = trainer.view_maker(_to_device(next(batches), trainer.accelerator.device),
-                               trainer.generators["augment"])
+    views = trainer.view_maker(
+        _to_device(next(batches), trainer.accelerator.device), trainer.generators["augment"]
+    )
 
     def forward_backward():
         with trainer.accelerator.autocast():
@@ -44,12 +45,16 @@ def measure(config, steps: int, warmup: int) -> dict:
         trainer._optimizer_step(logger)
 
     def augmentation_only():
-        trainer.view_maker(_to_device(next(batches), trainer.accelerator.device),
-                           trainer.generators["augment"])
+        trainer.view_maker(
+            _to_device(next(batches), trainer.accelerator.device), trainer.generators["augment"]
+        )
 
     figures = {}
-    for name, fn in (("full_step", full_step), ("forward_backward", forward_backward),
-                     ("data_and_augmentation", augmentation_only)):
+    for name, fn in (
+        ("full_step", full_step),
+        ("forward_backward", forward_backward),
+        ("data_and_augmentation", augmentation_only),
+    ):
         for _ in range(warmup):
             fn()
         start = time.perf_counter()
@@ -59,7 +64,8 @@ def measure(config, steps: int, warmup: int) -> dict:
         figures[f"{name}_images_per_s"] = round(images_per_step * steps / elapsed, 1)
         figures[f"{name}_ms_per_step"] = round(1000 * elapsed / steps, 1)
     figures["augmentation_overhead_fraction"] = round(
-        1 - figures["forward_backward_ms_per_step"] / figures["full_step_ms_per_step"], 3)
+        1 - figures["forward_backward_ms_per_step"] / figures["full_step_ms_per_step"], 3
+    )
     return figures
 
 
@@ -73,15 +79,28 @@ def main() -> None:
     from equissl.config import build_config
 
     with tempfile.TemporaryDirectory() as run_dir:
-        config = build_config(args.config, [*args.overrides, f"trainer.run_dir={run_dir}", "trainer.progress=false"])
+        config = build_config(
+            args.config, [*args.overrides, f"trainer.run_dir={run_dir}", "trainer.progress=false"]
+        )
         figures = measure(config, args.steps, args.warmup)
-    print(json.dumps({
-        "recipe": args.config, "overrides": args.overrides,
-        "objective": config.objective.name, "backbone": config.backbone.name,
-        "batch_size": config.trainer.batch_size, "image_size": config.augment.crop_size,
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "machine": platform.machine(), **figures,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "recipe": args.config,
+                "overrides": args.overrides,
+                "objective": config.objective.name,
+                "backbone": config.backbone.name,
+                "batch_size": config.trainer.batch_size,
+                "image_size": config.augment.crop_size,
+                "device": "cuda" if torch.cuda.is_available() else "cpu",
+                "torch_threads": torch.get_num_threads(),
+                "cpu_count": os.cpu_count(),
+                "machine": platform.machine(),
+                **figures,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

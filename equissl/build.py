@@ -32,7 +32,9 @@ def build_dataset(
 ) -> Dataset:
     """The ``split`` of ``config.data`` read for a view source (``"image"``: one image per item)."""
     seed = config.trainer.seed if seed is None else seed
-    return DATASETS.build(config.data.name, config.data, split=split, source=source, num_views=num_views, seed=seed)
+    return DATASETS.build(
+        config.data.name, config.data, split=split, source=source, num_views=num_views, seed=seed
+    )
 
 
 def build_view_maker(config: Config, spec: ViewSpec) -> Callable[..., Views]:

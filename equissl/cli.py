@@ -295,8 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception:  # noqa: BLE001 (a bug: show everything, and ask for a report)
         traceback.print_exc()
-        print(f"equissl {args.command}: internal error: this is a bug in equissl, not in your settings; "
-              f"please report it at {ISSUES_URL} with the command and the traceback above", file=sys.stderr)
+        print(
+            f"equissl {args.command}: internal error: this is a bug in equissl, not in your settings; "
+            f"please report it at {ISSUES_URL} with the command and the traceback above",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -42,6 +42,10 @@ class DataConfig:
     # the run aborts once more than this fraction of the items read so far was bad.
     max_bad_fraction: float = 0.05
 
+    def check(self, config: Config) -> None:
+        """Cross-section checks of this entry against the rest of ``config`` (before any work starts);
+        raise :class:`ConfigError` naming both keys. Default: none."""
+
 
 @dataclass
 class BackboneConfig:
@@ -49,12 +53,20 @@ class BackboneConfig:
 
     name: str = "resnet18"
 
+    def check(self, config: Config) -> None:
+        """Cross-section checks of this entry against the rest of ``config`` (before any work starts);
+        raise :class:`ConfigError` naming both keys. Default: none."""
+
 
 @dataclass
 class ObjectiveConfig:
     """Base of every objective's config section."""
 
     name: str = "simclr"
+
+    def check(self, config: Config) -> None:
+        """Cross-section checks of this entry against the rest of ``config`` (before any work starts);
+        raise :class:`ConfigError` naming both keys. Default: none."""
 
 
 @dataclass
@@ -303,7 +315,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...], section: str = "") -> dict[str, Any]:
+def apply_overrides(
+    tree: dict[str, Any], overrides: list[str] | tuple[str, ...], section: str = ""
+) -> dict[str, Any]:
     """``tree`` (a plain dict) with ``key=value`` overrides set in place; returned for chaining.
 
     With ``section``, every key must read ``<section>.<key>`` (e.g. ``probe.epochs=50``) and is set
@@ -319,7 +333,9 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return tree
 
 
-def parse_settings(cls: type, overrides: list[str] | tuple[str, ...] = (), base: Any = None, section: str = "") -> Any:
+def parse_settings(
+    cls: type, overrides: list[str] | tuple[str, ...] = (), base: Any = None, section: str = ""
+) -> Any:
     """Typed settings ``cls`` (a config dataclass) from ``base`` (an instance, or ``cls``'s defaults) and
     ``key=value`` overrides, converted as strictly as a recipe: the one converter every command uses.
 
@@ -329,9 +345,22 @@ def parse_settings(cls: type, overrides: list[str] | tuple[str, ...] = (), base:
     return from_dict(cls, tree, section)
 
 
+def derive_sizes(config: Config, tree: dict[str, Any]) -> None:
+    """Crop sizes follow ``data.image_size`` unless ``tree`` (what the recipe and overrides set) sets them:
+    ``augment.crop_size`` defaults to the image size, ``augment.small_crop_size`` to half the crop, so that a
+    new image size is one setting, not three."""
+    given = tree.get("augment") or {}
+    if "crop_size" not in given:
+        config.augment.crop_size = config.data.image_size
+    if "small_crop_size" not in given:
+        config.augment.small_crop_size = max(1, config.augment.crop_size // 2)
+
+
 def build_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- recipe file <- ``key=value`` overrides, validated as a whole."""
-    config = from_dict(Config, apply_overrides(load_recipe(recipe) if recipe else {}, overrides))
+    tree = apply_overrides(load_recipe(recipe) if recipe else {}, overrides)
+    config = from_dict(Config, tree)
+    derive_sizes(config, tree)
     validate(config)
     return config
 
@@ -348,11 +377,23 @@ def validate(config: Config) -> None:
         (0 <= config.data.max_bad_fraction <= 1, "data.max_bad_fraction must be in [0, 1]"),
         (config.optim.lr > 0, "optim.lr must be > 0"),
         (config.data.image_size > 0, "data.image_size must be > 0"),
-        (0 < config.augment.crop_scale[0] <= config.augment.crop_scale[1] <= 1, "augment.crop_scale must satisfy 0 < lo <= hi <= 1"),
+        (
+            0 < config.augment.crop_scale[0] <= config.augment.crop_scale[1] <= 1,
+            "augment.crop_scale must satisfy 0 < lo <= hi <= 1",
+        ),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    augment, image_size = config.augment, config.data.image_size
+    for key in ("crop_size", "small_crop_size"):
+        if getattr(augment, key) > image_size:
+            raise ConfigError(
+                f"augment.{key}={getattr(augment, key)} > data.image_size={image_size}: every view would be "
+                f"upsampled; set augment.{key} <= data.image_size (or raise data.image_size)"
+            )
+    for section in (config.data, config.backbone, config.objective):
+        section.check(config)
 
 
 def save_config(config: Config, path: str | Path) -> None:

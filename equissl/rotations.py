@@ -30,16 +30,47 @@ def matrix_to_quat(matrix: Tensor) -> Tensor:
     """
     m = matrix
     trace = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
-    candidates = torch.stack([
-        torch.stack([1 + 2 * m[..., 0, 0] - trace, m[..., 1, 0] + m[..., 0, 1], m[..., 2, 0] + m[..., 0, 2],
-                     m[..., 2, 1] - m[..., 1, 2]], -1),
-        torch.stack([m[..., 1, 0] + m[..., 0, 1], 1 + 2 * m[..., 1, 1] - trace, m[..., 2, 1] + m[..., 1, 2],
-                     m[..., 0, 2] - m[..., 2, 0]], -1),
-        torch.stack([m[..., 2, 0] + m[..., 0, 2], m[..., 2, 1] + m[..., 1, 2], 1 + 2 * m[..., 2, 2] - trace,
-                     m[..., 1, 0] - m[..., 0, 1]], -1),
-        torch.stack([m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1],
-                     1 + trace], -1),
-    ], -2)  # (..., 4 branches, 4 components); branch k has its k-th component largest when chosen
+    candidates = torch.stack(
+        [
+            torch.stack(
+                [
+                    1 + 2 * m[..., 0, 0] - trace,
+                    m[..., 1, 0] + m[..., 0, 1],
+                    m[..., 2, 0] + m[..., 0, 2],
+                    m[..., 2, 1] - m[..., 1, 2],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 1, 0] + m[..., 0, 1],
+                    1 + 2 * m[..., 1, 1] - trace,
+                    m[..., 2, 1] + m[..., 1, 2],
+                    m[..., 0, 2] - m[..., 2, 0],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 2, 0] + m[..., 0, 2],
+                    m[..., 2, 1] + m[..., 1, 2],
+                    1 + 2 * m[..., 2, 2] - trace,
+                    m[..., 1, 0] - m[..., 0, 1],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 2, 1] - m[..., 1, 2],
+                    m[..., 0, 2] - m[..., 2, 0],
+                    m[..., 1, 0] - m[..., 0, 1],
+                    1 + trace,
+                ],
+                -1,
+            ),
+        ],
+        -2,
+    )  # (..., 4 branches, 4 components); branch k has its k-th component largest when chosen
     diagonal = torch.stack([m[..., 0, 0], m[..., 1, 1], m[..., 2, 2], trace], -1)
     best = diagonal.argmax(-1)
     quat = torch.gather(candidates, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
@@ -54,11 +85,20 @@ def canonical_quat(quat: Tensor) -> Tensor:
 def quat_to_matrix(quat: Tensor) -> Tensor:
     """(..., 4) quaternions (x, y, z, w), normalised here -> (..., 3, 3)."""
     x, y, z, w = (quat / quat.norm(dim=-1, keepdim=True)).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
-    ], -1).unflatten(-1, (3, 3))
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - z * w),
+            2 * (x * z + y * w),
+            2 * (x * y + z * w),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - x * w),
+            2 * (x * z - y * w),
+            2 * (y * z + x * w),
+            1 - 2 * (x * x + y * y),
+        ],
+        -1,
+    ).unflatten(-1, (3, 3))
 
 
 def relative_rotation_matrix(euler_1: Tensor, euler_2: Tensor) -> Tensor:

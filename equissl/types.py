@@ -78,4 +78,6 @@ class StepOutput:
     features: Tensor | None = None
 
     def detached_metrics(self) -> dict[str, float]:
-        return {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in self.metrics.items()}
+        return {
+            k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in self.metrics.items()
+        }

@@ -79,9 +79,20 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 def test_cli_refuses_bad_key_before_training(tmp_path):
     for override in ("trainer.max_stpes=3", "optim.lr=abc"):
         proc = subprocess.run(
-            [sys.executable, "-m", "equissl.cli", "pretrain", "--config", "configs/simclr_resnet18_shapes3d.yaml",
-             override, f"trainer.run_dir={tmp_path}/run"],
-            capture_output=True, text=True, timeout=120, check=False,
+            [
+                sys.executable,
+                "-m",
+                "equissl.cli",
+                "pretrain",
+                "--config",
+                "configs/simclr_resnet18_shapes3d.yaml",
+                override,
+                f"trainer.run_dir={tmp_path}/run",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         assert proc.returncode == 2, proc.stderr
         assert override.split("=")[0] in proc.stderr

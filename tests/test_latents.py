@@ -37,8 +37,9 @@ def test_relative_action_is_scipy_relative_rotation_and_colour_deltas():
     g = torch.Generator().manual_seed(1)
     l1, l2 = random_latents(64, g), random_latents(64, g)
     rotation = relative_action(l1, l2, "rotation")
-    expected = (Rotation.from_euler("xyz", l1[:, :3].numpy()).inv()
-                * Rotation.from_euler("xyz", l2[:, :3].numpy())).as_quat()
+    expected = (
+        Rotation.from_euler("xyz", l1[:, :3].numpy()).inv() * Rotation.from_euler("xyz", l2[:, :3].numpy())
+    ).as_quat()
     expected = np.where(expected[:, 3:] < 0, -expected, expected)  # canonical sign, w >= 0
     np.testing.assert_allclose(rotation.numpy(), expected, atol=1e-5)
     assert (rotation[:, 3] >= 0).all()
@@ -73,8 +74,10 @@ def test_rotation_actions_are_r_j_inverse_r_next_as_scipy_computes_them():
         expected = scipy_relative_quat(e_1, e_2)
         np.testing.assert_allclose(np.abs((actions[:, j] * expected).sum(-1)), 1.0, atol=1e-5)
         # The test discriminates: the other composition orders give different rotations.
-        for wrong in (scipy_relative_quat(e_2, e_1),
-                      (Rotation.from_euler("xyz", e_2) * Rotation.from_euler("xyz", e_1).inv()).as_quat()):
+        for wrong in (
+            scipy_relative_quat(e_2, e_1),
+            (Rotation.from_euler("xyz", e_2) * Rotation.from_euler("xyz", e_1).inv()).as_quat(),
+        ):
             assert not np.allclose(np.abs((actions[:, j] * wrong).sum(-1)), 1.0, atol=1e-5)
 
 

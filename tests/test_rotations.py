@@ -35,7 +35,9 @@ def test_euler_to_matrix_matches_scipy(random_rotations):
 def test_matrix_to_quat_matches_scipy_in_every_branch():
     rotations = Rotation.random(256, random_state=3)
     # include rotations by ~pi about each axis, where the w-branch is unstable
-    special = Rotation.from_rotvec(np.array([[np.pi, 0, 0], [0, np.pi - 1e-4, 0], [0, 0, np.pi], [1e-6, 0, 0]]))
+    special = Rotation.from_rotvec(
+        np.array([[np.pi, 0, 0], [0, np.pi - 1e-4, 0], [0, 0, np.pi], [1e-6, 0, 0]])
+    )
     for r in (rotations, special):
         quat = matrix_to_quat(torch.tensor(r.as_matrix()))
         assert np.allclose(quat.numpy(), _canonical(r.as_quat()), atol=1e-8)
@@ -44,7 +46,7 @@ def test_matrix_to_quat_matches_scipy_in_every_branch():
 
 def test_relative_rotation_is_r1_inverse_r2_in_that_order(random_rotations):
     r1, r2, e1, e2 = random_rotations
-    expected = (r1.inv() * r2)
+    expected = r1.inv() * r2
     assert np.allclose(relative_rotation_matrix(e1, e2).numpy(), expected.as_matrix(), atol=1e-10)
     assert np.allclose(relative_rotation_quat(e1, e2).numpy(), _canonical(expected.as_quat()), atol=1e-8)
     # composition: R2 = R1 @ R_rel, and the other order differs for random rotations

@@ -49,14 +49,23 @@ class PointAugmentConfig:
 
 
 def identity_params(batch: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
-    return {"flip": torch.zeros(batch, device=device), "angle": torch.zeros(batch, device=device),
-            "rotation_index": torch.zeros(batch, dtype=torch.long, device=device),
-            "scale": torch.ones(batch, device=device), "translation": torch.zeros(batch, 3, device=device)}
+    return {
+        "flip": torch.zeros(batch, device=device),
+        "angle": torch.zeros(batch, device=device),
+        "rotation_index": torch.zeros(batch, dtype=torch.long, device=device),
+        "scale": torch.ones(batch, device=device),
+        "translation": torch.zeros(batch, 3, device=device),
+    }
 
 
-def sample_params(batch: int, cfg: PointAugmentConfig, generator: torch.Generator | None = None,
-                  device: torch.device | str = "cpu") -> dict[str, Tensor]:
+def sample_params(
+    batch: int,
+    cfg: PointAugmentConfig,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, Tensor]:
     """One parameter draw per sample (see the module docstring for keys and units)."""
+
     def uniform(*shape: int) -> Tensor:
         return torch.rand(*shape, generator=generator, device=device)
 
@@ -93,7 +102,9 @@ def transform_matrix(params: dict[str, Tensor]) -> Tensor:
 
 def transform_points(points: Tensor, matrix: Tensor) -> Tensor:
     """Apply (B, 4, 4) matrices to the xyz of (B, N, C) points; other channels (and NaN rows) pass through."""
-    xyz = points[..., :3] @ matrix[:, :3, :3].transpose(1, 2).to(points.dtype) + matrix[:, None, :3, 3].to(points.dtype)
+    xyz = points[..., :3] @ matrix[:, :3, :3].transpose(1, 2).to(points.dtype) + matrix[:, None, :3, 3].to(
+        points.dtype
+    )
     return torch.cat([xyz, points[..., 3:]], dim=-1)
 
 
@@ -118,8 +129,11 @@ def apply_params_to_boxes(boxes: Tensor, params: dict[str, Tensor]) -> Tensor:
 
 def box_corners(boxes: Tensor) -> Tensor:
     """(..., 7) boxes -> (..., 8, 3) corners (bottom face first, counter-clockwise from (+dx/2, +dy/2))."""
-    signs = torch.tensor([[1, 1, -1], [-1, 1, -1], [-1, -1, -1], [1, -1, -1],
-                          [1, 1, 1], [-1, 1, 1], [-1, -1, 1], [1, -1, 1]], dtype=boxes.dtype, device=boxes.device)
+    signs = torch.tensor(
+        [[1, 1, -1], [-1, 1, -1], [-1, -1, -1], [1, -1, -1], [1, 1, 1], [-1, 1, 1], [-1, -1, 1], [1, -1, 1]],
+        dtype=boxes.dtype,
+        device=boxes.device,
+    )
     local = signs * boxes[..., None, 3:6] / 2
     cos, sin = torch.cos(boxes[..., 6:7]), torch.sin(boxes[..., 6:7])
     x = local[..., 0] * cos - local[..., 1] * sin
@@ -135,7 +149,9 @@ class PointAugment(nn.Module):
         cfg.validate()
         self.cfg = cfg
 
-    def forward(self, points: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, points: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         params = sample_params(points.shape[0], self.cfg, generator, points.device)
         return apply_params(points, params), params
 
@@ -163,7 +179,9 @@ class LidarPairViewMaker(nn.Module):
     def __init__(self, cfg: PointAugmentConfig, spec: ViewSpec):
         super().__init__()
         if spec.source != "lidar_pair" or spec.num_views < 1:
-            raise ValueError(f"LidarPairViewMaker makes ViewSpec(source='lidar_pair', num_views >= 1), got {spec}")
+            raise ValueError(
+                f"LidarPairViewMaker makes ViewSpec(source='lidar_pair', num_views >= 1), got {spec}"
+            )
         self.augment = PointAugment(cfg)
         self.spec = spec
 
@@ -171,8 +189,10 @@ class LidarPairViewMaker(nn.Module):
         spec = self.spec
         for key in ("points", "points_next", "flow", "relative_pose"):
             if key not in batch:
-                raise ValueError(f"batch lacks {key!r} (has {sorted(batch)}); source 'lidar_pair' needs a LiDAR pair "
-                                 "dataset (lidar_sim, kitti_odometry)")
+                raise ValueError(
+                    f"batch lacks {key!r} (has {sorted(batch)}); source 'lidar_pair' needs a LiDAR pair "
+                    "dataset (lidar_sim, kitti_odometry)"
+                )
         points, points_next = batch["points"].float(), batch["points_next"].float()
         images, params = [], []
         for _ in range(spec.num_views):
@@ -192,8 +212,9 @@ class LidarPairViewMaker(nn.Module):
         if "boxes" in batch:
             extras["boxes"] = [apply_params_to_boxes(batch["boxes"].float(), p) for p in params]
             extras["box_labels"] = batch.get("box_labels")
-        return Views(images=[], points=[*images, next_view], params=[*params, next_params], labels=None,
-                     extras=extras)
+        return Views(
+            images=[], points=[*images, next_view], params=[*params, next_params], labels=None, extras=extras
+        )
 
 
 @VIEW_MAKERS.register("lidar_pair", PointAugmentConfig)

@@ -31,7 +31,9 @@ class _ImageViewsBase(nn.Module):
     def __init__(self, cfg: AugmentConfig, spec: ViewSpec) -> None:
         super().__init__()
         if spec.source != self.source:
-            raise ValueError(f"{type(self).__name__} makes source {self.source!r} views, spec asks for {spec}")
+            raise ValueError(
+                f"{type(self).__name__} makes source {self.source!r} views, spec asks for {spec}"
+            )
         if spec.num_views < 1 or spec.num_small < 0:
             raise ValueError(f"ViewSpec needs num_views >= 1 and num_small >= 0, got {spec}")
         self.cfg, self.spec = cfg, spec
@@ -41,7 +43,9 @@ class _ImageViewsBase(nn.Module):
     def _small_views(
         self, images: Tensor, generator: torch.Generator | None
     ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
-        small = [self.small_augment(images, generator, self.spec.shared_chunks) for _ in range(self.spec.num_small)]
+        small = [
+            self.small_augment(images, generator, self.spec.shared_chunks) for _ in range(self.spec.num_small)
+        ]
         return [view for view, _ in small], [params for _, params in small]
 
 
@@ -55,7 +59,10 @@ class ImageViewMaker(_ImageViewsBase):
 
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Views:
         images = _require(batch, "image", 4)
-        views = [self.global_augment(images, generator, self.spec.shared_chunks) for _ in range(self.spec.num_views)]
+        views = [
+            self.global_augment(images, generator, self.spec.shared_chunks)
+            for _ in range(self.spec.num_views)
+        ]
         small, small_params = self._small_views(images, generator)
         return Views(
             images=[view for view, _ in views],
@@ -106,7 +113,9 @@ class ObjectViewMaker(_ImageViewsBase):
 
 def _require(batch: dict[str, Tensor], key: str, ndim: int) -> Tensor:
     if key not in batch:
-        raise ValueError(f"batch lacks {key!r} (has {sorted(batch)}); does the dataset match ViewSpec.source?")
+        raise ValueError(
+            f"batch lacks {key!r} (has {sorted(batch)}); does the dataset match ViewSpec.source?"
+        )
     value = batch[key]
     if value.ndim != ndim:
         raise ValueError(f"batch[{key!r}] should have {ndim} dimensions, got shape {tuple(value.shape)}")

@@ -99,8 +99,15 @@ class PolyViT(VisionTransformer):
             **kwargs,
         )
         self.anchor = anchor
-        self.timm_kwargs = {"img_size": img_size, "patch_size": patch_size, "global_pool": global_pool,
-                            "anchor": anchor, "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads}
+        self.timm_kwargs = {
+            "img_size": img_size,
+            "patch_size": patch_size,
+            "global_pool": global_pool,
+            "anchor": anchor,
+            "embed_dim": embed_dim,
+            "depth": depth,
+            "num_heads": num_heads,
+        }
         self.pos_conv = nn.Conv2d(
             embed_dim, embed_dim, 3, padding=1, groups=embed_dim, padding_mode="circular"
         )
@@ -173,12 +180,19 @@ class PolyViTConfig(BackboneConfig):
 
 def _register(size: str) -> None:
     @BACKBONES.register(
-        f"poly_vit_{size}", PolyViTConfig, description=f"ViT-{size[0].upper()}, polyphase-anchored: exact shift invariance"
+        f"poly_vit_{size}",
+        PolyViTConfig,
+        description=f"ViT-{size[0].upper()}, polyphase-anchored: exact shift invariance",
     )
     def build(cfg: PolyViTConfig) -> PolyViT:
         dims = {k: getattr(cfg, k) or v for k, v in SIZES[size].items()}
-        kwargs = {"img_size": cfg.img_size, "patch_size": cfg.patch_size, "global_pool": cfg.global_pool,
-                  "anchor": cfg.anchor, **dims}
+        kwargs = {
+            "img_size": cfg.img_size,
+            "patch_size": cfg.patch_size,
+            "global_pool": cfg.global_pool,
+            "anchor": cfg.anchor,
+            **dims,
+        }
         return PolyViT(drop_path_rate=cfg.drop_path_rate, **kwargs)
 
 

@@ -42,8 +42,11 @@ class ResNet(models.ResNet):
 
     def __init__(self, arch: str, stem: str = "imagenet", zero_init_residual: bool = False) -> None:
         reference = _CONSTRUCTORS[arch](weights=None, zero_init_residual=zero_init_residual)
-        super().__init__(type(reference.layer1[0]), [len(reference.layer1), len(reference.layer2),
-                         len(reference.layer3), len(reference.layer4)], zero_init_residual=zero_init_residual)
+        super().__init__(
+            type(reference.layer1[0]),
+            [len(reference.layer1), len(reference.layer2), len(reference.layer3), len(reference.layer4)],
+            zero_init_residual=zero_init_residual,
+        )
         self.arch = arch
         self.stem = stem
         self.num_features = self.fc.in_features
@@ -77,8 +80,10 @@ class ResNet(models.ResNet):
     def export_note(self) -> str:
         if self.stem == "imagenet":
             return ""
-        return (f"backbone.stem={self.stem!r}: detectors', torchvision's and timm's ResNets have the 7x7 "
-                "stride-2 'imagenet' stem; pretrain with backbone.stem=imagenet")
+        return (
+            f"backbone.stem={self.stem!r}: detectors', torchvision's and timm's ResNets have the 7x7 "
+            "stride-2 'imagenet' stem; pretrain with backbone.stem=imagenet"
+        )
 
     @property
     def depth(self) -> int:
@@ -89,7 +94,9 @@ class ResNet(models.ResNet):
 
     def torchvision_state_dict(self) -> dict[str, Tensor]:
         """The trunk's torchvision keys (``conv1``, ``bn1``, ``layer1-4``; no ``fc``, no extra heads)."""
-        return {k: v.contiguous() for k, v in self.export_state_dict().items() if k.startswith(TRUNK_PREFIXES)}
+        return {
+            k: v.contiguous() for k, v in self.export_state_dict().items() if k.startswith(TRUNK_PREFIXES)
+        }
 
     def timm_model(self) -> tuple[str, dict]:
         """timm's ``resnetXX`` has our keys (``conv1``, ``bn1``, ``layerN.i.*``, ``downsample.0/1``)."""

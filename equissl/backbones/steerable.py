@@ -422,7 +422,9 @@ class SteerableResNet(nn.Module):
 
 
 def _register(name: str, default_group: str) -> None:
-    @BACKBONES.register(name, SteerableConfig, description=f"steerable ResNet equivariant to {default_group.upper()}")
+    @BACKBONES.register(
+        name, SteerableConfig, description=f"steerable ResNet equivariant to {default_group.upper()}"
+    )
     def build(cfg: SteerableConfig) -> SteerableResNet:
         group = parse_group(cfg.group or default_group)
         return SteerableResNet(

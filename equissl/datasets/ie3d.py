@@ -270,7 +270,9 @@ class IE3DDataset(Dataset):
         }
 
 
-@DATASETS.register("3diebench", IE3DConfig, description="3DIEBench (Garrido et al. 2023), read from data.root")
+@DATASETS.register(
+    "3diebench", IE3DConfig, description="3DIEBench (Garrido et al. 2023), read from data.root"
+)
 def build_3diebench(cfg: IE3DConfig, split: str, source: str, num_views: int, seed: int) -> IE3DDataset:
     return IE3DDataset(
         data_root(cfg),

@@ -359,9 +359,7 @@ class STL10Dataset(_ArrayDataset):
     @staticmethod
     def _count_images(path: Path) -> int:
         if not path.is_file():
-            raise UserError(
-                f"STL-10 file {path} is missing: expected uint8 images of 3x96x96 (column-major)"
-            )
+            raise UserError(f"STL-10 file {path} is missing: expected uint8 images of 3x96x96 (column-major)")
         size = path.stat().st_size
         if size % STL_IMAGE_BYTES:
             raise ValueError(
@@ -496,7 +494,9 @@ class ImageFolderDataset(Dataset):
 # Registry entries.
 
 
-@DATASETS.register("imagefolder", ImageFolderConfig, description="a folder of images, train/<class>/ and val/<class>/")
+@DATASETS.register(
+    "imagefolder", ImageFolderConfig, description="a folder of images, train/<class>/ and val/<class>/"
+)
 def build_imagefolder(
     cfg: ImageFolderConfig, split: str, source: str, num_views: int, seed: int
 ) -> ImageFolderDataset:

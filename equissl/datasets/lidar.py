@@ -85,7 +85,9 @@ def read_velodyne(path: str | Path) -> np.ndarray:
     """KITTI ``.bin`` -> (N, 4) float32, rows as stored (non-finite values included)."""
     size = Path(path).stat().st_size
     if size % POINT_BYTES:
-        raise UnreadableSweep(path, f"{size} bytes is not a whole number of (x, y, z, reflectance) float32 rows")
+        raise UnreadableSweep(
+            path, f"{size} bytes is not a whole number of (x, y, z, reflectance) float32 rows"
+        )
     return np.fromfile(path, dtype=np.float32).reshape(-1, 4)
 
 
@@ -128,7 +130,9 @@ def write_calib(path: str | Path, velo_to_cam: np.ndarray) -> None:
     """A KITTI odometry ``calib.txt``: P0..P3 (KITTI's sequence-00 projections) and Tr (velodyne -> camera 0)."""
     projection = "7.188560e+02 0 6.071928e+02 0 0 7.188560e+02 1.852157e+02 0 0 0 1 0"
     lines = [f"P{k}: {projection}" for k in range(4)]
-    lines.append("Tr: " + " ".join(f"{v:.9e}" for v in np.asarray(velo_to_cam, dtype=np.float64)[:3, :4].ravel()))
+    lines.append(
+        "Tr: " + " ".join(f"{v:.9e}" for v in np.asarray(velo_to_cam, dtype=np.float64)[:3, :4].ravel())
+    )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("\n".join(lines) + "\n")
 
@@ -156,16 +160,20 @@ def write_semantic_labels(path: str | Path, semantic: np.ndarray, instance: np.n
     (np.asarray(semantic, np.uint32) | (np.asarray(instance, np.uint32) << 16)).astype(np.uint32).tofile(path)
 
 
-def write_boxes(path: str | Path, names: list[str], boxes: np.ndarray, track_ids: np.ndarray,
-                num_points: np.ndarray) -> None:
-    lines = [f"{name} " + " ".join(f"{v:.6f}" for v in box) + f" {int(track)} {int(count)}"
-             for name, box, track, count in zip(names, np.asarray(boxes, np.float64), track_ids, num_points)]
+def write_boxes(
+    path: str | Path, names: list[str], boxes: np.ndarray, track_ids: np.ndarray, num_points: np.ndarray
+) -> None:
+    lines = [
+        f"{name} " + " ".join(f"{v:.6f}" for v in box) + f" {int(track)} {int(count)}"
+        for name, box, track, count in zip(names, np.asarray(boxes, np.float64), track_ids, num_points)
+    ]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("".join(line + "\n" for line in lines))
 
 
-def read_boxes(path: str | Path, class_names: tuple[str, ...] = CLASS_NAMES,
-               min_points: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def read_boxes(
+    path: str | Path, class_names: tuple[str, ...] = CLASS_NAMES, min_points: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """``boxes/NNNNNN.txt`` -> ((K, 7) float32 boxes, (K,) int64 labels indexing ``class_names``); boxes of
     other classes, and boxes with fewer than ``min_points`` returns (when the file has that column), are
     left out."""
@@ -208,7 +216,9 @@ class SweepSequence:
 
 
 def _frame_files(folder: Path, suffix: str) -> list[Path]:
-    return sorted((p for p in folder.glob(f"*{suffix}") if re.fullmatch(r"\d+", p.stem)), key=lambda p: int(p.stem))
+    return sorted(
+        (p for p in folder.glob(f"*{suffix}") if re.fullmatch(r"\d+", p.stem)), key=lambda p: int(p.stem)
+    )
 
 
 def kitti_sequence(root: str | Path, name: str) -> SweepSequence:
@@ -220,7 +230,9 @@ def kitti_sequence(root: str | Path, name: str) -> SweepSequence:
         raise UserError(f"no velodyne sweeps in {folder / 'velodyne'} (expected NNNNNN.bin files)")
     pose_file = next((p for p in (folder / "poses.txt", root / "poses" / f"{name}.txt") if p.is_file()), None)
     if pose_file is None:
-        raise UserError(f"sequence {name}: no poses ({folder / 'poses.txt'} or {root / 'poses' / f'{name}.txt'})")
+        raise UserError(
+            f"sequence {name}: no poses ({folder / 'poses.txt'} or {root / 'poses' / f'{name}.txt'})"
+        )
     camera_poses = read_kitti_poses(pose_file)
     calib_file = folder / "calib.txt"
     tr = read_calib(calib_file).get("Tr", np.eye(4)) if calib_file.is_file() else np.eye(4)
@@ -263,8 +275,14 @@ class LidarDataConfig(DataConfig):
 
 
 def _stats() -> dict[str, int]:
-    return {"empty_sweeps": 0, "truncated_sweeps": 0, "pairs_skipped": 0, "nan_points": 0,
-            "sweeps_empty_after_filtering": 0, "fallbacks": 0}
+    return {
+        "empty_sweeps": 0,
+        "truncated_sweeps": 0,
+        "pairs_skipped": 0,
+        "nan_points": 0,
+        "sweeps_empty_after_filtering": 0,
+        "fallbacks": 0,
+    }
 
 
 class LidarPairDataset(Dataset):
@@ -283,12 +301,21 @@ class LidarPairDataset(Dataset):
 
     num_classes = 0  # unlabelled for pretraining: no online probe
 
-    def __init__(self, sequences: list[SweepSequence], frame_gap: int = 1, max_points: int = 30000, seed: int = 0,
-                 class_names: tuple[str, ...] = CLASS_NAMES, min_box_points: int = 1) -> None:
+    def __init__(
+        self,
+        sequences: list[SweepSequence],
+        frame_gap: int = 1,
+        max_points: int = 30000,
+        seed: int = 0,
+        class_names: tuple[str, ...] = CLASS_NAMES,
+        min_box_points: int = 1,
+    ) -> None:
         if frame_gap < 1 or max_points < 1:
             raise ValueError(f"frame_gap and max_points must be >= 1, got {frame_gap}, {max_points}")
         if frame_gap != 1 and any(s.flows is not None for s in sequences):
-            raise ConfigError("flow files give the motion to the next sweep: data.frame_gap must be 1 with them")
+            raise ConfigError(
+                "flow files give the motion to the next sweep: data.frame_gap must be 1 with them"
+            )
         self.min_box_points = min_box_points
         self.sequences = sequences
         self.frame_gap = frame_gap
@@ -346,7 +373,10 @@ class LidarPairDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         raw = read_velodyne(sequence.sweeps[t])
         raw_next = read_velodyne(sequence.sweeps[t + self.frame_gap])
-        keep, keep_next = self._finite(raw, sequence.sweeps[t]), self._finite(raw_next, sequence.sweeps[t + self.frame_gap])
+        keep, keep_next = (
+            self._finite(raw, sequence.sweeps[t]),
+            self._finite(raw_next, sequence.sweeps[t + self.frame_gap]),
+        )
         if sequence.flows is not None:
             flow = read_flow(sequence.flows[t])
             if len(flow) != len(raw):
@@ -381,7 +411,11 @@ class LidarPairDataset(Dataset):
             except (UnreadableSweep, OSError, ValueError) as error:
                 self.stats["fallbacks"] += 1
                 self.skipped_reads += 1
-                path = getattr(error, "path", None) or getattr(error, "filename", None) or self.describe_item(candidate)
+                path = (
+                    getattr(error, "path", None)
+                    or getattr(error, "filename", None)
+                    or self.describe_item(candidate)
+                )
                 if str(path) not in self.bad_files:
                     self.bad_files.append(str(path))
                 warnings.warn(f"skipping sweep pair {candidate}: {error}", stacklevel=2)
@@ -398,15 +432,19 @@ class LidarPairDataset(Dataset):
         """Pad to the longest cloud of the batch: points (B, N, 4) and flow (B, N, 3) with NaN rows, boxes
         (B, K, 7) with zeros and box_labels with -1; ``num_points`` / ``num_points_next`` (B,) hold the
         true counts."""
+
         def pad(key: str, fill: float) -> Tensor:
             tensors = [item[key] for item in items]
-            out = tensors[0].new_full((len(tensors), max(len(x) for x in tensors), *tensors[0].shape[1:]), fill)
+            out = tensors[0].new_full(
+                (len(tensors), max(len(x) for x in tensors), *tensors[0].shape[1:]), fill
+            )
             for i, x in enumerate(tensors):
                 out[i, : len(x)] = x
             return out
 
         batch = {
-            "points": pad("points", math.nan), "points_next": pad("points_next", math.nan),
+            "points": pad("points", math.nan),
+            "points_next": pad("points_next", math.nan),
             "flow": pad("flow", math.nan),
             "num_points": torch.tensor([len(item["points"]) for item in items]),
             "num_points_next": torch.tensor([len(item["points_next"]) for item in items]),
@@ -441,14 +479,18 @@ def load_sequences(root: str | Path, names: tuple[str, ...], layout: str) -> lis
 @DATASETS.register(
     "kitti_odometry", KittiOdometryConfig, description="KITTI odometry / SemanticKITTI / KITTI-360 sweeps"
 )
-def build_kitti_odometry(cfg: KittiOdometryConfig, split: str, source: str, num_views: int, seed: int) -> LidarPairDataset:
+def build_kitti_odometry(
+    cfg: KittiOdometryConfig, split: str, source: str, num_views: int, seed: int
+) -> LidarPairDataset:
     """Consecutive-sweep pairs of real KITTI odometry / SemanticKITTI / KITTI-360 drives, with flow from the
     static-world assumption (zero; the poses carry the ego motion)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     root = data_root(cfg)
     if not root.is_dir():
-        raise ConfigError(f"KITTI data root {root} does not exist: set data.root to the folder holding "
-                         f"{'data_3d_raw/' if cfg.layout == 'kitti360' else 'sequences/'}")
+        raise ConfigError(
+            f"KITTI data root {root} does not exist: set data.root to the folder holding "
+            f"{'data_3d_raw/' if cfg.layout == 'kitti360' else 'sequences/'}"
+        )
     names = cfg.train_sequences if split == "train" else cfg.val_sequences
     return LidarPairDataset(load_sequences(root, names, cfg.layout), cfg.frame_gap, cfg.max_points, seed)

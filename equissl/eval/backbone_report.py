@@ -38,9 +38,17 @@ def _plain_vit(model, cfg, size: int) -> torch.nn.Module:
     """timm's plain ViT with the same widths, depth, heads, patch size and readout."""
     import timm
 
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=size,
-                             patch_size=cfg.patch_size, embed_dim=model.embed_dim, depth=len(model.blocks),
-                             num_heads=model.blocks[0].attn.num_heads, global_pool=cfg.global_pool).eval()
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        img_size=size,
+        patch_size=cfg.patch_size,
+        embed_dim=model.embed_dim,
+        depth=len(model.blocks),
+        num_heads=model.blocks[0].attn.num_heads,
+        global_pool=cfg.global_pool,
+    ).eval()
 
 
 @torch.no_grad()
@@ -63,15 +71,25 @@ def group_report(model, size: int, batch: int, draws: int, generator: torch.Gene
     rows = {"features": [], "invariant": [], "plain_invariant": []}
     for _ in range(draws):
         g = random_group_element(group, generator, exclude_identity=True)
-        rows["features"].append(equivariance_error(model.forward_group_features, x, image_action(group, g),
-                                                   regular_action(group, g)))
+        rows["features"].append(
+            equivariance_error(
+                model.forward_group_features, x, image_action(group, g), regular_action(group, g)
+            )
+        )
         rows["invariant"].append(equivariance_error(model, x, image_action(group, g), invariant_action()))
-        rows["plain_invariant"].append(equivariance_error(plain, x, image_action(group, g), invariant_action()))
-    return {"group": f"{group.kind}{group.n}", "input_size": size,
-            **{f"max_{key}_error": max(values) for key, values in rows.items()}}
+        rows["plain_invariant"].append(
+            equivariance_error(plain, x, image_action(group, g), invariant_action())
+        )
+    return {
+        "group": f"{group.kind}{group.n}",
+        "input_size": size,
+        **{f"max_{key}_error": max(values) for key, values in rows.items()},
+    }
 
 
-def backbone_equivariance(name: str, tiny: bool = False, batch: int = 8, draws: int = 8, seed: int = 0) -> dict:
+def backbone_equivariance(
+    name: str, tiny: bool = False, batch: int = 8, draws: int = 8, seed: int = 0
+) -> dict:
     """Figures for backbone ``name`` (registry name), as a JSON-able dict."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -84,8 +102,11 @@ def backbone_equivariance(name: str, tiny: bool = False, batch: int = 8, draws: 
             size += 1  # steerable nets are exact on odd sizes with (S - 1) divisible by the stride
         report["group_equivariance"] = group_report(model, size, batch, draws, generator)
     elif name.startswith("poly_vit"):
-        report["shift_consistency"] = shift_report(model, _plain_vit(model, cfg, size), size, batch, generator)
+        report["shift_consistency"] = shift_report(
+            model, _plain_vit(model, cfg, size), size, batch, generator
+        )
     else:
-        report["shift_consistency"] = {"ours": shift_consistency(model, torch.rand(batch, 3, size, size,
-                                                                                   generator=generator), generator)}
+        report["shift_consistency"] = {
+            "ours": shift_consistency(model, torch.rand(batch, 3, size, size, generator=generator), generator)
+        }
     return report

@@ -50,8 +50,15 @@ class BEVProbeConfig:
 # Targets and metric.
 
 
-def occupancy_targets(boxes: Tensor, labels: Tensor, point_cloud_range, height: int, width: int,
-                      num_classes: int, subsamples: int = 3) -> Tensor:
+def occupancy_targets(
+    boxes: Tensor,
+    labels: Tensor,
+    point_cloud_range,
+    height: int,
+    width: int,
+    num_classes: int,
+    subsamples: int = 3,
+) -> Tensor:
     """(B, K, 7) boxes ``(x, y, z, dx, dy, dz, heading)`` and (B, K) labels (-1 = padding) -> (B, num_classes,
     height, width) bool: cell overlaps a box of the class (any of subsamples^2 points inside it in x/y)."""
     x_min, y_min, _, x_max, y_max, _ = point_cloud_range
@@ -127,8 +134,15 @@ def _features_and_targets(backbone: nn.Module, batch: dict, cfg: BEVProbeConfig,
         raise ValueError("the BEV probe needs boxes: use a dataset with 3D boxes (lidar_sim)")
     features = backbone.forward_features(batch["points"].to(device)).float()
     height, width = features.shape[-2:]
-    targets = occupancy_targets(batch["boxes"].to(device), batch["box_labels"].to(device),
-                                backbone.point_cloud_range, height, width, num_classes, cfg.subsamples)
+    targets = occupancy_targets(
+        batch["boxes"].to(device),
+        batch["box_labels"].to(device),
+        backbone.point_cloud_range,
+        height,
+        width,
+        num_classes,
+        cfg.subsamples,
+    )
     return features, targets
 
 
@@ -167,8 +181,14 @@ def _train_head(x: Tensor, y: Tensor, cfg: BEVProbeConfig) -> nn.Conv2d:
     return head.eval()
 
 
-def bev_probe(backbone: nn.Module, train_set, val_set, cfg: BEVProbeConfig | None = None,
-              class_names: tuple[str, ...] = CLASS_NAMES, device: str | torch.device = "cpu") -> dict:
+def bev_probe(
+    backbone: nn.Module,
+    train_set,
+    val_set,
+    cfg: BEVProbeConfig | None = None,
+    class_names: tuple[str, ...] = CLASS_NAMES,
+    device: str | torch.device = "cpu",
+) -> dict:
     """Train the occupancy head on ``train_set``'s frozen features, score it on ``val_set``: {"mAP", "AP":
     {class: %}, "val_positive_cells": {class: n}, "train_cells": n}."""
     cfg = cfg or BEVProbeConfig()
@@ -191,17 +211,25 @@ def bev_probe(backbone: nn.Module, train_set, val_set, cfg: BEVProbeConfig | Non
     scores, targets = torch.cat(scores, 1), torch.cat(targets, 1)
     ap = {name: 100 * average_precision(scores[k], targets[k]) for k, name in enumerate(class_names)}
     present = [v for v in ap.values() if not math.isnan(v)]
-    return {"mAP": sum(present) / len(present) if present else math.nan, "AP": ap,
-            "val_positive_cells": {name: int(targets[k].sum()) for k, name in enumerate(class_names)},
-            "train_cells": len(x)}
+    return {
+        "mAP": sum(present) / len(present) if present else math.nan,
+        "AP": ap,
+        "val_positive_cells": {name: int(targets[k].sum()) for k, name in enumerate(class_names)},
+        "train_cells": len(x),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
 # A run's encoder against random initialisation.
 
 
-def evaluate_bev_run(run_dir: str | Path, checkpoint: str | Path | None = None, compare_random: bool = True,
-                     cfg: BEVProbeConfig | None = None, device: str | None = None) -> dict:
+def evaluate_bev_run(
+    run_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    compare_random: bool = True,
+    cfg: BEVProbeConfig | None = None,
+    device: str | None = None,
+) -> dict:
     """BEV probe of the run's newest (or given) checkpoint and, optionally, of a random encoder of the
     same architecture (same seed as the run's initialisation); saved to ``run_dir/eval/bev_probe.json``."""
     from equissl.runs import checkpoint_step, load_backbone, load_run
@@ -210,13 +238,22 @@ def evaluate_bev_run(run_dir: str | Path, checkpoint: str | Path | None = None, 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     config, path = load_run(run_dir, checkpoint)
     train_set, val_set = (build_dataset(config, split, source="lidar_pair") for split in ("train", "val"))
-    results = {"pretrained": bev_probe(load_backbone(config, path, config.trainer.seed), train_set, val_set, cfg,
-                                       device=device)}
+    results = {
+        "pretrained": bev_probe(
+            load_backbone(config, path, config.trainer.seed), train_set, val_set, cfg, device=device
+        )
+    }
     if compare_random:
-        results["random init"] = bev_probe(load_backbone(config, None, config.trainer.seed), train_set, val_set,
-                                           cfg, device=device)
-    report = {"run": str(run_dir), "checkpoint": str(path), "step": checkpoint_step(path),
-              "probe": asdict(cfg), "results": results}
+        results["random init"] = bev_probe(
+            load_backbone(config, None, config.trainer.seed), train_set, val_set, cfg, device=device
+        )
+    report = {
+        "run": str(run_dir),
+        "checkpoint": str(path),
+        "step": checkpoint_step(path),
+        "probe": asdict(cfg),
+        "results": results,
+    }
     out = Path(run_dir) / "eval" / "bev_probe.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -250,7 +250,10 @@ def finetune_compare(
     torch.set_num_threads(cfg.threads)
     state, metadata = load_torchvision_export(weights)
     # capsnet_resnet18 exports its ResNet-18 trunk (the capsule layer has no torchvision counterpart).
-    if {"capsnet_resnet18": "resnet18"}.get(metadata.get("backbone"), metadata.get("backbone")) not in (None, cfg.arch):
+    if {"capsnet_resnet18": "resnet18"}.get(metadata.get("backbone"), metadata.get("backbone")) not in (
+        None,
+        cfg.arch,
+    ):
         raise ValueError(f"{weights} holds a {metadata['backbone']} backbone, but arch={cfg.arch!r}")
     norm = metadata.get("normalization", {})
     mean, std = norm.get("mean", IMAGENET_MEAN), norm.get("std", IMAGENET_STD)

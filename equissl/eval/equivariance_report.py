@@ -91,28 +91,43 @@ def _as_list(batch):
     return batch
 
 
-def _per_object(objective: EquivariantObjective, out: dict[str, Tensor], latents: list[Tensor]) -> dict[str, Tensor]:
+def _per_object(
+    objective: EquivariantObjective, out: dict[str, Tensor], latents: list[Tensor]
+) -> dict[str, Tensor]:
     """``objective.object_representations`` applied to each object's rows of ``out`` (object-major)."""
     counts = [len(item) for item in latents]
-    pieces = [objective.object_representations({key: value[rows] for key, value in out.items()}, lat)
-              for rows, lat in zip(torch.arange(sum(counts)).split(counts), latents)]
+    pieces = [
+        objective.object_representations({key: value[rows] for key, value in out.items()}, lat)
+        for rows, lat in zip(torch.arange(sum(counts)).split(counts), latents)
+    ]
     return {key: torch.cat([piece[key] for piece in pieces]) for key in pieces[0]}
 
 
 @torch.no_grad()
-def extract_split(objective: Objective, config: Config, split: str, settings: EquivarianceEvalConfig,
-                  device: str | torch.device = "cpu") -> dict[str, Tensor]:
+def extract_split(
+    objective: Objective,
+    config: Config,
+    split: str,
+    settings: EquivarianceEvalConfig,
+    device: str | torch.device = "cpu",
+) -> dict[str, Tensor]:
     """Representations of every view of every object of ``split``, on the CPU:
     ``{part: (N, D_part), "objects": (N,), "latents": (N, 7), "labels": (N,)}``, object-major."""
     dataset = build_dataset(config, split)
     if not hasattr(dataset, "object_views"):
-        raise ConfigError(f"dataset {config.data.name!r} has no object views: the equivariance evaluation needs "
-                         "a 3DIEBench-format dataset (3diebench, shapes3d)")
+        raise ConfigError(
+            f"dataset {config.data.name!r} has no object views: the equivariance evaluation needs "
+            "a 3DIEBench-format dataset (3diebench, shapes3d)"
+        )
     objects = chosen_objects(dataset.num_objects, settings.max_objects)
     views = getattr(dataset, "views_per_object", 1)
     workers = config.data.num_workers if settings.num_workers < 0 else settings.num_workers
-    loader = DataLoader(_ObjectViews(dataset, objects), batch_size=max(1, settings.batch_size // views),
-                        num_workers=workers, collate_fn=_as_list)
+    loader = DataLoader(
+        _ObjectViews(dataset, objects),
+        batch_size=max(1, settings.batch_size // views),
+        num_workers=workers,
+        collate_fn=_as_list,
+    )
     collected: dict[str, list[Tensor]] = {}
     for batch in loader:
         images = torch.cat([item[1] for item in batch])
@@ -125,8 +140,9 @@ def extract_split(objective: Objective, config: Config, split: str, settings: Eq
             "labels": torch.cat([item[3].reshape(1).expand(len(item[1])) for item in batch]).long(),
         }
         for key, value in {**out, **extra}.items():
-            collected.setdefault(key, []).append(value.detach().float().cpu() if value.is_floating_point()
-                                                 else value.cpu())
+            collected.setdefault(key, []).append(
+                value.detach().float().cpu() if value.is_floating_point() else value.cpu()
+            )
     return {key: torch.cat(values) for key, values in collected.items()}
 
 
@@ -134,20 +150,37 @@ def extract_split(objective: Objective, config: Config, split: str, settings: Eq
 # Metrics
 
 
-def _predictions(objective: EquivariantObjective, embeddings: Tensor, latents: Tensor, source: Tensor, action_from: Tensor,
-                 action_to: Tensor, device: str | torch.device, batch_size: int) -> Tensor:
+def _predictions(
+    objective: EquivariantObjective,
+    embeddings: Tensor,
+    latents: Tensor,
+    source: Tensor,
+    action_from: Tensor,
+    action_to: Tensor,
+    device: str | torch.device,
+    batch_size: int,
+) -> Tensor:
     """Predicted embeddings of the rows ``source`` moved by the actions ``action_from[i] -> action_to[i]``."""
     predicted = []
     for rows in torch.arange(len(source)).split(batch_size):
-        action = objective.action_from_latents(latents[action_from[rows]].to(device),
-                                               latents[action_to[rows]].to(device))
-        predicted.append(objective.predict_equivariant(embeddings[source[rows]].to(device), action).float().cpu())
+        action = objective.action_from_latents(
+            latents[action_from[rows]].to(device), latents[action_to[rows]].to(device)
+        )
+        predicted.append(
+            objective.predict_equivariant(embeddings[source[rows]].to(device), action).float().cpu()
+        )
     return torch.cat(predicted)
 
 
 @torch.no_grad()
-def predictor_metrics(objective: EquivariantObjective, data: dict[str, Tensor], settings: EquivarianceEvalConfig,
-                      device: str | torch.device = "cpu", batch_size: int = 1024, seed: int = 0) -> dict[str, float]:
+def predictor_metrics(
+    objective: EquivariantObjective,
+    data: dict[str, Tensor],
+    settings: EquivarianceEvalConfig,
+    device: str | torch.device = "cpu",
+    batch_size: int = 1024,
+    seed: int = 0,
+) -> dict[str, float]:
     """PRE, MRR and H@k of the objective's predictor on one split (queries and candidates both from it),
     and ``MRR_shuffled``: the MRR when each query is given another query's action (a seeded permutation),
     the control that says whether the predictor uses its action at all (equal MRRs: it does not)."""
@@ -155,17 +188,27 @@ def predictor_metrics(objective: EquivariantObjective, data: dict[str, Tensor], 
     embeddings, latents = data["equi_embedding"], data["latents"]
     predicted = _predictions(objective, embeddings, latents, source, source, target, device, batch_size)
     quats = absolute_quat(latents)
-    scores = {"PRE": rm.prediction_retrieval_error(predicted, embeddings, quats, quats[target],
-                                                   settings.normalize_predictions)}
+    scores = {
+        "PRE": rm.prediction_retrieval_error(
+            predicted, embeddings, quats, quats[target], settings.normalize_predictions
+        )
+    }
 
     def ranks_of(prediction: Tensor) -> Tensor:  # rank of each query's true target among its object's views
-        return rm.target_ranks(prediction, embeddings, data["objects"], data["objects"][target], target,
-                               settings.normalize_predictions)
+        return rm.target_ranks(
+            prediction,
+            embeddings,
+            data["objects"],
+            data["objects"][target],
+            target,
+            settings.normalize_predictions,
+        )
 
     scores.update(rm.mrr_hits_at_k(ranks_of(predicted), settings.hits_at))
     other = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))
-    shuffled = _predictions(objective, embeddings, latents, source, source[other], target[other], device,
-                            batch_size)
+    shuffled = _predictions(
+        objective, embeddings, latents, source, source[other], target[other], device, batch_size
+    )
     scores["MRR_shuffled"] = rm.mrr_hits_at_k(ranks_of(shuffled), ())["MRR"]
     scores["queries"] = len(predicted)
     return scores
@@ -175,32 +218,46 @@ def _pair_data(data: dict[str, Tensor], part: str) -> rm.PairData:
     return rm.PairData(features=data[part], objects=data["objects"], latents=data["latents"])
 
 
-def evaluate_parts(objective: Objective, train: dict[str, Tensor], val: dict[str, Tensor],
-                   settings: EquivarianceEvalConfig, probe: ProbeConfig, seed: int = 0,
-                   device: str | torch.device = "cpu") -> dict:
+def evaluate_parts(
+    objective: Objective,
+    train: dict[str, Tensor],
+    val: dict[str, Tensor],
+    settings: EquivarianceEvalConfig,
+    probe: ProbeConfig,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict:
     """Every metric on the extracted representations of the two splits (see the module docstring)."""
     parts = [part for part in PARTS if part in train]
     results: dict = {"parts": parts, "classification_top1": {}, "rotation_r2": {}, "colour_r2": {}}
     for part in parts:
         if settings.classification:
             results["classification_top1"][part] = rm.linear_classification(
-                train[part], train["labels"], val[part], val["labels"], probe, seed)
+                train[part], train["labels"], val[part], val["labels"], probe, seed
+            )
         results["rotation_r2"][part] = rm.rotation_prediction_r2(
-            _pair_data(train, part), _pair_data(val, part), settings.regression, device)
+            _pair_data(train, part), _pair_data(val, part), settings.regression, device
+        )
         if settings.colour:
             results["colour_r2"][part] = rm.colour_prediction_r2(
-                _pair_data(train, part), _pair_data(val, part), settings.regression, device)
+                _pair_data(train, part), _pair_data(val, part), settings.regression, device
+            )
     if settings.predictor and isinstance(objective, EquivariantObjective) and "equi_embedding" in train:
-        results["prediction"] = {name: predictor_metrics(objective, data, settings, device, seed=seed)
-                                 for name, data in (("train", train), ("val", val))}
+        results["prediction"] = {
+            name: predictor_metrics(objective, data, settings, device, seed=seed)
+            for name, data in (("train", train), ("val", val))
+        }
     else:
         results["prediction"] = None
     return results
 
 
-def evaluate_equivariance(run_dir: str | Path, checkpoint: str | Path | None = None,
-                          settings: EquivarianceEvalConfig | None = None,
-                          device: str | torch.device | None = None) -> dict:
+def evaluate_equivariance(
+    run_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    settings: EquivarianceEvalConfig | None = None,
+    device: str | torch.device | None = None,
+) -> dict:
     """Measure a run's representations; write ``run_dir/eval/equivariance.json`` and return the report.
 
     run_dir: a pretraining run (holds ``checkpoints/``); checkpoint: a checkpoint directory (default: the
@@ -221,10 +278,15 @@ def evaluate_equivariance(run_dir: str | Path, checkpoint: str | Path | None = N
     out_dir = run_dir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
-        "run": str(run_dir), "checkpoint": str(path), "step": checkpoint_step(path),
-        "objective": config.objective.name, "backbone": config.backbone.name, "dataset": config.data.name,
+        "run": str(run_dir),
+        "checkpoint": str(path),
+        "step": checkpoint_step(path),
+        "objective": config.objective.name,
+        "backbone": config.backbone.name,
+        "dataset": config.data.name,
         "views": {"train": len(train["objects"]), "val": len(val["objects"])},
-        "results": results, "settings": dataclasses.asdict(settings),
+        "results": results,
+        "settings": dataclasses.asdict(settings),
         "seconds": round(time.perf_counter() - start, 1),
     }
     json_path = out_dir / "equivariance.json"

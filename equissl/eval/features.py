@@ -26,8 +26,9 @@ def preprocess(images: Tensor, config: Config) -> Tensor:
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, config: Config, split: str, batch_size: int = 256,
-                     device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+def extract_features(
+    backbone: nn.Module, config: Config, split: str, batch_size: int = 256, device: str | torch.device = "cpu"
+) -> tuple[Tensor, Tensor]:
     """Pooled features (N, D) and labels (N,) of every labelled image of ``split``, in dataset order."""
     dataset = build_dataset(config, split)
     labelled_split = getattr(dataset, "labelled_split", None)  # pretraining on unlabelled images (STL-10)
@@ -42,8 +43,14 @@ def extract_features(backbone: nn.Module, config: Config, split: str, batch_size
     return torch.cat(features), torch.cat(labels)
 
 
-def cached_features(backbone: nn.Module, config: Config, split: str, cache_dir: Path, key: str,
-                    device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+def cached_features(
+    backbone: nn.Module,
+    config: Config,
+    split: str,
+    cache_dir: Path,
+    key: str,
+    device: str | torch.device = "cpu",
+) -> tuple[Tensor, Tensor]:
     """``extract_features`` memoised in ``cache_dir`` under ``key`` (checkpoint identity) and split."""
     digest = hashlib.sha1(f"{key}|{split}|{config.augment.crop_size}|{config.data}".encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"features-{split}-{digest}.pt"

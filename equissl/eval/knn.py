@@ -14,8 +14,14 @@ from equissl.errors import UserError
 
 
 @torch.no_grad()
-def knn_predict(train_x: Tensor, train_y: Tensor, query_x: Tensor, k: int = 20, temperature: float = 0.07,
-                chunk: int = 1024) -> Tensor:
+def knn_predict(
+    train_x: Tensor,
+    train_y: Tensor,
+    query_x: Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+) -> Tensor:
     """(N, D), (N,), (M, D) -> predicted labels (M,)."""
     if k < 1 or k > len(train_x):
         raise UserError(f"knn k={k} must lie in [1, {len(train_x)}] (the train split's size)")
@@ -30,8 +36,9 @@ def knn_predict(train_x: Tensor, train_y: Tensor, query_x: Tensor, k: int = 20, 
     return torch.cat(predictions)
 
 
-def knn_top1(train_x: Tensor, train_y: Tensor, query_x: Tensor, query_y: Tensor, k: int = 20,
-             temperature: float = 0.07) -> float:
+def knn_top1(
+    train_x: Tensor, train_y: Tensor, query_x: Tensor, query_y: Tensor, k: int = 20, temperature: float = 0.07
+) -> float:
     """Top-1 accuracy in percent."""
     predicted = knn_predict(train_x, train_y, query_x, k, temperature)
     return 100.0 * (predicted == query_y).float().mean().item()

@@ -34,8 +34,9 @@ def top1(logits: Tensor, labels: Tensor) -> float:
     return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 
 
-def train_linear(features: Tensor, labels: Tensor, num_classes: int, cfg: ProbeConfig, weight_decay: float,
-                 seed: int = 0) -> torch.nn.Linear:
+def train_linear(
+    features: Tensor, labels: Tensor, num_classes: int, cfg: ProbeConfig, weight_decay: float, seed: int = 0
+) -> torch.nn.Linear:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     classifier = torch.nn.Linear(features.shape[1], num_classes)
@@ -53,8 +54,9 @@ def train_linear(features: Tensor, labels: Tensor, num_classes: int, cfg: ProbeC
     return classifier
 
 
-def linear_probe(train_x: Tensor, train_y: Tensor, eval_x: Tensor, eval_y: Tensor, cfg: ProbeConfig,
-                 seed: int = 0) -> ProbeResult:
+def linear_probe(
+    train_x: Tensor, train_y: Tensor, eval_x: Tensor, eval_y: Tensor, cfg: ProbeConfig, seed: int = 0
+) -> ProbeResult:
     """Top-1 (%) of a linear classifier on frozen features, weight decay chosen on held-out train."""
     if len(train_x) != len(train_y) or len(eval_x) != len(eval_y):
         raise ValueError("features and labels differ in length")

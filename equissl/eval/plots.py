@@ -42,8 +42,12 @@ def probe_figure(run_dir: Path, results: dict[str, dict[str, float]], out: Path,
     probe_rows = [r for r in rows if "probe/acc" in r]
     if probe_rows:
         twin = curves.twinx()
-        twin.plot([r["step"] for r in probe_rows], [100 * r["probe/acc"] for r in probe_rows], color="tab:orange",
-                  label="online probe top-1 (train batch)")
+        twin.plot(
+            [r["step"] for r in probe_rows],
+            [100 * r["probe/acc"] for r in probe_rows],
+            color="tab:orange",
+            label="online probe top-1 (train batch)",
+        )
         twin.set_ylabel("online probe top-1 (%)", color="tab:orange")
     curves.set_title("pretraining")
     fig.suptitle(title)

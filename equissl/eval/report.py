@@ -21,8 +21,9 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def evaluate_model(config: Config, checkpoint: Path | None, probe_cfg: ProbeConfig, methods: tuple[str, ...],
-                   cache_dir: Path) -> dict[str, float]:
+def evaluate_model(
+    config: Config, checkpoint: Path | None, probe_cfg: ProbeConfig, methods: tuple[str, ...], cache_dir: Path
+) -> dict[str, float]:
     backbone = load_backbone(config, checkpoint, seed=config.trainer.seed)
     key = str(checkpoint.resolve()) if checkpoint is not None else f"random-init-seed{config.trainer.seed}"
     train_x, train_y = cached_features(backbone, config, "train", cache_dir, key, _device())
@@ -56,7 +57,9 @@ def objective_metrics(config: Config, checkpoint: Path, split: str = "val") -> t
     for batch in DataLoader(dataset, batch_size=256, num_workers=config.data.num_workers):
         images = preprocess(batch["image"].to(_device()), config)
         if images.shape[-1] != size:
-            images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+            images = torch.nn.functional.interpolate(
+                images, size=(size, size), mode="bilinear", antialias=True
+            )
         values = objective.evaluation_metrics(images)
         if not values:
             return {}, size
@@ -66,8 +69,13 @@ def objective_metrics(config: Config, checkpoint: Path, split: str = "val") -> t
     return {name: 100.0 * total / count for name, total in sums.items()}, size
 
 
-def evaluate_run(run_dir: str | Path, methods: tuple[str, ...] = ("linear", "knn"), compare_random: bool = False,
-                 checkpoint: str | Path | None = None, probe_cfg: ProbeConfig | None = None) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    methods: tuple[str, ...] = ("linear", "knn"),
+    compare_random: bool = False,
+    checkpoint: str | Path | None = None,
+    probe_cfg: ProbeConfig | None = None,
+) -> dict:
     """Scores of the run's newest checkpoint (and of random init), saved as JSON and a figure."""
     run_dir = Path(run_dir)
     config, path = load_run(run_dir, checkpoint)
@@ -79,9 +87,14 @@ def evaluate_run(run_dir: str | Path, methods: tuple[str, ...] = ("linear", "knn
     objective_scores, metrics_size = objective_metrics(config, path)
     step = checkpoint_step(path)
     name = "_".join(methods)
-    report = {"run": str(run_dir), "checkpoint": str(path), "step": step, "results": results,
-              "objective_metrics_val": objective_scores,
-              "objective_metrics_image_size": metrics_size}
+    report = {
+        "run": str(run_dir),
+        "checkpoint": str(path),
+        "step": step,
+        "results": results,
+        "objective_metrics_val": objective_scores,
+        "objective_metrics_image_size": metrics_size,
+    }
     (cache / f"{name}.json").write_text(json.dumps(report, indent=2))
     title = f"{config.objective.name} / {config.backbone.name} on {config.data.name}, step {step}"
     report["figure"] = str(probe_figure(run_dir, results, cache / f"{name}.png", title))
@@ -93,6 +106,8 @@ def format_report(report: dict) -> str:
     for model, scores in report["results"].items():
         lines.append(f"  {model:<12} " + "  ".join(f"{k} {v:5.1f}" for k, v in scores.items()))
     for name, value in report.get("objective_metrics_val", {}).items():
-        lines.append(f"  {name} (val, whole image at {report['objective_metrics_image_size']} px): {value:5.1f}")
+        lines.append(
+            f"  {name} (val, whole image at {report['objective_metrics_image_size']} px): {value:5.1f}"
+        )
     lines.append(f"  figure: {report['figure']}")
     return "\n".join(lines)

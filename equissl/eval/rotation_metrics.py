@@ -72,8 +72,10 @@ def _r2(residual: Tensor, target: Tensor, average: str) -> float:
 def r2_score(pred: Tensor, target: Tensor, average: str = "variance_weighted") -> float:
     """Coefficient of determination of (N, K) predictions; ``average`` as in the module docstring."""
     if pred.shape != target.shape or pred.ndim != 2:
-        raise ValueError(f"r2_score: expected two (N, K) tensors of equal shape, got {tuple(pred.shape)} "
-                         f"and {tuple(target.shape)}")
+        raise ValueError(
+            f"r2_score: expected two (N, K) tensors of equal shape, got {tuple(pred.shape)} "
+            f"and {tuple(target.shape)}"
+        )
     pred, target = pred.double(), target.double()
     return _r2((target - pred).pow(2), target, average)
 
@@ -90,8 +92,9 @@ def quat_r2_score(pred: Tensor, target: Tensor, average: str = "variance_weighte
     ``SS_res = sum min(|p - q|^2, |p + q|^2)``; ``SS_tot`` of the canonical (w >= 0) targets.
     """
     if pred.shape != target.shape or pred.ndim != 2 or pred.shape[1] != 4:
-        raise ValueError(f"quat_r2_score: expected two (N, 4) tensors, got {tuple(pred.shape)} and "
-                         f"{tuple(target.shape)}")
+        raise ValueError(
+            f"quat_r2_score: expected two (N, 4) tensors, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     pred, target = pred.double(), canonical_quat(target.double())
     return _r2((align_quat_sign(pred, target) - pred).pow(2), target, average)
 
@@ -114,8 +117,9 @@ def object_groups(object_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return order, starts, counts
 
 
-def sample_view_pairs(object_ids: Tensor, pairs_per_object: int = 1,
-                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def sample_view_pairs(
+    object_ids: Tensor, pairs_per_object: int = 1, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Indices ``(first, second)`` of ``pairs_per_object`` pairs of distinct views of every object that has
     at least two, each pair uniform over ordered pairs (SIE draws ``np.random.choice(50, 2, replace=False)``).
 
@@ -123,8 +127,15 @@ def sample_view_pairs(object_ids: Tensor, pairs_per_object: int = 1,
     """
     order, starts, counts = object_groups(object_ids.cpu())
     keep = counts >= 2
-    starts, counts = starts[keep].repeat_interleave(pairs_per_object), counts[keep].repeat_interleave(pairs_per_object)
-    first = (torch.rand(len(starts), generator=generator, dtype=torch.float64) * counts).long().clamp_max(counts - 1)
+    starts, counts = (
+        starts[keep].repeat_interleave(pairs_per_object),
+        counts[keep].repeat_interleave(pairs_per_object),
+    )
+    first = (
+        (torch.rand(len(starts), generator=generator, dtype=torch.float64) * counts)
+        .long()
+        .clamp_max(counts - 1)
+    )
     offset = (torch.rand(len(starts), generator=generator, dtype=torch.float64) * (counts - 1)).long()
     second = (first + 1 + offset.clamp_max(counts - 2)) % counts
     return order[starts + first], order[starts + second]
@@ -226,19 +237,31 @@ def pair_regression(
         val_pred = head(inputs).cpu()
     val_targets = target_fn(val.latents[val_first], val.latents[val_second])
     average = protocol.r2_average
-    return {"r2": score_fn(val_pred, val_targets, average),
-            "train_r2": score_fn(train_pred.cpu(), targets.cpu(), average), "val_pairs": len(val_first)}
+    return {
+        "r2": score_fn(val_pred, val_targets, average),
+        "train_r2": score_fn(train_pred.cpu(), targets.cpu(), average),
+        "val_pairs": len(val_first),
+    }
 
 
-def rotation_prediction_r2(train: PairData, val: PairData, protocol: RegressionProtocol | None = None,
-                           device: str | torch.device = "cpu") -> dict[str, float]:
+def rotation_prediction_r2(
+    train: PairData,
+    val: PairData,
+    protocol: RegressionProtocol | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
     """R^2 of the relative-rotation quaternion predicted from two views' features (q ~ -q handled)."""
-    return pair_regression(train, val, relative_action, sign_invariant_quat_mse, quat_r2_score,
-                           protocol, device)
+    return pair_regression(
+        train, val, relative_action, sign_invariant_quat_mse, quat_r2_score, protocol, device
+    )
 
 
-def colour_prediction_r2(train: PairData, val: PairData, protocol: RegressionProtocol | None = None,
-                         device: str | torch.device = "cpu") -> dict[str, float]:
+def colour_prediction_r2(
+    train: PairData,
+    val: PairData,
+    protocol: RegressionProtocol | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
     """R^2 of the (floor hue, light hue) changes predicted from two views' features."""
     return pair_regression(train, val, colour_deltas, F.mse_loss, r2_score, protocol, device)
 
@@ -259,21 +282,22 @@ def nearest_neighbours(queries: Tensor, keys: Tensor, normalize: bool = True, ch
     queries, keys = _unit(queries.float(), normalize), _unit(keys.float(), normalize)
     best = torch.empty(len(queries), dtype=torch.long)
     for q0 in range(0, len(queries), chunk):
-        block = queries[q0:q0 + chunk]
+        block = queries[q0 : q0 + chunk]
         top_value = torch.full((len(block),), -float("inf"))
         top_index = torch.zeros(len(block), dtype=torch.long)
         for k0 in range(0, len(keys), 16 * chunk):
-            values, index = (block @ keys[k0:k0 + 16 * chunk].T).max(dim=1)
+            values, index = (block @ keys[k0 : k0 + 16 * chunk].T).max(dim=1)
             better = values > top_value
             top_value = torch.where(better, values, top_value)
             top_index = torch.where(better, index + k0, top_index)
-        best[q0:q0 + chunk] = top_index
+        best[q0 : q0 + chunk] = top_index
     return best
 
 
 @torch.no_grad()
-def prediction_retrieval_error(predicted: Tensor, candidates: Tensor, candidate_quats: Tensor,
-                               true_quats: Tensor, normalize: bool = True) -> float:
+def prediction_retrieval_error(
+    predicted: Tensor, candidates: Tensor, candidate_quats: Tensor, true_quats: Tensor, normalize: bool = True
+) -> float:
     """PRE: ``mean_q 1 - <q_true, q_retrieved>^2``.
 
     predicted: (Q, E) predictor outputs; candidates: (N, E) embeddings searched (all views of the split);
@@ -282,16 +306,24 @@ def prediction_retrieval_error(predicted: Tensor, candidates: Tensor, candidate_
     ``--no-norm``).
     """
     if len(predicted) != len(true_quats) or len(candidates) != len(candidate_quats):
-        raise ValueError("prediction_retrieval_error: predictions / candidates and their quaternions differ "
-                         "in length")
+        raise ValueError(
+            "prediction_retrieval_error: predictions / candidates and their quaternions differ in length"
+        )
     retrieved = candidate_quats[nearest_neighbours(predicted, candidates, normalize)]
     dots = (F.normalize(retrieved.double(), dim=1) * F.normalize(true_quats.double(), dim=1)).sum(1)
     return float((1 - dots.pow(2)).mean())
 
 
 @torch.no_grad()
-def target_ranks(predicted: Tensor, candidates: Tensor, candidate_objects: Tensor, query_objects: Tensor,
-                 true_index: Tensor, normalize: bool = True, chunk: int = 256) -> Tensor:
+def target_ranks(
+    predicted: Tensor,
+    candidates: Tensor,
+    candidate_objects: Tensor,
+    query_objects: Tensor,
+    true_index: Tensor,
+    normalize: bool = True,
+    chunk: int = 256,
+) -> Tensor:
     """(Q,) rank (1 = best) of each query's true target among the candidates of its object.
 
     predicted: (Q, E); candidates: (N, E) with candidate_objects (N,); query_objects: (Q,) the object whose
@@ -302,7 +334,9 @@ def target_ranks(predicted: Tensor, candidates: Tensor, candidate_objects: Tenso
     order, starts, counts = object_groups(candidate_objects.cpu())
     ids = candidate_objects.cpu()[order[starts]]
     slot = torch.searchsorted(ids, query_objects.cpu())
-    if bool((slot >= len(ids)).any()) or not bool((ids[slot.clamp_max(len(ids) - 1)] == query_objects.cpu()).all()):
+    if bool((slot >= len(ids)).any()) or not bool(
+        (ids[slot.clamp_max(len(ids) - 1)] == query_objects.cpu()).all()
+    ):
         raise ValueError("target_ranks: a query's object has no candidates")
     predicted, candidates = _unit(predicted.float(), normalize), _unit(candidates.float(), normalize)
     width = int(counts.max())
@@ -335,8 +369,9 @@ def mrr_hits_at_k(ranks: Tensor, ks: Sequence[int] = (1, 2, 5, 10)) -> dict[str,
 # Classification
 
 
-def linear_classification(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, cfg: ProbeConfig,
-                          seed: int = 0) -> float:
+def linear_classification(
+    train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, cfg: ProbeConfig, seed: int = 0
+) -> float:
     """Top-1 (%) of the project's linear probe (standardised features, weight decay chosen on held-out
     train) on frozen representations; SIE trains a linear head with Adam for 300 epochs."""
     return linear_probe(train_x, train_y, val_x, val_y, cfg, seed=seed).top1

@@ -243,8 +243,10 @@ def check_format(backbone: nn.Module, fmt: str, name: str = "") -> None:
     if fmt in backbone.export_formats:
         return
     note = f"; {backbone.export_note}" if backbone.export_note else ""
-    raise ConfigError(f"backbone {name or type(backbone).__name__} cannot export as {fmt!r} "
-                      f"(it exports as: {', '.join(backbone.export_formats)}){note}")
+    raise ConfigError(
+        f"backbone {name or type(backbone).__name__} cannot export as {fmt!r} "
+        f"(it exports as: {', '.join(backbone.export_formats)}){note}"
+    )
 
 
 def export_backbone(backbone: nn.Module, metadata: dict, out: str | Path, fmt: str = "safetensors") -> Path:

@@ -41,25 +41,37 @@ def write_openpcdet(backbone: nn.Module, out: str | Path, metadata: dict | None 
         out = out.with_suffix("")
     out.parent.mkdir(parents=True, exist_ok=True)
     state = openpcdet_state_dict(backbone)
-    metadata = dict(metadata or {}, format="equissl-openpcdet/1",
-                    openpcdet_config=openpcdet_model_config(backbone.cfg),
-                    keys={k: list(v.shape) for k, v in state.items()})
+    metadata = dict(
+        metadata or {},
+        format="equissl-openpcdet/1",
+        openpcdet_config=openpcdet_model_config(backbone.cfg),
+        keys={k: list(v.shape) for k, v in state.items()},
+    )
     text = json.dumps(metadata)
-    paths = {"pth": out.with_suffix(".pth"), "safetensors": out.with_suffix(".safetensors"),
-             "json": out.with_suffix(".json")}
+    paths = {
+        "pth": out.with_suffix(".pth"),
+        "safetensors": out.with_suffix(".safetensors"),
+        "json": out.with_suffix(".json"),
+    }
     torch.save({"model_state": state, "version": f"equissl+{equissl_version}", "equissl": text}, paths["pth"])
     save_file(state, str(paths["safetensors"]), metadata={"equissl": text})
     paths["json"].write_text(json.dumps(metadata, indent=2))
     return paths
 
 
-def export_openpcdet_run(run_dir: str | Path, out: str | Path, checkpoint: str | Path | None = None) -> dict[str, Path]:
+def export_openpcdet_run(
+    run_dir: str | Path, out: str | Path, checkpoint: str | Path | None = None
+) -> dict[str, Path]:
     """A run's pretrained encoder (newest complete checkpoint unless given) -> OpenPCDet files."""
     from equissl.config import to_dict
     from equissl.runs import load_backbone, load_run
 
     config, path = load_run(run_dir, checkpoint)
     backbone = load_backbone(config, path)
-    metadata = {"backbone": config.backbone.name, "objective": config.objective.name,
-                "source_checkpoint": str(path.resolve()), "config": to_dict(config)}
+    metadata = {
+        "backbone": config.backbone.name,
+        "objective": config.objective.name,
+        "source_checkpoint": str(path.resolve()),
+        "config": to_dict(config),
+    }
     return write_openpcdet(backbone, out, metadata)

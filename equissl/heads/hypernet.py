@@ -54,8 +54,10 @@ class HyperNetPredictor(nn.Module):
     ) -> None:
         super().__init__()
         if dim <= 0 or action_dim <= 0 or any(h <= 0 for h in hidden_dims):
-            raise ValueError(f"HyperNetPredictor: dimensions must be positive, got {dim}, {action_dim}, "
-                             f"{list(hidden_dims)}")
+            raise ValueError(
+                f"HyperNetPredictor: dimensions must be positive, got {dim}, {action_dim}, "
+                f"{list(hidden_dims)}"
+            )
         if hypernetwork not in ("linear", "deep"):
             raise ValueError(f"hypernetwork must be 'linear' or 'deep', got {hypernetwork!r}")
         self.dims = [dim, *hidden_dims, dim]
@@ -100,18 +102,22 @@ class HyperNetPredictor(nn.Module):
         weight = self.hypernet[0].weight
         with torch.no_grad():
             for start, bias_start, fan_in, fan_out in self._slices:
-                nn.init.normal_(weight[start:start + fan_in * fan_out], std=fan_in ** -0.5)
+                nn.init.normal_(weight[start : start + fan_in * fan_out], std=fan_in**-0.5)
                 if bias_start >= 0:
-                    nn.init.zeros_(weight[bias_start:bias_start + fan_out])
+                    nn.init.zeros_(weight[bias_start : bias_start + fan_out])
             if self.hypernet[0].bias is not None:
                 nn.init.zeros_(self.hypernet[0].bias)
 
     def _check(self, z: Tensor, action: Tensor) -> None:
         if z.ndim != 2 or z.shape[1] != self.dims[0]:
-            raise ValueError(f"HyperNetPredictor: expected z of shape (B, {self.dims[0]}), got {tuple(z.shape)}")
+            raise ValueError(
+                f"HyperNetPredictor: expected z of shape (B, {self.dims[0]}), got {tuple(z.shape)}"
+            )
         if action.ndim != 2 or action.shape != (z.shape[0], self.action_dim):
-            raise ValueError(f"HyperNetPredictor: expected action of shape ({z.shape[0]}, {self.action_dim}), "
-                             f"got {tuple(action.shape)}")
+            raise ValueError(
+                f"HyperNetPredictor: expected action of shape ({z.shape[0]}, {self.action_dim}), "
+                f"got {tuple(action.shape)}"
+            )
 
     def _activation(self, x: Tensor, layer: int) -> Tensor:
         last = layer == len(self._slices) - 1
@@ -122,8 +128,8 @@ class HyperNetPredictor(nn.Module):
         flat = self.hypernet(action)
         layers = []
         for start, bias_start, fan_in, fan_out in self._slices:
-            weight = flat[:, start:start + fan_in * fan_out].reshape(-1, fan_out, fan_in)
-            bias = flat[:, bias_start:bias_start + fan_out] if bias_start >= 0 else None
+            weight = flat[:, start : start + fan_in * fan_out].reshape(-1, fan_out, fan_in)
+            bias = flat[:, bias_start : bias_start + fan_out] if bias_start >= 0 else None
             layers.append((weight, bias))
         return layers
 
@@ -145,18 +151,22 @@ class HyperNetPredictor(nn.Module):
         generator, constant = linear.weight, linear.bias
         out = z
         for layer, (start, bias_start, fan_in, fan_out) in enumerate(self._slices):
-            rows = generator[start:start + fan_in * fan_out].reshape(fan_out, fan_in, self.action_dim)
+            rows = generator[start : start + fan_in * fan_out].reshape(fan_out, fan_in, self.action_dim)
             per_action = out @ rows.permute(1, 0, 2).reshape(fan_in, fan_out * self.action_dim)
-            new = torch.bmm(per_action.reshape(-1, fan_out, self.action_dim), action.unsqueeze(-1)).squeeze(-1)
+            new = torch.bmm(per_action.reshape(-1, fan_out, self.action_dim), action.unsqueeze(-1)).squeeze(
+                -1
+            )
             if constant is not None:
-                new = new + out @ constant[start:start + fan_in * fan_out].reshape(fan_out, fan_in).T
+                new = new + out @ constant[start : start + fan_in * fan_out].reshape(fan_out, fan_in).T
             if bias_start >= 0:
-                new = new + action @ generator[bias_start:bias_start + fan_out].T
+                new = new + action @ generator[bias_start : bias_start + fan_out].T
                 if constant is not None:
-                    new = new + constant[bias_start:bias_start + fan_out]
+                    new = new + constant[bias_start : bias_start + fan_out]
             out = self._activation(new, layer)
         return out
 
     def extra_repr(self) -> str:
-        return (f"dims={self.dims}, action_dim={self.action_dim}, hypernetwork={self.kind!r}, "
-                f"predictor_bias={self.predictor_bias}, predictor_relu={self.predictor_relu}")
+        return (
+            f"dims={self.dims}, action_dim={self.action_dim}, hypernetwork={self.kind!r}, "
+            f"predictor_bias={self.predictor_bias}, predictor_relu={self.predictor_relu}"
+        )

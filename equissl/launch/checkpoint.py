@@ -56,8 +56,12 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
         "generators": {name: g.get_state() for name, g in generators.items()},
     }
@@ -69,8 +73,15 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
     random.setstate(state["python"])
     np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -82,11 +93,20 @@ def temp_dir(run_dir: Path, step: int) -> Path:
     return checkpoint_root(run_dir) / f"step-{step:08d}.tmp"
 
 
-def write_shared(tmp: Path, model_state: dict[str, torch.Tensor], optimizer, scheduler, scaler,
-                 trainer_state: TrainerState, config_yaml: str) -> None:
+def write_shared(
+    tmp: Path,
+    model_state: dict[str, torch.Tensor],
+    optimizer,
+    scheduler,
+    scaler,
+    trainer_state: TrainerState,
+    config_yaml: str,
+) -> None:
     """The rank-0 part of a checkpoint: weights, optimizer, scheduler, scaler, loop state, config."""
     tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in model_state.items()}, str(tmp / "model.safetensors")
+    )
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     if scaler is not None:

@@ -65,10 +65,25 @@ def build_command(spec: LaunchSpec) -> list[str]:
     else:
         if not spec.rdzv_endpoint:
             raise UserError("several nodes need --rdzv-endpoint HOST:PORT (node 0's address and a free port)")
-        rendezvous = ["--nnodes", str(spec.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", spec.rdzv_endpoint,
-                      "--rdzv-id", spec.rdzv_id]
-    return [*torchrun_prefix(), *rendezvous, "--nproc-per-node", str(spec.nproc_per_node),
-            "-m", "equissl.cli", *pretrain_args(spec)]
+        rendezvous = [
+            "--nnodes",
+            str(spec.nnodes),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            spec.rdzv_endpoint,
+            "--rdzv-id",
+            spec.rdzv_id,
+        ]
+    return [
+        *torchrun_prefix(),
+        *rendezvous,
+        "--nproc-per-node",
+        str(spec.nproc_per_node),
+        "-m",
+        "equissl.cli",
+        *pretrain_args(spec),
+    ]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -140,9 +155,15 @@ class SlurmSpec:
 
 
 def slurm_parameters(slurm: SlurmSpec) -> dict:
-    params = {"nodes": slurm.nodes, "tasks_per_node": slurm.gpus_per_node, "gpus_per_node": slurm.gpus_per_node,
-              "cpus_per_task": slurm.cpus_per_task, "timeout_min": slurm.timeout_min,
-              "slurm_signal_delay_s": 120, "name": "equissl"}
+    params = {
+        "nodes": slurm.nodes,
+        "tasks_per_node": slurm.gpus_per_node,
+        "gpus_per_node": slurm.gpus_per_node,
+        "cpus_per_task": slurm.cpus_per_task,
+        "timeout_min": slurm.timeout_min,
+        "slurm_signal_delay_s": 120,
+        "name": "equissl",
+    }
     if slurm.mem_gb:
         params["mem_gb"] = slurm.mem_gb
     if slurm.partition:
@@ -159,15 +180,20 @@ def submit_slurm(spec: LaunchSpec, slurm: SlurmSpec, dry_run: bool) -> int:
     config = build_config(spec.config, overrides)  # refuse bad keys before submitting
     folder = slurm.folder or str(config.run_dir / "slurm")
     params = slurm_parameters(slurm)
-    print(f"submitit.AutoExecutor(folder={folder!r}).update_parameters({params}); "
-          f"submit(SlurmPretrain({spec.config!r}, {overrides!r}))", flush=True)
+    print(
+        f"submitit.AutoExecutor(folder={folder!r}).update_parameters({params}); "
+        f"submit(SlurmPretrain({spec.config!r}, {overrides!r}))",
+        flush=True,
+    )
     if dry_run:
         return 0
     submitit = _import_submitit()
     executor = submitit.AutoExecutor(folder=folder)
     executor.update_parameters(**params)
     job = executor.submit(SlurmPretrain(spec.config, overrides))
-    print(f"submitted SLURM job {job.job_id}; logs in {folder}; run the same launch again to resume", flush=True)
+    print(
+        f"submitted SLURM job {job.job_id}; logs in {folder}; run the same launch again to resume", flush=True
+    )
     return 0
 
 
@@ -182,7 +208,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nnodes", type=int, default=1, help="machines; run the printed command on each")
     p.add_argument("--rdzv-endpoint", default="", help="HOST:PORT of node 0 (several nodes)")
     p.add_argument("--rdzv-id", default="equissl", help="rendezvous id shared by the nodes of one job")
-    p.add_argument("--slurm", action="store_true", help="submit to SLURM through submitit (requeues on preemption)")
+    p.add_argument(
+        "--slurm", action="store_true", help="submit to SLURM through submitit (requeues on preemption)"
+    )
     p.add_argument("--gpus-per-node", type=int, default=1, help="SLURM: GPUs (= tasks) per node")
     p.add_argument("--nodes", type=int, default=1, help="SLURM: nodes")
     p.add_argument("--partition", default="", help="SLURM partition")
@@ -194,11 +222,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    spec = LaunchSpec(args.config, list(args.overrides), args.nproc_per_node, args.device, args.nnodes,
-                      args.rdzv_endpoint, args.rdzv_id)
+    spec = LaunchSpec(
+        args.config,
+        list(args.overrides),
+        args.nproc_per_node,
+        args.device,
+        args.nnodes,
+        args.rdzv_endpoint,
+        args.rdzv_id,
+    )
     if args.slurm:
-        slurm = SlurmSpec(args.nodes, args.gpus_per_node, args.cpus_per_task, args.mem_gb, args.timeout_min,
-                          args.partition, args.account)
+        slurm = SlurmSpec(
+            args.nodes,
+            args.gpus_per_node,
+            args.cpus_per_task,
+            args.mem_gb,
+            args.timeout_min,
+            args.partition,
+            args.account,
+        )
         return submit_slurm(spec, slurm, args.dry_run)
     from equissl.config import build_config
 

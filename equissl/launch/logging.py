@@ -10,7 +10,9 @@ from tqdm.auto import tqdm
 
 
 class MetricLogger:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool, progress: bool) -> None:
+    def __init__(
+        self, run_dir: Path, total_steps: int, start_step: int, enabled: bool, progress: bool
+    ) -> None:
         self.enabled = enabled
         self.jsonl = None
         self.writer = None
@@ -45,7 +47,9 @@ class MetricLogger:
             for key, value in metrics.items():
                 self.writer.add_scalar(key, value, step)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", img_s=f"{metrics['images_per_s']:.0f}")
+            self.bar.set_postfix(
+                loss=f"{metrics.get('loss', float('nan')):.4f}", img_s=f"{metrics['images_per_s']:.0f}"
+            )
         return metrics
 
     def advance(self, steps: int = 1) -> None:

@@ -18,7 +18,9 @@ class ResumableSampler(Sampler[int]):
     every rank is dropped), so all ranks take the same number of steps.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.num_items, self.batch_size = num_items, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.batches_per_epoch = num_items // (batch_size * world_size)

@@ -54,8 +54,9 @@ def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
     """Return ``module`` with every ``_BatchNorm`` replaced by a :class:`GlobalBatchNorm` sharing its
     parameters and buffers (scale-only norms keep ``bias=None``)."""
     if isinstance(module, _BatchNorm) and not isinstance(module, GlobalBatchNorm):
-        converted = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                    module.track_running_stats)
+        converted = GlobalBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         converted.weight, converted.bias = module.weight, module.bias
         if module.track_running_stats:
             converted.running_mean, converted.running_var = module.running_mean, module.running_var
@@ -67,4 +68,3 @@ def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
         if new_child is not child:
             setattr(module, name, new_child)
     return module
-

@@ -100,12 +100,16 @@ def _as_float64(value):
     if isinstance(value, dict):
         return {k: _as_float64(v) for k, v in value.items()}
     if dataclasses.is_dataclass(value):
-        return dataclasses.replace(value, **{f.name: _as_float64(getattr(value, f.name)) for f in dataclasses.fields(value)})
+        return dataclasses.replace(
+            value, **{f.name: _as_float64(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        )
     return value
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
 
 
 class Trainer:
@@ -139,9 +143,14 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.sampler = ResumableSampler(len(self.dataset), tc.batch_size, tc.seed, self.rank, self.world_size)
         self.view_maker = build_view_maker(config, self.spec)
-        self.generators = {"augment": torch.Generator(device=self.accelerator.device).manual_seed(tc.seed + 7919 * self.rank)}
+        self.generators = {
+            "augment": torch.Generator(device=self.accelerator.device).manual_seed(tc.seed + 7919 * self.rank)
+        }
         self.state = ckpt.TrainerState()
-        self.stop_signals = (signal.SIGTERM, signal.SIGUSR1)  # SLURM runs add SIGUSR2 (launcher.SlurmPretrain)
+        self.stop_signals = (
+            signal.SIGTERM,
+            signal.SIGUSR1,
+        )  # SLURM runs add SIGUSR2 (launcher.SlurmPretrain)
         self.received_signal: int | None = None  # the stop signal this process got, if any
         self._step_batches: list[dict] = []  # the current step's micro-batches, saved if it goes non-finite
         self._step_losses: list[torch.Tensor] = []
@@ -169,8 +178,15 @@ class Trainer:
             state_dict = self.accelerator.get_state_dict(self.model)
             # No grad scaler: precision is fp32 or bf16, neither of which scales the loss. An fp16 option
             # would pass its GradScaler here (write_shared saves it as scaler.pt).
-            ckpt.write_shared(tmp, state_dict, self.optimizer, self.scheduler, None, self.state,
-                              yaml.safe_dump(to_dict(self.config), sort_keys=False))
+            ckpt.write_shared(
+                tmp,
+                state_dict,
+                self.optimizer,
+                self.scheduler,
+                None,
+                self.state,
+                yaml.safe_dump(to_dict(self.config), sort_keys=False),
+            )
         self.accelerator.wait_for_everyone()
         ckpt.write_rank_rng(tmp, self.rank, self.generators)
         self.accelerator.wait_for_everyone()
@@ -188,10 +204,15 @@ class Trainer:
             self.sampler.set_position(self.state.epoch, self.state.batch_in_epoch)
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(self.state.epoch)
-            loader = DataLoader(GuardedDataset(self.dataset), batch_size=tc.batch_size, sampler=self.sampler,
-                                drop_last=True, num_workers=self.config.data.num_workers,
-                                collate_fn=GuardedCollate(getattr(self.dataset, "collate_fn", None)),
-                                pin_memory=self.accelerator.device.type == "cuda")
+            loader = DataLoader(
+                GuardedDataset(self.dataset),
+                batch_size=tc.batch_size,
+                sampler=self.sampler,
+                drop_last=True,
+                num_workers=self.config.data.num_workers,
+                collate_fn=GuardedCollate(getattr(self.dataset, "collate_fn", None)),
+                pin_memory=self.accelerator.device.type == "cuda",
+            )
             for batch, bad_reads, bad_names in loader:
                 self.state.batch_in_epoch += 1
                 self._step_bad[0] += bad_reads
@@ -228,9 +249,16 @@ class Trainer:
         """Reduce over ranks: (loss non-finite anywhere, gradient norm non-finite anywhere); also
         count unreadable files and abort past ``data.max_bad_fraction``. One collective per step."""
         losses = torch.stack(self._step_losses)
-        flags = torch.tensor([float(not torch.isfinite(losses).all()), float(not torch.isfinite(grad_norm)),
-                              float(self._step_bad[0]), float(self._step_bad[1])],
-                             dtype=torch.float64, device=self.accelerator.device)
+        flags = torch.tensor(
+            [
+                float(not torch.isfinite(losses).all()),
+                float(not torch.isfinite(grad_norm)),
+                float(self._step_bad[0]),
+                float(self._step_bad[1]),
+            ],
+            dtype=torch.float64,
+            device=self.accelerator.device,
+        )
         if self.world_size > 1:
             flags = self.accelerator.reduce(flags, reduction="sum")
         flags = flags.tolist()
@@ -259,11 +287,25 @@ class Trainer:
         (tensors, numbers and strings only: ``torch.load(weights_only=True)`` reads it)."""
         folder = self.run_dir / "nonfinite"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / (f"step-{self.state.step}.pt" if self.rank == 0 else f"step-{self.state.step}-rank{self.rank}.pt")
-        batches = [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in self._step_batches]
-        torch.save({"step": self.state.step, "rank": self.rank, "epoch": self.state.epoch,
-                    "batch_in_epoch": self.state.batch_in_epoch, "losses": torch.stack(self._step_losses).cpu(),
-                    "grad_norm": grad_norm.detach().cpu(), "micro_batches": batches}, path)
+        path = folder / (
+            f"step-{self.state.step}.pt" if self.rank == 0 else f"step-{self.state.step}-rank{self.rank}.pt"
+        )
+        batches = [
+            {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+            for b in self._step_batches
+        ]
+        torch.save(
+            {
+                "step": self.state.step,
+                "rank": self.rank,
+                "epoch": self.state.epoch,
+                "batch_in_epoch": self.state.batch_in_epoch,
+                "losses": torch.stack(self._step_losses).cpu(),
+                "grad_norm": grad_norm.detach().cpu(),
+                "micro_batches": batches,
+            },
+            path,
+        )
         return path
 
     def _stop_requested(self, stop: _StopFlag) -> bool:
@@ -287,8 +329,10 @@ class Trainer:
                 if self.state.skipped_steps < tc.skip_nonfinite_steps:
                     self.state.skipped_steps += 1
                     self.optimizer.zero_grad(set_to_none=True)
-                    logger.message(f"non-finite {what} at step {self.state.step}: step skipped "
-                                   f"({self.state.skipped_steps} of at most {tc.skip_nonfinite_steps}); batch in {saved}")
+                    logger.message(
+                        f"non-finite {what} at step {self.state.step}: step skipped "
+                        f"({self.state.skipped_steps} of at most {tc.skip_nonfinite_steps}); batch in {saved}"
+                    )
                     return False
                 losses = ", ".join(f"{v:.4g}" for v in torch.stack(self._step_losses).tolist())
                 raise NonFiniteLossError(
@@ -309,11 +353,19 @@ class Trainer:
     def _log_setup(self, logger: MetricLogger) -> None:
         """The distributed maths a run actually uses, on screen and in ``launch.json``."""
         tc, oc = self.config.trainer, self.config.optim
-        info = {"world_size": self.world_size, "batch_size_per_process": tc.batch_size,
-                "grad_accum_steps": tc.grad_accum_steps, "global_batch": self.global_batch,
-                "base_lr": oc.lr, "lr_scaling": oc.lr_scaling, "reference_batch": oc.reference_batch,
-                "effective_lr": scaled_lr(oc, self.global_batch), "sync_batchnorm": tc.sync_batchnorm,
-                "device": str(self.accelerator.device), "distributed_type": str(self.accelerator.distributed_type)}
+        info = {
+            "world_size": self.world_size,
+            "batch_size_per_process": tc.batch_size,
+            "grad_accum_steps": tc.grad_accum_steps,
+            "global_batch": self.global_batch,
+            "base_lr": oc.lr,
+            "lr_scaling": oc.lr_scaling,
+            "reference_batch": oc.reference_batch,
+            "effective_lr": scaled_lr(oc, self.global_batch),
+            "sync_batchnorm": tc.sync_batchnorm,
+            "device": str(self.accelerator.device),
+            "distributed_type": str(self.accelerator.distributed_type),
+        }
         if self.accelerator.is_main_process:
             (self.run_dir / "launch.json").write_text(json.dumps(info, indent=1))
         logger.message(
@@ -330,7 +382,9 @@ class Trainer:
         resumed = self.resume()
         if self.state.finished or self.state.step >= tc.max_steps:
             return RunResult(self.run_dir, self.state.step, "already finished")
-        logger = MetricLogger(self.run_dir, tc.max_steps, self.state.step, self.accelerator.is_main_process, tc.progress)
+        logger = MetricLogger(
+            self.run_dir, tc.max_steps, self.state.step, self.accelerator.is_main_process, tc.progress
+        )
         if resumed is not None:
             logger.message(f"resumed from {resumed} (step {self.state.step})")
         self._log_setup(logger)
@@ -363,7 +417,9 @@ class Trainer:
             if self.state.step == tc.max_steps or out_of_time:
                 self.state.finished = True
                 self.save()
-                logger.message(f"finished at step {self.state.step}" + (" (time budget reached)" if out_of_time else ""))
+                logger.message(
+                    f"finished at step {self.state.step}" + (" (time budget reached)" if out_of_time else "")
+                )
                 return RunResult(self.run_dir, self.state.step, "finished", metrics)
             if self._stop_requested(stop):
                 self.received_signal = stop.signal
@@ -374,12 +430,15 @@ class Trainer:
                 self.save()
         return RunResult(self.run_dir, self.state.step, "finished", metrics)
 
-
     def _fault_metrics(self) -> dict[str, float]:
         state = self.state
-        return {"lr": self.scheduler.get_last_lr()[0], "grad_norm": self.last_grad_norm,
-                "data/bad_reads": state.bad_reads, "data/bad_fraction": state.bad_reads / max(state.items_read, 1),
-                "train/skipped_steps": state.skipped_steps}
+        return {
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": self.last_grad_norm,
+            "data/bad_reads": state.bad_reads,
+            "data/bad_fraction": state.bad_reads / max(state.items_read, 1),
+            "train/skipped_steps": state.skipped_steps,
+        }
 
 
 def pretrain(config: Config) -> RunResult:

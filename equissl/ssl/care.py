@@ -70,14 +70,18 @@ def orthogonal_equivariance_loss(
     orthogonal Q (after normalisation).
     """
     if z_a.ndim != 2 or z_a.shape != z_b.shape:
-        raise ValueError(f"orthogonal_equivariance_loss: expected two (N, D) embeddings of equal shape, got "
-                         f"{tuple(z_a.shape)} and {tuple(z_b.shape)}")
+        raise ValueError(
+            f"orthogonal_equivariance_loss: expected two (N, D) embeddings of equal shape, got "
+            f"{tuple(z_a.shape)} and {tuple(z_b.shape)}"
+        )
     if scale not in ("pair_mean", "official"):
         raise ValueError(f"scale must be 'pair_mean' or 'official', got {scale!r}")
     n = z_a.shape[0]
     if num_chunks < 1 or n < 2 * num_chunks:
-        raise ValueError(f"orthogonal_equivariance_loss: {num_chunks} chunks of a batch of {n} leave a chunk "
-                         "with fewer than 2 rows")
+        raise ValueError(
+            f"orthogonal_equivariance_loss: {num_chunks} chunks of a batch of {n} leave a chunk "
+            "with fewer than 2 rows"
+        )
     with torch.autocast(device_type=z_a.device.type, enabled=False):
         z_a, z_b = F.normalize(upcast(z_a), dim=1), F.normalize(upcast(z_b), dim=1)
         index = chunk_index(n, num_chunks, z_a.device)
@@ -117,8 +121,14 @@ class CARE(Objective):
             raise ConfigError(f"objective.equivariance_weight must be >= 0, got {cfg.equivariance_weight}")
         self.cfg = cfg
         self.required_views = ViewSpec(source="image", num_views=2, shared_chunks=cfg.num_chunks)
-        self.projector = projection_mlp(backbone.num_features, cfg.proj_hidden_dims, cfg.proj_out_dim,
-                                        norm="bn", last_norm="none", last_bias=True)
+        self.projector = projection_mlp(
+            backbone.num_features,
+            cfg.proj_hidden_dims,
+            cfg.proj_out_dim,
+            norm="bn",
+            last_norm="none",
+            last_bias=True,
+        )
 
     def _check_shared(self, views: Views) -> None:
         """The equivariance term is only meaningful when augmentations are shared within each chunk."""
@@ -131,8 +141,10 @@ class CARE(Objective):
             for chunk in range(self.cfg.num_chunks):
                 rows = crop[index == chunk]
                 if not bool((rows == rows[0]).all()):
-                    raise ValueError("CARE needs augmentation parameters shared within each of the "
-                                     f"{self.cfg.num_chunks} batch chunks (ViewSpec.shared_chunks)")
+                    raise ValueError(
+                        "CARE needs augmentation parameters shared within each of the "
+                        f"{self.cfg.num_chunks} batch chunks (ViewSpec.shared_chunks)"
+                    )
 
     def forward(self, views: Views) -> StepOutput:
         x_a, x_b = global_pair(views, "CARE")
@@ -140,14 +152,18 @@ class CARE(Objective):
         h_a = self.backbone(x_a)
         z_a, z_b = self.projector(h_a), self.projector(self.backbone(x_b))
         contrastive = nt_xent(z_a, z_b, self.cfg.temperature)
-        equivariance = orthogonal_equivariance_loss(z_a, z_b, self.cfg.num_chunks, self.cfg.equivariance_scale)
+        equivariance = orthogonal_equivariance_loss(
+            z_a, z_b, self.cfg.num_chunks, self.cfg.equivariance_scale
+        )
         loss = contrastive + self.cfg.equivariance_weight * equivariance
         metrics = {"loss/nt_xent": contrastive.detach(), "loss/equi": equivariance.detach()}
         return StepOutput(loss=loss, metrics=metrics, features=h_a.detach())
 
 
 @OBJECTIVES.register(
-    "care", CAREConfig, description="CARE (Gupta et al. 2024): InfoNCE + orthogonal equivariance of embeddings"
+    "care",
+    CAREConfig,
+    description="CARE (Gupta et al. 2024): InfoNCE + orthogonal equivariance of embeddings",
 )
 def build_care(cfg: CAREConfig, backbone: nn.Module) -> CARE:
     return CARE(backbone, cfg)

@@ -25,7 +25,9 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return target
 
 
-def ema_momentum(step: int, total_steps: int, base: float = 0.996, schedule: MomentumSchedule = "cosine") -> float:
+def ema_momentum(
+    step: int, total_steps: int, base: float = 0.996, schedule: MomentumSchedule = "cosine"
+) -> float:
     """EMA momentum for the update after optimizer step ``step`` (0-based) of ``total_steps``.
 
     ``"cosine"`` (BYOL, Grill et al. 2020): ``1 - (1 - base) * (cos(pi * step / total_steps) + 1) / 2``:

@@ -100,10 +100,16 @@ def frobenius_normalise(poses: Tensor, eps: float = 1e-12) -> Tensor:
 
 def transform_poses(poses: Tensor, action: Tensor) -> Tensor:
     """Right action: (N, J, d, d) poses times (N, d, d) per-sample matrices, ``P_nj @ A_n``."""
-    if (poses.ndim != 4 or action.ndim != 3 or poses.shape[-1] != action.shape[-2]
-            or poses.shape[0] != action.shape[0]):
-        raise ValueError(f"expected poses (N, J, d, d) and actions (N, d, d), got {tuple(poses.shape)} "
-                         f"and {tuple(action.shape)}")
+    if (
+        poses.ndim != 4
+        or action.ndim != 3
+        or poses.shape[-1] != action.shape[-2]
+        or poses.shape[0] != action.shape[0]
+    ):
+        raise ValueError(
+            f"expected poses (N, J, d, d) and actions (N, d, d), got {tuple(poses.shape)} "
+            f"and {tuple(action.shape)}"
+        )
     return poses @ action[:, None]
 
 
@@ -139,8 +145,10 @@ def activation_cross_entropy(predicted: Tensor, target: Tensor, eps: float = 1e-
     EquiCaps' invariance term with view 1 ``predicted`` and view 2 ``target``; gradients reach both.
     """
     if predicted.ndim != 2 or predicted.shape != target.shape:
-        raise ValueError(f"expected two (N, J) activations of one shape, got {tuple(predicted.shape)} "
-                         f"and {tuple(target.shape)}")
+        raise ValueError(
+            f"expected two (N, J) activations of one shape, got {tuple(predicted.shape)} "
+            f"and {tuple(target.shape)}"
+        )
     log_predicted = torch.log(upcast(predicted).clamp_min(eps))
     return -(upcast(target) * log_predicted).sum(dim=1).mean()
 
@@ -218,20 +226,28 @@ class EquiCaps(EquivariantObjective):
         own = getattr(backbone, "capsules", None)
         if isinstance(own, SelfRoutingCapsules):
             if (own.num_capsules, own.pose_dim) != (cfg.num_capsules, cfg.pose_dim):
-                raise ValueError(f"the backbone's capsules have {own.num_capsules} capsules with "
-                                 f"{own.pose_dim}x{own.pose_dim} poses; objective asks for "
-                                 f"{cfg.num_capsules} with {cfg.pose_dim}x{cfg.pose_dim}")
+                raise ValueError(
+                    f"the backbone's capsules have {own.num_capsules} capsules with "
+                    f"{own.pose_dim}x{own.pose_dim} poses; objective asks for "
+                    f"{cfg.num_capsules} with {cfg.pose_dim}x{cfg.pose_dim}"
+                )
             self.capsules = own  # shared module: trained here, exported with the backbone
         else:
-            self.capsules = SelfRoutingCapsules(_map_channels(backbone), cfg.num_capsules, cfg.pose_dim,
-                                                cfg.num_primary, cfg.capsule_map_size or None)
+            self.capsules = SelfRoutingCapsules(
+                _map_channels(backbone),
+                cfg.num_capsules,
+                cfg.pose_dim,
+                cfg.num_primary,
+                cfg.capsule_map_size or None,
+            )
 
     def capsules_of(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, 3, H, W) -> backbone map (B, C, h, w), activations (B, J), poses (B, J, d, d)."""
         fmap = self.backbone.forward_features(images)
         if fmap.ndim != 4:
-            raise ValueError(f"EquiCaps needs a backbone whose forward_features is (B, C, h, w), got "
-                             f"{tuple(fmap.shape)}")
+            raise ValueError(
+                f"EquiCaps needs a backbone whose forward_features is (B, C, h, w), got {tuple(fmap.shape)}"
+            )
         activations, poses = self.capsules(fmap)
         return fmap, activations, poses
 
@@ -245,16 +261,28 @@ class EquiCaps(EquivariantObjective):
 
     def forward(self, views: Views) -> StepOutput:
         if len(views.images) < 2 or views.latents is None or len(views.latents) < 2:
-            raise ValueError("EquiCaps needs 2 views of an object with their latents (source='object', a "
-                             "3DIEBench-format dataset such as shapes3d)")
+            raise ValueError(
+                "EquiCaps needs 2 views of an object with their latents (source='object', a "
+                "3DIEBench-format dataset such as shapes3d)"
+            )
         fmap_1, a_1, p_1 = self.capsules_of(views.images[0])
         _, a_2, p_2 = self.capsules_of(views.images[1])
         rotation = relative_rotation(views.latents[0], views.latents[1])
         cfg = self.cfg
-        loss, terms = equicaps_loss(a_1, a_2, p_1, p_2, pose_action(rotation, cfg.pose_dim),
-                                    inv=cfg.inv_coeff, equi=cfg.equi_coeff, std=cfg.std_coeff,
-                                    cov=cfg.cov_coeff, memax=cfg.memax_coeff,
-                                    average_branches=cfg.variance_average_branches, eps=cfg.log_eps)
+        loss, terms = equicaps_loss(
+            a_1,
+            a_2,
+            p_1,
+            p_2,
+            pose_action(rotation, cfg.pose_dim),
+            inv=cfg.inv_coeff,
+            equi=cfg.equi_coeff,
+            std=cfg.std_coeff,
+            cov=cfg.cov_coeff,
+            memax=cfg.memax_coeff,
+            average_branches=cfg.variance_average_branches,
+            eps=cfg.log_eps,
+        )
         metrics = {f"loss/{name}": value.detach() for name, value in terms.items()}
         with torch.no_grad():
             features = self.pooled(views.images[0], fmap_1.detach())
@@ -301,8 +329,10 @@ def _map_channels(backbone: nn.Module, size: int = 64) -> int:
     finally:
         backbone.train(was_training)
     if fmap.ndim != 4:
-        raise ValueError(f"EquiCaps needs a backbone whose forward_features is a spatial map (B, C, h, w); "
-                         f"{type(backbone).__name__} gives {tuple(fmap.shape)}")
+        raise ValueError(
+            f"EquiCaps needs a backbone whose forward_features is a spatial map (B, C, h, w); "
+            f"{type(backbone).__name__} gives {tuple(fmap.shape)}"
+        )
     return int(fmap.shape[1])
 
 
@@ -320,7 +350,9 @@ def _validate(cfg: EquiCapsConfig) -> None:
 
 
 @OBJECTIVES.register(
-    "equicaps", EquiCapsConfig, description="EquiCaps (Konstantinou et al. 2025): pose-aware capsules, no predictor"
+    "equicaps",
+    EquiCapsConfig,
+    description="EquiCaps (Konstantinou et al. 2025): pose-aware capsules, no predictor",
 )
 def build_equicaps(cfg: EquiCapsConfig, backbone: nn.Module) -> EquiCaps:
     return EquiCaps(backbone, cfg)

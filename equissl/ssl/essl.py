@@ -83,6 +83,8 @@ class ESSL(SimCLR):
         return {"rotation_acc": correct.view(NUM_ROTATIONS, -1).mean(0)}
 
 
-@OBJECTIVES.register("essl", ESSLConfig, description="E-SSL (Dangovski et al. 2022): SimCLR + four-fold rotation prediction")
+@OBJECTIVES.register(
+    "essl", ESSLConfig, description="E-SSL (Dangovski et al. 2022): SimCLR + four-fold rotation prediction"
+)
 def build_essl(cfg: ESSLConfig, backbone: nn.Module) -> ESSL:
     return ESSL(backbone, cfg)

@@ -58,12 +58,23 @@ class ESSL3DConfig(ObjectiveConfig):
     proj_dim: int = 64
     ema_momentum: float = 0.99  # BYOL's base momentum, raised to 1 by a cosine schedule
 
+    def check(self, config) -> None:
+        """The rotation head classifies the view maker's discrete rotations: the two counts must agree."""
+        point_augment = getattr(config.data, "point_augment", None)
+        if point_augment is not None and point_augment.rotation_bins != self.rotation_bins:
+            raise ConfigError(
+                f"objective.rotation_bins={self.rotation_bins} differs from data.point_augment.rotation_bins="
+                f"{point_augment.rotation_bins}: the rotation head classifies the views' rotations; set both alike"
+            )
+
 
 # ----------------------------------------------------------------------------------------------------
 # Loss functions (pure).
 
 
-def point_info_nce(z_a: Tensor, z_b: Tensor, temperature: float, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def point_info_nce(
+    z_a: Tensor, z_b: Tensor, temperature: float, exclude: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """PointInfoNCE between matched rows, symmetrised.
 
     z_a, z_b: (M, D) features of the same M points in two views (row i matches row i); normalised here.
@@ -89,8 +100,10 @@ def rotation_labels(angle: Tensor, bins: int, tolerance: float = 1e-3) -> Tensor
     index = torch.round(angle / step)
     off = torch.remainder(angle - index * step + math.pi, 2 * math.pi) - math.pi
     if bool((off.abs() > tolerance).any()):
-        raise ConfigError(f"view rotations are not multiples of 2 pi / {bins}: set data.point_augment.rotation_bins "
-                         f"to objective.rotation_bins ({bins})")
+        raise ConfigError(
+            f"view rotations are not multiples of 2 pi / {bins}: set data.point_augment.rotation_bins "
+            f"to objective.rotation_bins ({bins})"
+        )
     return torch.remainder(index.long(), bins)
 
 
@@ -106,7 +119,9 @@ def sample_bev(feature_map: Tensor, xyz: Tensor, point_cloud_range) -> Tensor:
     return sampled.squeeze(2).transpose(1, 2)
 
 
-def pick(valid: Tensor, count: int, preferred: Tensor | None = None, fraction: float = 0.0) -> tuple[Tensor, Tensor]:
+def pick(
+    valid: Tensor, count: int, preferred: Tensor | None = None, fraction: float = 0.0
+) -> tuple[Tensor, Tensor]:
     """Draw up to ``count`` random rows per sample among ``valid`` (B, N) (global RNG), ``fraction`` of them
     among ``preferred`` when there are enough. Returns (index (B, K), ok (B, K)) with K = min(count, N)."""
     count = min(count, valid.shape[1])
@@ -132,8 +147,9 @@ def _gather(values: Tensor, index: Tensor) -> Tensor:
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                         nn.Linear(hidden, out_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -151,8 +167,14 @@ class ESSL3D(Objective):
         self.required_views = ViewSpec(source="lidar_pair", num_views=cfg.num_views)
         width = backbone.num_features
         self.rotation_head = nn.Sequential(  # pooled 2x first: the angle is a global property, keep it cheap
-            nn.AvgPool2d(2), nn.Conv2d(width, cfg.hidden_dim, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cfg.hidden_dim),
-            nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cfg.hidden_dim, cfg.rotation_bins))
+            nn.AvgPool2d(2),
+            nn.Conv2d(width, cfg.hidden_dim, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(cfg.hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(cfg.hidden_dim, cfg.rotation_bins),
+        )
         self.contrast_head = _mlp(width, cfg.hidden_dim, cfg.proj_dim)
         self.projector = _mlp(width, cfg.hidden_dim, cfg.proj_dim)
         self.predictor = _mlp(cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim)
@@ -166,7 +188,9 @@ class ESSL3D(Objective):
     # -- terms -----------------------------------------------------------------------------------
     def rotation_loss(self, maps: dict[int, Tensor], views: Views) -> tuple[Tensor, Tensor]:
         logits = torch.cat([self.rotation_head(maps[i]) for i in sorted(maps)])
-        labels = torch.cat([rotation_labels(views.params[i]["angle"], self.cfg.rotation_bins) for i in sorted(maps)])
+        labels = torch.cat(
+            [rotation_labels(views.params[i]["angle"], self.cfg.rotation_bins) for i in sorted(maps)]
+        )
         return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).float().mean()
 
     def contrastive_loss(self, maps: dict[int, Tensor], views: Views) -> tuple[Tensor, Tensor, int]:
@@ -180,8 +204,9 @@ class ESSL3D(Objective):
             return maps[0].sum() * 0, torch.zeros((), device=maps[0].device), 0
         cells = self._cell_keys(pos_a, maps[0])[ok]
         exclude = cells.unsqueeze(0) == cells.unsqueeze(1)
-        loss, accuracy = point_info_nce(self.contrast_head(feats_a), self.contrast_head(feats_b),
-                                        self.cfg.temperature, exclude)
+        loss, accuracy = point_info_nce(
+            self.contrast_head(feats_a), self.contrast_head(feats_b), self.cfg.temperature, exclude
+        )
         return loss, accuracy, len(feats_a)
 
     def _cell_keys(self, xyz: Tensor, feature_map: Tensor) -> Tensor:
@@ -197,7 +222,10 @@ class ESSL3D(Objective):
         next_index = views.extras["next_view"]
         source, target_pos = views.points[0][..., :3], views.extras["flow_target"]
         valid = inside_bev(source, self.point_cloud_range) & inside_bev(target_pos, self.point_cloud_range)
-        moving = torch.linalg.vector_norm(torch.nan_to_num(views.extras["flow"].float()), dim=-1) > self.cfg.moving_threshold
+        moving = (
+            torch.linalg.vector_norm(torch.nan_to_num(views.extras["flow"].float()), dim=-1)
+            > self.cfg.moving_threshold
+        )
         index, ok = pick(valid, self.cfg.matches_per_scene, moving, self.cfg.moving_fraction)
         if int(ok.sum()) < 2:
             return maps[0].sum() * 0, 0
@@ -208,10 +236,14 @@ class ESSL3D(Objective):
             pairs.append((next_index, pos_next, 0, pos_t))
         losses = []
         for online_view, online_pos, target_view, target_pos_ in pairs:
-            online = self.predictor(self.projector(sample_bev(maps[online_view], online_pos, self.point_cloud_range)[ok]))
+            online = self.predictor(
+                self.projector(sample_bev(maps[online_view], online_pos, self.point_cloud_range)[ok])
+            )
             with torch.no_grad():
                 target_map = self.target_backbone.forward_features(views.points[target_view])
-                target = self.target_projector(sample_bev(target_map, target_pos_, self.point_cloud_range)[ok])
+                target = self.target_projector(
+                    sample_bev(target_map, target_pos_, self.point_cloud_range)[ok]
+                )
             losses.append(byol_loss(online, target))
         return sum(losses) / len(losses), int(ok.sum())
 
@@ -219,10 +251,14 @@ class ESSL3D(Objective):
     def forward(self, views: Views) -> StepOutput:
         cfg = self.cfg
         if not hasattr(self.backbone, "point_cloud_range"):
-            raise ConfigError("essl3d needs a BEV backbone with a point_cloud_range (backbone.name=pointpillars), got "
-                             f"{type(self.backbone).__name__}")
+            raise ConfigError(
+                "essl3d needs a BEV backbone with a point_cloud_range (backbone.name=pointpillars), got "
+                f"{type(self.backbone).__name__}"
+            )
         if "next_view" not in views.extras:
-            raise UserError("essl3d needs views from the 'lidar_pair' view maker (extras['next_view'] missing)")
+            raise UserError(
+                "essl3d needs views from the 'lidar_pair' view maker (extras['next_view'] missing)"
+            )
         next_index = views.extras["next_view"]
         needed = set()
         if cfg.rotation_weight > 0:
@@ -243,7 +279,9 @@ class ESSL3D(Objective):
         if cfg.contrastive_weight > 0:
             term, accuracy, matches = self.contrastive_loss(maps, views)
             loss = loss + cfg.contrastive_weight * term
-            metrics.update({"loss/contrastive": term.detach(), "contrastive_acc": accuracy, "matches": float(matches)})
+            metrics.update(
+                {"loss/contrastive": term.detach(), "contrastive_acc": accuracy, "matches": float(matches)}
+            )
         if cfg.flow_weight > 0:
             term, matches = self.flow_loss(maps, views)
             loss = loss + cfg.flow_weight * term
@@ -260,7 +298,9 @@ class ESSL3D(Objective):
 
 
 @OBJECTIVES.register(
-    "essl3d", ESSL3DConfig, description="E-SSL3D (Hegde et al. 2024): LiDAR rotation, point contrast and scene flow"
+    "essl3d",
+    ESSL3DConfig,
+    description="E-SSL3D (Hegde et al. 2024): LiDAR rotation, point contrast and scene flow",
 )
 def build_essl3d(cfg: ESSL3DConfig, backbone: nn.Module) -> ESSL3D:
     return ESSL3D(cfg, backbone)

@@ -123,8 +123,9 @@ def augmentation_vectors(params: list[dict[str, Tensor]], keys: tuple[str, ...],
     """
     unknown = [k for k in keys if k not in AUG_PARAM_WIDTHS]
     if unknown or not keys:
-        raise ValueError(f"augmentation action keys must be among {sorted(AUG_PARAM_WIDTHS)}, "
-                         f"got {list(keys)}")
+        raise ValueError(
+            f"augmentation action keys must be among {sorted(AUG_PARAM_WIDTHS)}, got {list(keys)}"
+        )
     vectors = []
     for view in params:
         parts = []
@@ -182,19 +183,29 @@ class SeqJEPA(EquivariantObjective):
         self.action_dim = action_dim(cfg)
         self.token_dim = width + cfg.action_embed_dim
         if self.token_dim % cfg.num_heads:
-            raise ConfigError(f"seq-JEPA token width {width} + {cfg.action_embed_dim} = {self.token_dim} "
-                             f"is not divisible by objective.num_heads={cfg.num_heads}")
-        self.action_embed = projection_mlp(self.action_dim, [], cfg.action_embed_dim,
-                                           last_norm="bn_no_affine")
+            raise ConfigError(
+                f"seq-JEPA token width {width} + {cfg.action_embed_dim} = {self.token_dim} "
+                f"is not divisible by objective.num_heads={cfg.num_heads}"
+            )
+        self.action_embed = projection_mlp(
+            self.action_dim, [], cfg.action_embed_dim, last_norm="bn_no_affine"
+        )
         self.agg_token = nn.Parameter(torch.zeros(1, 1, self.token_dim))
-        layer = nn.TransformerEncoderLayer(self.token_dim, cfg.num_heads, cfg.mlp_ratio * self.token_dim,
-                                           dropout=cfg.dropout, batch_first=True)
-        self.aggregator = nn.TransformerEncoder(layer, cfg.num_layers, norm=nn.LayerNorm(self.token_dim),
-                                                enable_nested_tensor=False)
+        layer = nn.TransformerEncoderLayer(
+            self.token_dim,
+            cfg.num_heads,
+            cfg.mlp_ratio * self.token_dim,
+            dropout=cfg.dropout,
+            batch_first=True,
+        )
+        self.aggregator = nn.TransformerEncoder(
+            layer, cfg.num_layers, norm=nn.LayerNorm(self.token_dim), enable_nested_tensor=False
+        )
         predictor_in = self.token_dim + cfg.action_embed_dim
         if cfg.predictor_hidden_dim > 0:
-            self.predictor = projection_mlp(predictor_in, [cfg.predictor_hidden_dim], width, norm="bn",
-                                            last_norm="none", last_bias=True)
+            self.predictor = projection_mlp(
+                predictor_in, [cfg.predictor_hidden_dim], width, norm="bn", last_norm="none", last_bias=True
+            )
         else:
             self.predictor = projection_mlp(predictor_in, [], width, last_norm="bn")
         self.target_backbone = frozen_copy(backbone)
@@ -209,8 +220,10 @@ class SeqJEPA(EquivariantObjective):
             vectors = augmentation_vectors(views.params, cfg.aug_action_params, view_size)
             return augmentation_actions(vectors, cfg.action_norm)
         if views.latents is None:
-            raise ValueError("seq-JEPA with rotation actions needs views with latents (source='object', "
-                             "a 3DIEBench-format dataset such as shapes3d)")
+            raise ValueError(
+                "seq-JEPA with rotation actions needs views with latents (source='object', "
+                "a 3DIEBench-format dataset such as shapes3d)"
+            )
         return sequence_actions(list(views.latents), cfg.actions)
 
     def tokens(self, encodings: Tensor, actions: Tensor | None) -> Tensor:
@@ -224,8 +237,9 @@ class SeqJEPA(EquivariantObjective):
             embedded = encodings.new_zeros(b, m, self.cfg.action_embed_dim)
         else:
             if actions.shape != (b, m, self.action_dim):
-                raise ValueError(f"expected actions of shape {(b, m, self.action_dim)}, "
-                                 f"got {tuple(actions.shape)}")
+                raise ValueError(
+                    f"expected actions of shape {(b, m, self.action_dim)}, got {tuple(actions.shape)}"
+                )
             embedded = self.action_embed(actions.reshape(b * m, -1).to(encodings.dtype)).reshape(b, m, -1)
             keep = torch.ones(m, 1, device=encodings.device, dtype=embedded.dtype)
             keep[-1] = 0.0
@@ -247,8 +261,9 @@ class SeqJEPA(EquivariantObjective):
     def forward(self, views: Views) -> StepOutput:
         m = self.cfg.num_observed
         if len(views.images) < m + 1:
-            raise ValueError(f"seq-JEPA needs {m + 1} views (M={m} observed + 1 target), "
-                             f"got {len(views.images)}")
+            raise ValueError(
+                f"seq-JEPA needs {m + 1} views (M={m} observed + 1 target), got {len(views.images)}"
+            )
         actions = self.sequence_actions(views)[:, :m]
         b = views.batch_size
         observed = self.backbone(torch.cat(views.images[:m], dim=0))  # one batch: BN statistics over M views
@@ -334,8 +349,10 @@ def _validate(cfg: SeqJEPAConfig) -> None:
     if cfg.actions == "augment":
         unknown = [k for k in cfg.aug_action_params if k not in AUG_PARAM_WIDTHS]
         if unknown or not cfg.aug_action_params:
-            raise ConfigError(f"objective.aug_action_params must be a non-empty subset of "
-                             f"{sorted(AUG_PARAM_WIDTHS)}, got {list(cfg.aug_action_params)}")
+            raise ConfigError(
+                f"objective.aug_action_params must be a non-empty subset of "
+                f"{sorted(AUG_PARAM_WIDTHS)}, got {list(cfg.aug_action_params)}"
+            )
 
 
 @OBJECTIVES.register(

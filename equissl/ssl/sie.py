@@ -93,8 +93,10 @@ def sie_loss(
     Variance / covariance span the global batch when a process group is initialised.
     """
     if not (inv_a.shape == inv_b.shape and equi_a.shape == equi_b.shape == equi_pred.shape):
-        raise ValueError(f"sie_loss: mismatched shapes {tuple(inv_a.shape)}, {tuple(inv_b.shape)}, "
-                         f"{tuple(equi_a.shape)}, {tuple(equi_b.shape)}, {tuple(equi_pred.shape)}")
+        raise ValueError(
+            f"sie_loss: mismatched shapes {tuple(inv_a.shape)}, {tuple(inv_b.shape)}, "
+            f"{tuple(equi_a.shape)}, {tuple(equi_b.shape)}, {tuple(equi_pred.shape)}"
+        )
     if inv_a.shape[0] != equi_a.shape[0]:
         raise ValueError("sie_loss: the invariant and equivariant embeddings differ in batch size")
     with torch.autocast(device_type=inv_a.device.type, enabled=False):
@@ -147,20 +149,33 @@ class SIE(EquivariantObjective):
         cfg = cfg or SIEConfig()
         width = backbone.num_features
         if not 0 < cfg.equi_dim < width:
-            raise ConfigError(f"objective.equi_dim must be in (0, {width}) for this backbone, got {cfg.equi_dim}")
+            raise ConfigError(
+                f"objective.equi_dim must be in (0, {width}) for this backbone, got {cfg.equi_dim}"
+            )
         if not cfg.inv_proj_dims or not cfg.equi_proj_dims:
-            raise ConfigError("objective.inv_proj_dims and objective.equi_proj_dims need at least the output width")
+            raise ConfigError(
+                "objective.inv_proj_dims and objective.equi_proj_dims need at least the output width"
+            )
         if cfg.action not in ACTION_DIMS:
             raise ConfigError(f"objective.action must be one of {sorted(ACTION_DIMS)}, got {cfg.action!r}")
         self.cfg = cfg
         self.inv_dim = width - cfg.equi_dim
         inv_dims, equi_dims = list(cfg.inv_proj_dims), list(cfg.equi_proj_dims)
-        self.projector_inv = projection_mlp(self.inv_dim, inv_dims[:-1], inv_dims[-1], norm="bn", last_norm="none")
-        self.projector_equi = projection_mlp(cfg.equi_dim, equi_dims[:-1], equi_dims[-1], norm="bn",
-                                             last_norm="none")
+        self.projector_inv = projection_mlp(
+            self.inv_dim, inv_dims[:-1], inv_dims[-1], norm="bn", last_norm="none"
+        )
+        self.projector_equi = projection_mlp(
+            cfg.equi_dim, equi_dims[:-1], equi_dims[-1], norm="bn", last_norm="none"
+        )
         self.predictor = HyperNetPredictor(
-            equi_dims[-1], ACTION_DIMS[cfg.action], cfg.predictor_hidden_dims, cfg.hypernetwork,
-            cfg.hypernetwork_bias, cfg.predictor_bias, cfg.predictor_relu, cfg.predictor_init,
+            equi_dims[-1],
+            ACTION_DIMS[cfg.action],
+            cfg.predictor_hidden_dims,
+            cfg.hypernetwork,
+            cfg.hypernetwork_bias,
+            cfg.predictor_bias,
+            cfg.predictor_relu,
+            cfg.predictor_init,
         )
 
     @property
@@ -171,7 +186,7 @@ class SIE(EquivariantObjective):
     # -- the interface the equivariance evaluation uses -------------------------------------------
     def split(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """(B, num_features) -> invariant (B, inv_dim) and equivariant (B, equi_dim) parts."""
-        return features[:, : self.inv_dim], features[:, self.inv_dim:]
+        return features[:, : self.inv_dim], features[:, self.inv_dim :]
 
     def representations(self, images: Tensor) -> dict[str, Tensor]:
         """Normalised images (B, 3, H, W) -> ``inv`` (B, inv_dim), ``equi`` (B, equi_dim), ``full``
@@ -192,8 +207,10 @@ class SIE(EquivariantObjective):
     # -- training ---------------------------------------------------------------------------------
     def forward(self, views: Views) -> StepOutput:
         if len(views.images) < 2 or views.latents is None or len(views.latents) < 2:
-            raise ValueError("SIE needs 2 rendered views of each object with their latents "
-                             "(ViewSpec source='object', e.g. the 3diebench or shapes3d datasets)")
+            raise ValueError(
+                "SIE needs 2 rendered views of each object with their latents "
+                "(ViewSpec source='object', e.g. the 3diebench or shapes3d datasets)"
+            )
         h_a, h_b = self.backbone(views.images[0]), self.backbone(views.images[1])
         inv_a, equi_a = self.split(h_a)
         inv_b, equi_b = self.split(h_b)
@@ -203,9 +220,16 @@ class SIE(EquivariantObjective):
         z_pred = self.predictor(z_equi_a, action)
         cfg = self.cfg
         loss, terms = sie_loss(
-            z_inv_a, z_inv_b, z_equi_a, z_equi_b, z_pred,
-            sim_coeff=cfg.sim_coeff, equi_coeff=self.equi_coeff, std_coeff=cfg.std_coeff,
-            cov_coeff=cfg.cov_coeff, predictor_variance=cfg.predictor_variance,
+            z_inv_a,
+            z_inv_b,
+            z_equi_a,
+            z_equi_b,
+            z_pred,
+            sim_coeff=cfg.sim_coeff,
+            equi_coeff=self.equi_coeff,
+            std_coeff=cfg.std_coeff,
+            cov_coeff=cfg.cov_coeff,
+            predictor_variance=cfg.predictor_variance,
             average_branches=cfg.variance_average_branches,
         )
         metrics = {f"loss/{name}": value.detach() for name, value in terms.items()}
@@ -213,7 +237,9 @@ class SIE(EquivariantObjective):
 
 
 @OBJECTIVES.register(
-    "sie", SIEConfig, description="SIE (Garrido et al. 2023): split invariant / equivariant parts, hypernetwork"
+    "sie",
+    SIEConfig,
+    description="SIE (Garrido et al. 2023): split invariant / equivariant parts, hypernetwork",
 )
 def build_sie(cfg: SIEConfig, backbone: nn.Module) -> SIE:
     return SIE(backbone, cfg)

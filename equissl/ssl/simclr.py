@@ -100,6 +100,8 @@ class SimCLR(Objective):
         return StepOutput(loss=loss, metrics={"loss/nt_xent": loss.detach()}, features=h_a.detach())
 
 
-@OBJECTIVES.register("simclr", SimCLRConfig, description="SimCLR (Chen et al. 2020): NT-Xent between two augmented views")
+@OBJECTIVES.register(
+    "simclr", SimCLRConfig, description="SimCLR (Chen et al. 2020): NT-Xent between two augmented views"
+)
 def build_simclr(cfg: SimCLRConfig, backbone: nn.Module) -> SimCLR:
     return SimCLR(backbone, cfg)

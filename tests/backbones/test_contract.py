@@ -75,3 +75,24 @@ def test_export_state_dict(name: str) -> None:
     state = model.export_state_dict()
     assert state and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
     assert not any(k.startswith("module.") for k in state)
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_declared_export_formats_round_trip_through_safetensors(name: str, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from equissl.export.formats import FORMATS, export_backbone
+
+    model, _ = build_tiny(name)
+    known = {*FORMATS, "openpcdet"}
+    assert "safetensors" in model.export_formats and set(model.export_formats) <= known, model.export_formats
+    assert isinstance(model.export_note, str)
+    assert BACKBONES.get(name).meta.get("probe", "linear") in ("linear", "bev")
+    out = export_backbone(model.eval(), {"backbone": name}, tmp_path / "backbone.safetensors")
+    loaded, expected = load_file(str(out)), model.export_state_dict()
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+    refused = sorted(known - set(model.export_formats) - {"openpcdet"})
+    if refused:
+        with pytest.raises(ValueError, match="cannot export"):
+            export_backbone(model, {"backbone": name}, tmp_path / "x.out", refused[0])

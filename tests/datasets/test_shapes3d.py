@@ -331,7 +331,9 @@ def test_rotation_distribution_is_a_generation_parameter_and_default_hash_is_unc
 
 
 def test_a_3diebench_render_stores_the_drawn_angles(tmp_path):
-    root = render_shapes3d(tmp_path / "d", tiny(num_classes=2, rotations="3diebench", render_size=8), progress=False)
+    root = render_shapes3d(
+        tmp_path / "d", tiny(num_classes=2, rotations="3diebench", render_size=8), progress=False
+    )
     latents = np.concatenate([np.load(root / f"all_latents_{s}.npy") for s in ("train", "val")])
     assert latents.shape == (2 * 2 * 3, 7) and np.all(np.abs(latents[:, :3]) <= np.pi / 2 + 1e-6)
     assert json.loads((root / MARKER_NAME).read_text())["params"]["rotations"] == "3diebench"

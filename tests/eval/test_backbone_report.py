@@ -5,7 +5,9 @@ from equissl.cli import main
 
 def test_steerable_report_is_exact_and_plain_resnet_is_not(tmp_path):
     out = tmp_path / "c4.json"
-    assert main(["equivariance", "--backbone", "steerable_d4", "--tiny", "--seed", "3", "--out", str(out)]) == 0
+    assert (
+        main(["equivariance", "--backbone", "steerable_d4", "--tiny", "--seed", "3", "--out", str(out)]) == 0
+    )
     figures = json.loads(out.read_text())["group_equivariance"]
     assert figures["group"] == "D4"
     assert figures["max_features_error"] < 1e-5 and figures["max_invariant_error"] < 1e-5

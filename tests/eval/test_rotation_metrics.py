@@ -52,7 +52,9 @@ def test_quaternion_r2_is_blind_to_the_sign_of_q():
     assert rm.quat_r2_score(q, q) == pytest.approx(1.0)
     assert rm.quat_r2_score(-q, q) == pytest.approx(1.0)  # -q is the same rotation
     assert rm.r2_score(-q, q) < -1  # a sign-blind-less R^2 calls it worse than the mean
-    flips = torch.where(torch.rand(50, 1, generator=torch.Generator().manual_seed(1)) < 0.5, -1.0, 1.0).double()
+    flips = torch.where(
+        torch.rand(50, 1, generator=torch.Generator().manual_seed(1)) < 0.5, -1.0, 1.0
+    ).double()
     assert rm.quat_r2_score(flips * q, -flips * q) == pytest.approx(1.0)
     # a noisy prediction: residual to the nearer sign, total sum of squares of the canonical targets
     noisy = -(q + 0.1 * torch.randn(50, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
@@ -81,7 +83,10 @@ def test_every_constant_minimising_the_sign_blind_loss_scores_zero_variance_weig
 
 def test_relative_quat_targets_and_absolute_quats_match_scipy():
     g = torch.Generator().manual_seed(3)
-    l1, l2 = (torch.rand(20, 7, generator=g, dtype=torch.float64) - 0.5) * 3, (torch.rand(20, 7, generator=g, dtype=torch.float64) - 0.5) * 3
+    l1, l2 = (
+        (torch.rand(20, 7, generator=g, dtype=torch.float64) - 0.5) * 3,
+        (torch.rand(20, 7, generator=g, dtype=torch.float64) - 0.5) * 3,
+    )
     r1, r2 = Rotation.from_euler("xyz", l1[:, :3].numpy()), Rotation.from_euler("xyz", l2[:, :3].numpy())
     dots = (relative_action(l1, l2).double() * torch.from_numpy((r1.inv() * r2).as_quat())).sum(1)
     assert torch.allclose(dots.abs(), torch.ones(20, dtype=torch.float64), atol=1e-5)
@@ -97,21 +102,29 @@ def test_mrr_and_hits_on_a_constructed_retrieval():
     e = torch.eye(3)
     candidates = torch.cat([e, e])  # rows 0-2: object 0; rows 3-5: object 1
     objects = torch.tensor([0, 0, 0, 1, 1, 1])
-    predicted = torch.stack([
-        e[0],                       # object 0, true row 0: rank 1
-        0.9 * e[0] + 0.5 * e[1],    # object 0, true row 1 (e1): e0 is closer -> rank 2
-        3 * e[0] + 2 * e[1] + e[2],  # object 1, true row 5 (e2): rank 3 among object 1's views only
-        e[1],                       # object 1, true row 4: rank 1
-    ])
-    ranks = rm.target_ranks(predicted, candidates, objects, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 5, 4]))
+    predicted = torch.stack(
+        [
+            e[0],  # object 0, true row 0: rank 1
+            0.9 * e[0] + 0.5 * e[1],  # object 0, true row 1 (e1): e0 is closer -> rank 2
+            3 * e[0] + 2 * e[1] + e[2],  # object 1, true row 5 (e2): rank 3 among object 1's views only
+            e[1],  # object 1, true row 4: rank 1
+        ]
+    )
+    ranks = rm.target_ranks(
+        predicted, candidates, objects, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 5, 4])
+    )
     assert ranks.tolist() == [1, 2, 3, 1]
     scores = rm.mrr_hits_at_k(ranks, (1, 2, 5))
     assert scores["MRR"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1) / 4)
     assert (scores["H@1"], scores["H@2"], scores["H@5"]) == (0.5, 0.75, 1.0)
     with pytest.raises(ValueError, match="no candidates"):
-        rm.target_ranks(predicted, candidates, objects, torch.tensor([0, 0, 1, 7]), torch.tensor([0, 1, 5, 4]))
+        rm.target_ranks(
+            predicted, candidates, objects, torch.tensor([0, 0, 1, 7]), torch.tensor([0, 1, 5, 4])
+        )
     with pytest.raises(ValueError, match="not among its object's candidates"):
-        rm.target_ranks(predicted, candidates, objects, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 5, 0]))
+        rm.target_ranks(
+            predicted, candidates, objects, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 5, 0])
+        )
 
 
 def test_prediction_retrieval_error_hand_computed():
@@ -123,7 +136,9 @@ def test_prediction_retrieval_error_hand_computed():
     predicted = torch.tensor([[2.0, 0.1, 0.0], [0.0, 0.2, 1.0], [0.1, 5.0, 0.0]])  # -> rows 0, 2, 1
     true_quats = torch.tensor([identity, z90, [-v for v in z90]])
     # errors: 1 - 1 = 0; 1 - <z90, x180>^2 = 1; 1 - <-z90, z90>^2 = 0 (q ~ -q)
-    assert rm.prediction_retrieval_error(predicted, candidates, candidate_quats, true_quats) == pytest.approx(1 / 3)
+    assert rm.prediction_retrieval_error(predicted, candidates, candidate_quats, true_quats) == pytest.approx(
+        1 / 3
+    )
     assert rm.nearest_neighbours(predicted, candidates).tolist() == [0, 2, 1]
     # cosine vs dot product retrieval (SIE's --no-norm)
     keys = torch.tensor([[1.0, 0.0], [10.0, 10.0]])
@@ -162,8 +177,9 @@ def test_pair_regression_learns_from_informative_features_only():
     objects = torch.arange(n_objects).repeat_interleave(views)
     informative = torch.cat([latents, torch.randn(len(latents), 3, generator=g)], dim=1)
     noise = torch.randn(len(latents), 10, generator=g)
-    protocol = rm.RegressionProtocol(epochs=30, batch_size=64, lr=3e-3, hidden_dims=(32,), pairs_per_object=8,
-                                   val_pairs_per_object=4)
+    protocol = rm.RegressionProtocol(
+        epochs=30, batch_size=64, lr=3e-3, hidden_dims=(32,), pairs_per_object=8, val_pairs_per_object=4
+    )
     half = n_objects // 2 * views
 
     def data(features, rows):
@@ -214,16 +230,38 @@ def test_evaluate_equivariance_end_to_end(tiny_3diebench, tmp_path):
     from equissl.launch.trainer import pretrain
 
     run_dir = tmp_path / "run"
-    config = build_config(overrides=[
-        "data.name=3diebench", f"data.root={tiny_3diebench}", "data.views_per_object=3", "data.image_size=16",
-        "data.num_workers=0", "augment.crop_size=16", "backbone.stem=strided", "objective.name=sie",
-        "objective.equi_dim=64", "objective.inv_proj_dims=[16]", "objective.equi_proj_dims=[16]",
-        "trainer.max_steps=2", "trainer.batch_size=4", "trainer.checkpoint_every=2", "trainer.progress=false",
-        f"trainer.run_dir={run_dir}", "trainer.device=cpu",
-    ])
+    config = build_config(
+        overrides=[
+            "data.name=3diebench",
+            f"data.root={tiny_3diebench}",
+            "data.views_per_object=3",
+            "data.image_size=16",
+            "data.num_workers=0",
+            "augment.crop_size=16",
+            "backbone.stem=strided",
+            "objective.name=sie",
+            "objective.equi_dim=64",
+            "objective.inv_proj_dims=[16]",
+            "objective.equi_proj_dims=[16]",
+            "trainer.max_steps=2",
+            "trainer.batch_size=4",
+            "trainer.checkpoint_every=2",
+            "trainer.progress=false",
+            f"trainer.run_dir={run_dir}",
+            "trainer.device=cpu",
+        ]
+    )
     pretrain(config)
-    settings = parse_settings(EquivarianceEvalConfig, ["regression.epochs=2", "regression.hidden_dims=[8]",
-                                                       "probe.epochs=2", "probe.weight_decays=[0.0]", "num_workers=0"])
+    settings = parse_settings(
+        EquivarianceEvalConfig,
+        [
+            "regression.epochs=2",
+            "regression.hidden_dims=[8]",
+            "probe.epochs=2",
+            "probe.weight_decays=[0.0]",
+            "num_workers=0",
+        ],
+    )
     report = evaluate_equivariance(run_dir, settings=settings, device="cpu")
     results = report["results"]
     assert report["views"] == {"train": 12, "val": 6} and report["step"] == 2
@@ -247,12 +285,27 @@ def test_equivariance_cli_prints_the_table_and_refuses_bad_settings(tiny_3dieben
     from equissl.launch.trainer import pretrain
 
     run_dir = tmp_path / "run"
-    pretrain(build_config(overrides=[
-        "data.name=3diebench", f"data.root={tiny_3diebench}", "data.views_per_object=3", "data.image_size=16",
-        "data.num_workers=0", "augment.crop_size=16", "backbone.stem=strided", "objective.name=sie",
-        "objective.equi_dim=64", "objective.inv_proj_dims=[16]", "objective.equi_proj_dims=[16]",
-        "trainer.max_steps=2", "trainer.batch_size=4", "trainer.progress=false", f"trainer.run_dir={run_dir}",
-    ]))
+    pretrain(
+        build_config(
+            overrides=[
+                "data.name=3diebench",
+                f"data.root={tiny_3diebench}",
+                "data.views_per_object=3",
+                "data.image_size=16",
+                "data.num_workers=0",
+                "augment.crop_size=16",
+                "backbone.stem=strided",
+                "objective.name=sie",
+                "objective.equi_dim=64",
+                "objective.inv_proj_dims=[16]",
+                "objective.equi_proj_dims=[16]",
+                "trainer.max_steps=2",
+                "trainer.batch_size=4",
+                "trainer.progress=false",
+                f"trainer.run_dir={run_dir}",
+            ]
+        )
+    )
     quick = ["regression.epochs=2", "regression.hidden_dims=[8]", "probe.epochs=2", "num_workers=0"]
     out = tmp_path / "figures.json"
     assert main(["equivariance", "--run", str(run_dir), "--out", str(out), *quick]) == 0
@@ -277,10 +330,20 @@ def test_objectives_without_a_split_report_full_only_and_no_predictor():
     reps = Plain().representations(images)
     assert list(reps) == ["full"] and reps["full"].shape == (2, 12)
     assert not isinstance(Plain(), EquivariantObjective)
-    report = {"objective": "simclr", "backbone": "resnet18", "dataset": "shapes3d", "step": 5, "run": "r",
-              "seconds": 1.0, "results": {"classification_top1": {"full": 50.0},
-                                          "rotation_r2": {"full": {"r2": 0.25}},
-                                          "colour_r2": {"full": {"r2": 0.5}}, "prediction": None}}
+    report = {
+        "objective": "simclr",
+        "backbone": "resnet18",
+        "dataset": "shapes3d",
+        "step": 5,
+        "run": "r",
+        "seconds": 1.0,
+        "results": {
+            "classification_top1": {"full": 50.0},
+            "rotation_r2": {"full": {"r2": 0.25}},
+            "colour_r2": {"full": {"r2": 0.5}},
+            "prediction": None,
+        },
+    }
     table = format_equivariance(report)
     assert "full       50.0    0.250" in table and "inv           -        -" in table
     assert "predictor: none" in table
@@ -293,7 +356,9 @@ def test_extraction_hands_each_objects_views_to_object_representations(tiny_3die
     from equissl.eval.equivariance_report import EquivarianceEvalConfig, extract_split
     from equissl.ssl.base import EquivariantObjective
 
-    class ObjectMean(EquivariantObjective):  # inv of a view = mean of its object's views (a sequence-level rep)
+    class ObjectMean(
+        EquivariantObjective
+    ):  # inv of a view = mean of its object's views (a sequence-level rep)
         def __init__(self):
             super().__init__(nn.Flatten())
             self.calls = []
@@ -307,9 +372,16 @@ def test_extraction_hands_each_objects_views_to_object_representations(tiny_3die
             mean = reps["equi"].mean(0, keepdim=True).expand_as(reps["equi"])
             return {**reps, "inv": mean}
 
-    config = build_config(overrides=[
-        "data.name=3diebench", f"data.root={tiny_3diebench}", "data.views_per_object=3", "data.image_size=16",
-        "data.num_workers=0", "augment.crop_size=16"])
+    config = build_config(
+        overrides=[
+            "data.name=3diebench",
+            f"data.root={tiny_3diebench}",
+            "data.views_per_object=3",
+            "data.image_size=16",
+            "data.num_workers=0",
+            "augment.crop_size=16",
+        ]
+    )
     objective = ObjectMean()
     data = extract_split(objective, config, "train", EquivarianceEvalConfig(batch_size=6, num_workers=0))
     assert objective.calls == [3, 3, 3, 3]  # 4 objects of 3 views, 2 objects a batch
@@ -346,8 +418,11 @@ def test_mrr_with_shuffled_actions_tells_a_predictor_that_uses_its_action_from_o
     generator = torch.Generator().manual_seed(int(torch.randint(0, 10_000, ())))
     objects = torch.arange(6).repeat_interleave(8)  # 6 objects x 8 views, random poses
     latents = torch.cat([(torch.rand(48, 3, generator=generator) - 0.5) * math.pi, torch.rand(48, 4)], dim=1)
-    data = {"objects": objects, "latents": latents,
-            "equi_embedding": _RotatingPredictor.matrices(latents).reshape(-1, 9).float()}
+    data = {
+        "objects": objects,
+        "latents": latents,
+        "equi_embedding": _RotatingPredictor.matrices(latents).reshape(-1, 9).float(),
+    }
     settings = EquivarianceEvalConfig()
     exact = predictor_metrics(_RotatingPredictor(uses_action=True), data, settings)
     assert exact["MRR"] == pytest.approx(1.0) and exact["PRE"] == pytest.approx(0.0, abs=1e-6)

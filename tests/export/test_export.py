@@ -13,7 +13,9 @@ from equissl.runs import load_backbone, load_run
 RECIPE = "configs/simclr_resnet18_shapes3d.yaml"
 
 
-def test_exported_backbone_loads_into_torchvision_strict_and_gives_the_same_features(tiny_overrides, tmp_path):
+def test_exported_backbone_loads_into_torchvision_strict_and_gives_the_same_features(
+    tiny_overrides, tmp_path
+):
     overrides = [*tiny_overrides, "backbone.stem=imagenet", "trainer.max_steps=2"]
     pretrain(build_config(RECIPE, overrides))
     out = tmp_path / "backbone.safetensors"
@@ -29,7 +31,9 @@ def test_exported_backbone_loads_into_torchvision_strict_and_gives_the_same_feat
     with torch.no_grad():
         assert torch.allclose(resnet(x), trained(x), atol=1e-6)
         # and the weights really are the trained ones, not a fresh init
-        assert not torch.allclose(torchvision.models.resnet18(num_classes=1).conv1.weight, resnet.conv1.weight)
+        assert not torch.allclose(
+            torchvision.models.resnet18(num_classes=1).conv1.weight, resnet.conv1.weight
+        )
 
     metadata = json.loads((tmp_path / "backbone.safetensors.json").read_text())
     assert metadata["input_size"] == [3, 32, 32]

@@ -13,7 +13,9 @@ def _write(run_dir, step, keep=2, generators=None):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     tmp = ckpt.temp_dir(run_dir, step)
-    ckpt.write_shared(tmp, model.state_dict(), optimizer, scheduler, None, ckpt.TrainerState(step=step), "name: x\n")
+    ckpt.write_shared(
+        tmp, model.state_dict(), optimizer, scheduler, None, ckpt.TrainerState(step=step), "name: x\n"
+    )
     ckpt.write_rank_rng(tmp, 0, generators or {})
     return model, ckpt.finalize(run_dir, step, keep)
 

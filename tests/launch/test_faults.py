@@ -76,10 +76,21 @@ def test_skip_option_skips_counted_steps_up_to_its_limit(tiny_overrides, tmp_pat
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["train/skipped_steps"] == 2
     assert all(np.isfinite(r["grad_norm"]) for r in rows)
 
-    trainer = Trainer(build_config(RECIPE, [*tiny_overrides, "trainer.max_steps=3", "trainer.skip_nonfinite_steps=1",
-                                            f"trainer.run_dir={tmp_path}/limited"]))
+    trainer = Trainer(
+        build_config(
+            RECIPE,
+            [
+                *tiny_overrides,
+                "trainer.max_steps=3",
+                "trainer.skip_nonfinite_steps=1",
+                f"trainer.run_dir={tmp_path}/limited",
+            ],
+        )
+    )
     _poison(trainer, monkeypatch, {1: "grad", 2: "grad"})
-    with pytest.raises(NonFiniteLossError, match="non-finite gradient norm at step 0.*1 steps skipped before"):
+    with pytest.raises(
+        NonFiniteLossError, match="non-finite gradient norm at step 0.*1 steps skipped before"
+    ):
         trainer.fit()
 
 
@@ -104,8 +115,17 @@ def corrupt_root(tiny_shapes3d_root, tmp_path):
 
 def test_corrupt_files_are_skipped_and_counted_across_workers(tiny_overrides, corrupt_root, tmp_path):
     root, bad = corrupt_root
-    config = build_config(RECIPE, [*tiny_overrides, f"data.root={root}", "data.num_workers=2", "trainer.max_steps=4", "data.max_bad_fraction=0.5",
-                                   "trainer.checkpoint_every=100"])
+    config = build_config(
+        RECIPE,
+        [
+            *tiny_overrides,
+            f"data.root={root}",
+            "data.num_workers=2",
+            "trainer.max_steps=4",
+            "data.max_bad_fraction=0.5",
+            "trainer.checkpoint_every=100",
+        ],
+    )
     result = Trainer(config).fit()  # the warnings stay in the worker processes
     assert result.status == "finished"
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
@@ -115,9 +135,13 @@ def test_corrupt_files_are_skipped_and_counted_across_workers(tiny_overrides, co
 
 def test_too_many_bad_files_abort_with_a_clear_message(tiny_overrides, corrupt_root):
     root, bad = corrupt_root
-    config = build_config(RECIPE, [*tiny_overrides, f"data.root={root}", "trainer.max_steps=10",
-                                   "data.max_bad_fraction=0.01"])
-    with pytest.warns(RuntimeWarning), pytest.raises(BadDataError, match=r"data.max_bad_fraction=0.01") as error:
+    config = build_config(
+        RECIPE, [*tiny_overrides, f"data.root={root}", "trainer.max_steps=10", "data.max_bad_fraction=0.01"]
+    )
+    with (
+        pytest.warns(RuntimeWarning),
+        pytest.raises(BadDataError, match=r"data.max_bad_fraction=0.01") as error,
+    ):
         Trainer(config).fit()
     assert any(str(path) in str(error.value) for path in bad)
 

@@ -36,30 +36,60 @@ from equissl.registry import OBJECTIVES
 WORLD, GLOBAL_BATCH, STEPS = 2, 8, 2
 
 DETERMINISTIC_VIEWS = [
-    "augment.crop_scale=[1.0,1.0]", "augment.crop_ratio=[1.0,1.0]", "augment.hflip_prob=0.0",
-    "augment.jitter_prob=0.0", "augment.grayscale_prob=0.0", "augment.blur_prob=0.0",
+    "augment.crop_scale=[1.0,1.0]",
+    "augment.crop_ratio=[1.0,1.0]",
+    "augment.hflip_prob=0.0",
+    "augment.jitter_prob=0.0",
+    "augment.grayscale_prob=0.0",
+    "augment.blur_prob=0.0",
 ]
 RECIPES = {
-    "simclr": ("configs/simclr_resnet18_shapes3d.yaml", ["objective.proj_hidden_dim=64", "objective.proj_out_dim=32"]),
+    "simclr": (
+        "configs/simclr_resnet18_shapes3d.yaml",
+        ["objective.proj_hidden_dim=64", "objective.proj_out_dim=32"],
+    ),
     "vicreg": ("configs/vicreg_resnet18_shapes3d.yaml", ["objective.expander_dims=[64,64]"]),
-    "sie": ("configs/sie_resnet18_shapes3d.yaml", ["objective.equi_dim=16", "objective.inv_proj_dims=[32,32]",
-                                                  "objective.equi_proj_dims=[32,32]"]),
+    "sie": (
+        "configs/sie_resnet18_shapes3d.yaml",
+        ["objective.equi_dim=16", "objective.inv_proj_dims=[32,32]", "objective.equi_proj_dims=[32,32]"],
+    ),
 }
-OBJECTIVE_NAMES = [name for name in RECIPES if name in OBJECTIVES.names() and Path(RECIPES[name][0]).is_file()]
+OBJECTIVE_NAMES = [
+    name for name in RECIPES if name in OBJECTIVES.names() and Path(RECIPES[name][0]).is_file()
+]
 
 
 def _overrides(name: str, data_overrides: list[str], run_dir: Path, batch_size: int) -> list[str]:
     return [
-        *data_overrides, *DETERMINISTIC_VIEWS, *RECIPES[name][1], "augment.crop_size=32", "backbone.stem=strided",
-        "optim.name=sgd", "optim.lr=0.05", "optim.warmup_steps=0", "trainer.device=cpu", "trainer.precision=fp64",
-        "trainer.sync_batchnorm=true", f"trainer.batch_size={batch_size}", f"trainer.max_steps={STEPS}",
-        "trainer.checkpoint_every=1000", "trainer.log_every=1", "trainer.progress=false", f"trainer.run_dir={run_dir}",
+        *data_overrides,
+        *DETERMINISTIC_VIEWS,
+        *RECIPES[name][1],
+        "augment.crop_size=32",
+        "backbone.stem=strided",
+        "optim.name=sgd",
+        "optim.lr=0.05",
+        "optim.warmup_steps=0",
+        "trainer.device=cpu",
+        "trainer.precision=fp64",
+        "trainer.sync_batchnorm=true",
+        f"trainer.batch_size={batch_size}",
+        f"trainer.max_steps={STEPS}",
+        "trainer.checkpoint_every=1000",
+        "trainer.log_every=1",
+        "trainer.progress=false",
+        f"trainer.run_dir={run_dir}",
     ]
 
 
 def _worker(rank: int, port: int, jobs: list[tuple[str, list[str]]]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_WORLD_SIZE=str(WORLD),
+    )
     torch.set_num_threads(1)
     from equissl.launch.trainer import pretrain
 
@@ -74,14 +104,22 @@ def runs(tiny_shapes3d_root, tmp_path_factory):
 
     data = [f"data.root={tiny_shapes3d_root}", *TINY_DATA]
     root = tmp_path_factory.mktemp("multiprocess")
-    jobs = [(RECIPES[n][0], _overrides(n, data, root / f"{n}-2proc", GLOBAL_BATCH // WORLD)) for n in OBJECTIVE_NAMES]
+    jobs = [
+        (RECIPES[n][0], _overrides(n, data, root / f"{n}-2proc", GLOBAL_BATCH // WORLD))
+        for n in OBJECTIVE_NAMES
+    ]
     mp.spawn(_worker, args=(free_port(), jobs), nprocs=WORLD, join=True)
     from equissl.launch.trainer import pretrain
 
     for name in OBJECTIVE_NAMES:
         launch = (root / f"{name}-2proc" / "launch.json").read_text()
         assert '"world_size": 2' in launch and f'"global_batch": {GLOBAL_BATCH}' in launch
-        assert pretrain(build_config(RECIPES[name][0], _overrides(name, data, root / f"{name}-1proc", GLOBAL_BATCH))).step == STEPS
+        assert (
+            pretrain(
+                build_config(RECIPES[name][0], _overrides(name, data, root / f"{name}-1proc", GLOBAL_BATCH))
+            ).step
+            == STEPS
+        )
     return root
 
 
@@ -97,7 +135,10 @@ def test_two_gloo_processes_with_half_batches_match_one_process(runs, name):
         torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-8, msg=key)
         worst = max(worst, ((two[key] - value).abs() / (value.abs() + 1e-5)).max().item())
     print(f"{name}: worst relative difference {worst:.2e}")
-    for run in ("1proc", "2proc"):  # the steps moved the weights: the comparison is not between initialisations
+    for run in (
+        "1proc",
+        "2proc",
+    ):  # the steps moved the weights: the comparison is not between initialisations
         last = (runs / f"{name}-{run}" / "metrics.jsonl").read_text().splitlines()[-1]
         assert json.loads(last)["grad_norm"] > 1e-3
 
@@ -110,18 +151,36 @@ def test_launch_commands_for_processes_nodes_and_slurm(capsys):
     single = build_command(LaunchSpec(recipe, ["trainer.max_steps=5"]))
     assert single[1:] == ["-m", "equissl.cli", "pretrain", "--config", recipe, "trainer.max_steps=5"]
     cpu = build_command(LaunchSpec(recipe, [], nproc_per_node=2, device="cpu"))
-    assert cpu[cpu.index("--standalone"):] == ["--standalone", "--nproc-per-node", "2", "-m", "equissl.cli", "pretrain",
-                                               "--config", recipe, "trainer.device=cpu"]
-    nodes = build_command(LaunchSpec(recipe, [], nproc_per_node=8, nnodes=2, rdzv_endpoint="node0:29500", rdzv_id="job1"))
-    assert " ".join(nodes).endswith("--nnodes 2 --rdzv-backend c10d --rdzv-endpoint node0:29500 --rdzv-id job1 "
-                                    f"--nproc-per-node 8 -m equissl.cli pretrain --config {recipe}")
+    assert cpu[cpu.index("--standalone") :] == [
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "equissl.cli",
+        "pretrain",
+        "--config",
+        recipe,
+        "trainer.device=cpu",
+    ]
+    nodes = build_command(
+        LaunchSpec(recipe, [], nproc_per_node=8, nnodes=2, rdzv_endpoint="node0:29500", rdzv_id="job1")
+    )
+    assert " ".join(nodes).endswith(
+        "--nnodes 2 --rdzv-backend c10d --rdzv-endpoint node0:29500 --rdzv-id job1 "
+        f"--nproc-per-node 8 -m equissl.cli pretrain --config {recipe}"
+    )
     with pytest.raises(ValueError, match="rdzv-endpoint"):
         build_command(LaunchSpec(recipe, [], nnodes=2))
     assert main(["launch", "--config", recipe, "--nproc-per-node", "2", "--device", "cpu", "--dry-run"]) == 0
     assert "--standalone --nproc-per-node 2" in capsys.readouterr().out
-    assert main(["launch", "--config", recipe, "--slurm", "--nodes", "2", "--gpus-per-node", "4", "--dry-run"]) == 0
+    assert (
+        main(["launch", "--config", recipe, "--slurm", "--nodes", "2", "--gpus-per-node", "4", "--dry-run"])
+        == 0
+    )
     assert "'nodes': 2, 'tasks_per_node': 4, 'gpus_per_node': 4" in capsys.readouterr().out
-    assert main(["launch", "--config", recipe, "trainer.bogus=1", "--dry-run"]) == 2  # bad keys refused up front
+    assert (
+        main(["launch", "--config", recipe, "trainer.bogus=1", "--dry-run"]) == 2
+    )  # bad keys refused up front
 
 
 def test_slurm_without_submitit_says_how_to_install(capsys):

@@ -23,7 +23,9 @@ def test_biases_and_norms_are_excluded_from_weight_decay():
 
 @pytest.mark.parametrize("rule, expected", [("none", 0.1), ("linear", 0.2), ("sqrt", 0.1 * math.sqrt(2))])
 def test_lr_scaling_by_global_batch(rule, expected):
-    assert scaled_lr(OptimConfig(lr=0.1, lr_scaling=rule, reference_batch=256), 512) == pytest.approx(expected)
+    assert scaled_lr(OptimConfig(lr=0.1, lr_scaling=rule, reference_batch=256), 512) == pytest.approx(
+        expected
+    )
 
 
 def test_warmup_then_cosine():

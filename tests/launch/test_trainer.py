@@ -21,8 +21,12 @@ RECIPE = "configs/simclr_resnet18_shapes3d.yaml"
 
 
 def _cli(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "equissl.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "equissl.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for_checkpoint(run_dir: Path, process: subprocess.Popen, timeout: float = 120) -> Path:
@@ -51,17 +55,37 @@ def test_run_writes_config_metrics_and_keeps_the_last_checkpoints(tiny_overrides
 
 
 def test_sigkill_then_same_command_resumes_and_matches_uninterrupted(tiny_overrides, tmp_path):
-    common = ["pretrain", "--config", RECIPE, *tiny_overrides, "trainer.max_steps=10", "trainer.checkpoint_every=3"]
+    common = [
+        "pretrain",
+        "--config",
+        RECIPE,
+        *tiny_overrides,
+        "trainer.max_steps=10",
+        "trainer.checkpoint_every=3",
+    ]
     reference_dir = tmp_path / "reference"
-    assert subprocess.run([sys.executable, "-m", "equissl.cli", *common, f"trainer.run_dir={reference_dir}"],
-                          capture_output=True, timeout=300, check=False).returncode == 0
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "equissl.cli", *common, f"trainer.run_dir={reference_dir}"],
+            capture_output=True,
+            timeout=300,
+            check=False,
+        ).returncode
+        == 0
+    )
     killed = _cli(common)
     first = _wait_for_checkpoint(tmp_path / "run", killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     step_at_kill = ckpt.load_trainer_state(first).step
     assert 3 <= step_at_kill < 10
-    resumed = subprocess.run([sys.executable, "-m", "equissl.cli", *common], capture_output=True, text=True, timeout=300, check=False)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "equissl.cli", *common],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resumed from" in resumed.stdout + resumed.stderr
     final = ckpt.load_model_state(ckpt.latest_checkpoint(tmp_path / "run"))
@@ -72,8 +96,16 @@ def test_sigkill_then_same_command_resumes_and_matches_uninterrupted(tiny_overri
 
 
 def test_sigterm_writes_a_complete_checkpoint_and_exits_zero(tiny_overrides, tmp_path):
-    process = _cli(["pretrain", "--config", RECIPE, *tiny_overrides, "trainer.max_steps=400",
-                    "trainer.checkpoint_every=1000"])
+    process = _cli(
+        [
+            "pretrain",
+            "--config",
+            RECIPE,
+            *tiny_overrides,
+            "trainer.max_steps=400",
+            "trainer.checkpoint_every=1000",
+        ]
+    )
     run = tmp_path / "run"
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text().strip():
@@ -108,8 +140,9 @@ def test_non_finite_loss_stops_with_the_step(tiny_overrides, monkeypatch):
 
 def test_gradient_accumulation_consumes_micro_batches_per_step(tiny_overrides):
     """Each optimizer step consumes grad_accum_steps micro-batches (the data position is what resumes)."""
-    config = build_config(RECIPE, [*tiny_overrides, "trainer.grad_accum_steps=2", "trainer.batch_size=4",
-                                   "trainer.max_steps=2"])
+    config = build_config(
+        RECIPE, [*tiny_overrides, "trainer.grad_accum_steps=2", "trainer.batch_size=4", "trainer.max_steps=2"]
+    )
     trainer = Trainer(config)
     result = trainer.fit()
     assert result.step == 2
@@ -119,6 +152,13 @@ def test_gradient_accumulation_consumes_micro_batches_per_step(tiny_overrides):
 def test_trainers_with_different_precisions_run_in_one_process(tiny_overrides, tmp_path):
     # accelerate's process-wide state must not pin the first run's precision on the next.
     for precision in ("bf16", "fp32"):
-        config = build_config(RECIPE, [*tiny_overrides, "trainer.max_steps=1", f"trainer.precision={precision}",
-                                       f"trainer.run_dir={tmp_path}/{precision}"])
+        config = build_config(
+            RECIPE,
+            [
+                *tiny_overrides,
+                "trainer.max_steps=1",
+                f"trainer.precision={precision}",
+                f"trainer.run_dir={tmp_path}/{precision}",
+            ],
+        )
         assert pretrain(config).status == "finished"

@@ -18,8 +18,15 @@ from tests.lidar.test_pointpillars import OPENPCDET_POINTPILLAR_KITTI
 
 def test_occupancy_targets_of_axis_aligned_and_rotated_boxes():
     pc_range = (0.0, 0.0, -3.0, 8.0, 4.0, 1.0)  # a 4 x 8 map of 1 m cells
-    boxes = torch.tensor([[[2.0, 1.0, 0.0, 2.0, 0.8, 1.0, 0.0], [6.0, 2.0, 0.0, 2.0, 0.8, 1.0, math.pi / 2],
-                           [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]]])
+    boxes = torch.tensor(
+        [
+            [
+                [2.0, 1.0, 0.0, 2.0, 0.8, 1.0, 0.0],
+                [6.0, 2.0, 0.0, 2.0, 0.8, 1.0, math.pi / 2],
+                [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0],
+            ]
+        ]
+    )
     labels = torch.tensor([[0, 1, -1]])  # the third is padding
     occupied = occupancy_targets(boxes, labels, pc_range, 4, 8, num_classes=2, subsamples=3)
     cars = torch.zeros(4, 8, dtype=torch.bool)
@@ -54,8 +61,11 @@ def test_openpcdet_export_loads_like_load_params_from_file(tmp_path):
     state = checkpoint["model_state"]
     assert {k: tuple(v.shape) for k, v in state.items()} == OPENPCDET_POINTPILLAR_KITTI
     # OpenPCDet's Detector3DTemplate.load_params_from_file keeps the keys whose name and shape match
-    detector = {**{k: torch.zeros(s) for k, s in OPENPCDET_POINTPILLAR_KITTI.items()},
-                "dense_head.conv_cls.weight": torch.zeros(18, 384, 1, 1), "global_step": torch.zeros(1)}
+    detector = {
+        **{k: torch.zeros(s) for k, s in OPENPCDET_POINTPILLAR_KITTI.items()},
+        "dense_head.conv_cls.weight": torch.zeros(18, 384, 1, 1),
+        "global_step": torch.zeros(1),
+    }
     loaded = {k for k, v in state.items() if k in detector and detector[k].shape == v.shape}
     assert loaded == set(OPENPCDET_POINTPILLAR_KITTI)
     assert torch.equal(state["backbone_2d.blocks.2.16.weight"], backbone.backbone_2d.blocks[2][16].weight)

@@ -21,11 +21,20 @@ from equissl.ssl.scene_flow import (
     rotation_labels,
     sample_bev,
 )
+from tests.conftest import tiny_sim_overrides
 
-SMALL = PointPillarsConfig(point_cloud_range=(-12.8, -12.8, -3.0, 12.8, 12.8, 1.0), voxel_size=(0.4, 0.4, 4.0),
-                           max_points_per_voxel=6, max_voxels=3000, vfe_filters=(16,), layer_nums=(1, 1),
-                           layer_strides=(2, 2), num_filters=(16, 32), upsample_strides=(1, 2),
-                           num_upsample_filters=(16, 16))
+SMALL = PointPillarsConfig(
+    point_cloud_range=(-12.8, -12.8, -3.0, 12.8, 12.8, 1.0),
+    voxel_size=(0.4, 0.4, 4.0),
+    max_points_per_voxel=6,
+    max_voxels=3000,
+    vfe_filters=(16,),
+    layer_nums=(1, 1),
+    layer_strides=(2, 2),
+    num_filters=(16, 32),
+    upsample_strides=(1, 2),
+    num_upsample_filters=(16, 16),
+)
 
 
 def _reference_info_nce(z_a, z_b, temperature, exclude=None):
@@ -46,7 +55,10 @@ def _reference_info_nce(z_a, z_b, temperature, exclude=None):
 
 def test_point_info_nce_matches_reference_and_properties():
     generator = torch.Generator().manual_seed(0)
-    z_a, z_b = torch.randn(6, 5, generator=generator).double(), torch.randn(6, 5, generator=generator).double()
+    z_a, z_b = (
+        torch.randn(6, 5, generator=generator).double(),
+        torch.randn(6, 5, generator=generator).double(),
+    )
     loss, _ = point_info_nce(z_a, z_b, 0.2)
     assert math.isclose(float(loss), _reference_info_nce(z_a, z_b, 0.2), rel_tol=1e-9)
     exclude = torch.zeros(6, 6, dtype=torch.bool)
@@ -72,7 +84,9 @@ def test_byol_loss_closed_forms_and_rotation_labels():
     assert rotation_labels(angles, 4).tolist() == [0, 1, 2, 3, 0]
     with pytest.raises(ValueError, match="rotation_bins"):
         rotation_labels(torch.tensor([0.3]), 4)
-    assert ema_momentum(0, 100, 0.99) == pytest.approx(0.99) and ema_momentum(100, 100, 0.99) == pytest.approx(1.0)
+    assert ema_momentum(0, 100, 0.99) == pytest.approx(0.99) and ema_momentum(
+        100, 100, 0.99
+    ) == pytest.approx(1.0)
 
 
 def test_sample_bev_reads_the_cell_a_point_falls_in():
@@ -136,7 +150,9 @@ def test_ema_target_follows_the_online_network(views):
             p.add_(1.0)
     before = [p.clone() for p in objective.target_backbone.parameters()]
     objective.on_step_end(1, 10)  # after the first optimizer step: tau = base momentum 0.99
-    for old, new, online in zip(before, objective.target_backbone.parameters(), objective.backbone.parameters()):
+    for old, new, online in zip(
+        before, objective.target_backbone.parameters(), objective.backbone.parameters()
+    ):
         assert torch.allclose(new, 0.99 * old + 0.01 * online, atol=1e-6)
     held = [p.clone() for p in objective.target_backbone.parameters()]
     objective.on_step_end(11, 10)  # past the schedule's end tau = 1: the target stays
@@ -164,20 +180,34 @@ def test_pretrains_through_the_trainer(tiny_sim, tmp_path):
     from equissl.launch.trainer import pretrain
 
     root, cfg = tiny_sim
-    data = [f"data.{k}={v}" for k, v in (("num_sequences", cfg.num_sequences), ("val_sequences", cfg.val_sequences),
-                                         ("frames_per_sequence", cfg.frames_per_sequence), ("beams", cfg.beams),
-                                         ("azimuth_steps", cfg.azimuth_steps), ("cars", cfg.cars),
-                                         ("pedestrians", cfg.pedestrians), ("cyclists", cfg.cyclists),
-                                         ("seed", cfg.seed), ("max_points", 3000))]
-    backbone = ["backbone.point_cloud_range=[-12.8,-12.8,-3.0,12.8,12.8,1.0]", "backbone.vfe_filters=[8]",
-                "backbone.layer_nums=[1,1]", "backbone.layer_strides=[2,2]", "backbone.num_filters=[8,16]",
-                "backbone.upsample_strides=[1,2]", "backbone.num_upsample_filters=[8,8]",
-                "backbone.max_points_per_voxel=4"]
-    config = build_config("configs/essl3d_pointpillars_lidarsim.yaml", [
-        f"data.root={root}", "data.num_workers=0", *data, *backbone, "objective.matches_per_scene=32",
-        "objective.hidden_dim=16", "objective.proj_dim=8", "trainer.max_steps=2", "trainer.batch_size=2",
-        "trainer.progress=false", "trainer.device=cpu", f"trainer.run_dir={tmp_path}/run", "trainer.log_every=1",
-        "optim.warmup_steps=0"])
+    data = tiny_sim_overrides(root, cfg)
+    backbone = [
+        "backbone.point_cloud_range=[-12.8,-12.8,-3.0,12.8,12.8,1.0]",
+        "backbone.vfe_filters=[8]",
+        "backbone.layer_nums=[1,1]",
+        "backbone.layer_strides=[2,2]",
+        "backbone.num_filters=[8,16]",
+        "backbone.upsample_strides=[1,2]",
+        "backbone.num_upsample_filters=[8,8]",
+        "backbone.max_points_per_voxel=4",
+    ]
+    config = build_config(
+        "configs/essl3d_pointpillars_lidarsim.yaml",
+        [
+            *data,
+            *backbone,
+            "objective.matches_per_scene=32",
+            "objective.hidden_dim=16",
+            "objective.proj_dim=8",
+            "trainer.max_steps=2",
+            "trainer.batch_size=2",
+            "trainer.progress=false",
+            "trainer.device=cpu",
+            f"trainer.run_dir={tmp_path}/run",
+            "trainer.log_every=1",
+            "optim.warmup_steps=0",
+        ],
+    )
     result = pretrain(config)
     assert result.status == "finished" and result.step == 2
     assert math.isfinite(result.last_metrics["loss"]) and "loss/flow" in result.last_metrics

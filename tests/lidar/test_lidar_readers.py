@@ -24,9 +24,14 @@ from equissl.datasets.lidar import (
     write_velodyne,
 )
 
-VELO_TO_CAM = np.array([[7.533745e-03, -9.999714e-01, -6.166020e-04, -4.069766e-03],  # KITTI sequence 00's Tr
-                        [1.480249e-02, 7.280733e-04, -9.998902e-01, -7.631618e-02],
-                        [9.998621e-01, 7.523790e-03, 1.480755e-02, -2.717806e-01], [0, 0, 0, 1]])
+VELO_TO_CAM = np.array(
+    [
+        [7.533745e-03, -9.999714e-01, -6.166020e-04, -4.069766e-03],  # KITTI sequence 00's Tr
+        [1.480249e-02, 7.280733e-04, -9.998902e-01, -7.631618e-02],
+        [9.998621e-01, 7.523790e-03, 1.480755e-02, -2.717806e-01],
+        [0, 0, 0, 1],
+    ]
+)
 
 
 def _pose(yaw: float, xyz) -> np.ndarray:
@@ -41,7 +46,9 @@ def _drive(frames: int) -> np.ndarray:
 
 
 def _cloud(rng, count: int) -> np.ndarray:
-    return np.concatenate([rng.uniform(-20, 20, (count, 3)), rng.uniform(0, 1, (count, 1))], 1).astype(np.float32)
+    return np.concatenate([rng.uniform(-20, 20, (count, 3)), rng.uniform(0, 1, (count, 1))], 1).astype(
+        np.float32
+    )
 
 
 def test_kitti_odometry_reader_converts_camera_poses_to_velodyne(tmp_path):
@@ -51,7 +58,9 @@ def test_kitti_odometry_reader_converts_camera_poses_to_velodyne(tmp_path):
         write_velodyne(tmp_path / "sequences" / "05" / "velodyne" / f"{k:06d}.bin", _cloud(rng, 50 + k))
     write_calib(tmp_path / "sequences" / "05" / "calib.txt", VELO_TO_CAM)
     # the odometry devkit keeps ground-truth poses (of camera 0) in dataset/poses/SS.txt
-    write_kitti_poses(tmp_path / "poses" / "05.txt", VELO_TO_CAM @ velodyne_poses @ np.linalg.inv(VELO_TO_CAM))
+    write_kitti_poses(
+        tmp_path / "poses" / "05.txt", VELO_TO_CAM @ velodyne_poses @ np.linalg.inv(VELO_TO_CAM)
+    )
     sequence = kitti_sequence(tmp_path, "05")
     np.testing.assert_allclose(sequence.poses, velodyne_poses, atol=1e-7)
     cfg = KittiOdometryConfig(root=str(tmp_path), train_sequences=("05",), val_sequences=())
@@ -87,7 +96,9 @@ def test_kitti360_reader_composes_imu_poses_with_the_calibration(tmp_path):
     rng = np.random.default_rng(2)
     name = "2013_05_28_drive_0003_sync"
     for k in range(4):
-        write_velodyne(tmp_path / "data_3d_raw" / name / "velodyne_points" / "data" / f"{k:010d}.bin", _cloud(rng, 30))
+        write_velodyne(
+            tmp_path / "data_3d_raw" / name / "velodyne_points" / "data" / f"{k:010d}.bin", _cloud(rng, 30)
+        )
     imu = _drive(4)
     frames = [0, 2, 3]  # KITTI-360 has no pose for some frames: frame 1 is left out
     rows = [[f, *imu[f][:3, :4].ravel()] for f in frames]
@@ -98,7 +109,9 @@ def test_kitti360_reader_composes_imu_poses_with_the_calibration(tmp_path):
     (tmp_path / "calibration").mkdir()
     lines = [f"image_0{k}: " + " ".join(f"{v:.12g}" for v in cam_to_pose[:3, :4].ravel()) for k in range(4)]
     (tmp_path / "calibration" / "calib_cam_to_pose.txt").write_text("\n".join(lines) + "\n")
-    np.savetxt(tmp_path / "calibration" / "calib_cam_to_velo.txt", cam_to_velo[:3, :4].reshape(1, 12), fmt="%.12g")
+    np.savetxt(
+        tmp_path / "calibration" / "calib_cam_to_velo.txt", cam_to_velo[:3, :4].reshape(1, 12), fmt="%.12g"
+    )
     sequence = kitti360_sequence(tmp_path, name)
     assert [int(p.stem) for p in sequence.sweeps] == frames
     expected = imu[frames] @ cam_to_pose @ np.linalg.inv(cam_to_velo)

@@ -32,7 +32,7 @@ from equissl.datasets.lidar_sim import (
     simulate_sweep,
 )
 from equissl.errors import UserError
-from tests.lidar.conftest import tiny_sim_config
+from tests.conftest import tiny_sim_config
 
 
 def _surface_distance(scene, time, world_points, actors=None, with_static=True) -> np.ndarray:
@@ -119,7 +119,9 @@ def test_written_flow_and_poses_carry_every_point_to_the_next_surface(tiny_sim):
     assert (int(item["sequence"]), int(item["frame"])) == (0, 1)
     assert bool(item["flow_is_ground_truth"])
     p = item["points"][:, :3].double()
-    q = (p + item["flow"].double()) @ item["relative_pose"][:3, :3].double().T + item["relative_pose"][:3, 3].double()
+    q = (p + item["flow"].double()) @ item["relative_pose"][:3, :3].double().T + item["relative_pose"][
+        :3, 3
+    ].double()
     sensor_next = scene.ego.matrix(scene.times[2], cfg.sensor_height)
     error = _surface_distance(scene, scene.times[2], _to_world(sensor_next, q.numpy()))
     assert np.median(error) < cfg.range_noise
@@ -134,7 +136,9 @@ def test_boxes_hold_their_points_and_labels_follow_semantic_kitti(tiny_sim):
     assert len(semantic) == len(points) == len(read_flow(seq / "flow" / "000000.bin"))
     lines = [line.split() for line in (seq / "boxes" / "000000.txt").read_text().splitlines()]
     assert lines and all(len(parts) == 10 for parts in lines)
-    actor_ids = {SEMANTIC[k] for k in ("car", "person", "bicyclist", "moving-car", "moving-person", "moving-bicyclist")}
+    actor_ids = {
+        SEMANTIC[k] for k in ("car", "person", "bicyclist", "moving-car", "moving-person", "moving-bicyclist")
+    }
     assert set(semantic[instance > 0].tolist()) <= actor_ids
     assert SEMANTIC["road"] in set(semantic[instance == 0].tolist())
     checked = 0
@@ -150,12 +154,18 @@ def test_boxes_hold_their_points_and_labels_follow_semantic_kitti(tiny_sim):
         local = torch.from_numpy(mine).double() - grown[:3]
         cos, sin = torch.cos(grown[6]), torch.sin(grown[6])
         along, across = local[:, 0] * cos + local[:, 1] * sin, -local[:, 0] * sin + local[:, 1] * cos
-        inside = (along.abs() <= grown[3] / 2) & (across.abs() <= grown[4] / 2) & (local[:, 2].abs() <= grown[5] / 2)
+        inside = (
+            (along.abs() <= grown[3] / 2)
+            & (across.abs() <= grown[4] / 2)
+            & (local[:, 2].abs() <= grown[5] / 2)
+        )
         assert inside.all(), parts[0]
         checked += 1
     assert checked >= 3
     boxes, _ = read_boxes(seq / "boxes" / "000000.txt", min_points=1)
-    assert len(boxes) == sum(int(p[9]) >= 1 for p in lines) and box_corners(torch.from_numpy(boxes)).shape[1:] == (8, 3)
+    assert len(boxes) == sum(int(p[9]) >= 1 for p in lines) and box_corners(torch.from_numpy(boxes)).shape[
+        1:
+    ] == (8, 3)
 
 
 def test_kitti_layout_poses_calib_and_splits(tiny_sim):

@@ -13,8 +13,13 @@ from equissl.backbones.lidar.voxelize import Pillars, grid_size, voxelize
 
 
 def _bn(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.weight": (channels,), f"{prefix}.bias": (channels,), f"{prefix}.running_mean": (channels,),
-            f"{prefix}.running_var": (channels,), f"{prefix}.num_batches_tracked": ()}
+    return {
+        f"{prefix}.weight": (channels,),
+        f"{prefix}.bias": (channels,),
+        f"{prefix}.running_mean": (channels,),
+        f"{prefix}.running_var": (channels,),
+        f"{prefix}.num_batches_tracked": (),
+    }
 
 
 # OpenPCDet tools/cfgs/kitti_models/pointpillar.yaml, MODEL section:
@@ -27,25 +32,44 @@ def _bn(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
 OPENPCDET_POINTPILLAR_KITTI = {
     "vfe.pfn_layers.0.linear.weight": (64, 10),
     **_bn("vfe.pfn_layers.0.norm", 64),
-    "backbone_2d.blocks.0.1.weight": (64, 64, 3, 3), **_bn("backbone_2d.blocks.0.2", 64),
-    "backbone_2d.blocks.0.4.weight": (64, 64, 3, 3), **_bn("backbone_2d.blocks.0.5", 64),
-    "backbone_2d.blocks.0.7.weight": (64, 64, 3, 3), **_bn("backbone_2d.blocks.0.8", 64),
-    "backbone_2d.blocks.0.10.weight": (64, 64, 3, 3), **_bn("backbone_2d.blocks.0.11", 64),
-    "backbone_2d.blocks.1.1.weight": (128, 64, 3, 3), **_bn("backbone_2d.blocks.1.2", 128),
-    "backbone_2d.blocks.1.4.weight": (128, 128, 3, 3), **_bn("backbone_2d.blocks.1.5", 128),
-    "backbone_2d.blocks.1.7.weight": (128, 128, 3, 3), **_bn("backbone_2d.blocks.1.8", 128),
-    "backbone_2d.blocks.1.10.weight": (128, 128, 3, 3), **_bn("backbone_2d.blocks.1.11", 128),
-    "backbone_2d.blocks.1.13.weight": (128, 128, 3, 3), **_bn("backbone_2d.blocks.1.14", 128),
-    "backbone_2d.blocks.1.16.weight": (128, 128, 3, 3), **_bn("backbone_2d.blocks.1.17", 128),
-    "backbone_2d.blocks.2.1.weight": (256, 128, 3, 3), **_bn("backbone_2d.blocks.2.2", 256),
-    "backbone_2d.blocks.2.4.weight": (256, 256, 3, 3), **_bn("backbone_2d.blocks.2.5", 256),
-    "backbone_2d.blocks.2.7.weight": (256, 256, 3, 3), **_bn("backbone_2d.blocks.2.8", 256),
-    "backbone_2d.blocks.2.10.weight": (256, 256, 3, 3), **_bn("backbone_2d.blocks.2.11", 256),
-    "backbone_2d.blocks.2.13.weight": (256, 256, 3, 3), **_bn("backbone_2d.blocks.2.14", 256),
-    "backbone_2d.blocks.2.16.weight": (256, 256, 3, 3), **_bn("backbone_2d.blocks.2.17", 256),
-    "backbone_2d.deblocks.0.0.weight": (64, 128, 1, 1), **_bn("backbone_2d.deblocks.0.1", 128),
-    "backbone_2d.deblocks.1.0.weight": (128, 128, 2, 2), **_bn("backbone_2d.deblocks.1.1", 128),
-    "backbone_2d.deblocks.2.0.weight": (256, 128, 4, 4), **_bn("backbone_2d.deblocks.2.1", 128),
+    "backbone_2d.blocks.0.1.weight": (64, 64, 3, 3),
+    **_bn("backbone_2d.blocks.0.2", 64),
+    "backbone_2d.blocks.0.4.weight": (64, 64, 3, 3),
+    **_bn("backbone_2d.blocks.0.5", 64),
+    "backbone_2d.blocks.0.7.weight": (64, 64, 3, 3),
+    **_bn("backbone_2d.blocks.0.8", 64),
+    "backbone_2d.blocks.0.10.weight": (64, 64, 3, 3),
+    **_bn("backbone_2d.blocks.0.11", 64),
+    "backbone_2d.blocks.1.1.weight": (128, 64, 3, 3),
+    **_bn("backbone_2d.blocks.1.2", 128),
+    "backbone_2d.blocks.1.4.weight": (128, 128, 3, 3),
+    **_bn("backbone_2d.blocks.1.5", 128),
+    "backbone_2d.blocks.1.7.weight": (128, 128, 3, 3),
+    **_bn("backbone_2d.blocks.1.8", 128),
+    "backbone_2d.blocks.1.10.weight": (128, 128, 3, 3),
+    **_bn("backbone_2d.blocks.1.11", 128),
+    "backbone_2d.blocks.1.13.weight": (128, 128, 3, 3),
+    **_bn("backbone_2d.blocks.1.14", 128),
+    "backbone_2d.blocks.1.16.weight": (128, 128, 3, 3),
+    **_bn("backbone_2d.blocks.1.17", 128),
+    "backbone_2d.blocks.2.1.weight": (256, 128, 3, 3),
+    **_bn("backbone_2d.blocks.2.2", 256),
+    "backbone_2d.blocks.2.4.weight": (256, 256, 3, 3),
+    **_bn("backbone_2d.blocks.2.5", 256),
+    "backbone_2d.blocks.2.7.weight": (256, 256, 3, 3),
+    **_bn("backbone_2d.blocks.2.8", 256),
+    "backbone_2d.blocks.2.10.weight": (256, 256, 3, 3),
+    **_bn("backbone_2d.blocks.2.11", 256),
+    "backbone_2d.blocks.2.13.weight": (256, 256, 3, 3),
+    **_bn("backbone_2d.blocks.2.14", 256),
+    "backbone_2d.blocks.2.16.weight": (256, 256, 3, 3),
+    **_bn("backbone_2d.blocks.2.17", 256),
+    "backbone_2d.deblocks.0.0.weight": (64, 128, 1, 1),
+    **_bn("backbone_2d.deblocks.0.1", 128),
+    "backbone_2d.deblocks.1.0.weight": (128, 128, 2, 2),
+    **_bn("backbone_2d.deblocks.1.1", 128),
+    "backbone_2d.deblocks.2.0.weight": (256, 128, 4, 4),
+    **_bn("backbone_2d.deblocks.2.1", 128),
 }
 
 TINY = PointPillarsConfig.tiny()
@@ -82,10 +106,17 @@ def _reference_voxelize(points, pc_range, size, max_points, max_voxels):
 
 def test_voxelize_matches_a_plain_reference():
     generator = torch.Generator().manual_seed(0)
-    points = torch.cat([torch.rand(3, 300, 2, generator=generator) * 16 - 8,  # some outside +-6.4
-                        torch.rand(3, 300, 1, generator=generator) * 5 - 3.5,
-                        torch.rand(3, 300, 1, generator=generator)], dim=-1)
-    points[:, :40, :2] = points[:, :1, :2] + 0.01 * torch.rand(3, 40, 2, generator=generator)  # a crowded pillar
+    points = torch.cat(
+        [
+            torch.rand(3, 300, 2, generator=generator) * 16 - 8,  # some outside +-6.4
+            torch.rand(3, 300, 1, generator=generator) * 5 - 3.5,
+            torch.rand(3, 300, 1, generator=generator),
+        ],
+        dim=-1,
+    )
+    points[:, :40, :2] = points[:, :1, :2] + 0.01 * torch.rand(
+        3, 40, 2, generator=generator
+    )  # a crowded pillar
     points[1, 250:] = float("nan")
     points[2] = float("nan")  # an empty sample
     pc_range, size = TINY.point_cloud_range, TINY.voxel_size
@@ -105,7 +136,9 @@ def test_pillar_decoration_follows_openpcdet():
     model = PointPillars(cfg)
     voxels = torch.zeros(1, cfg.max_points_per_voxel, 4)
     voxels[0, :2] = torch.tensor([[0.1, -0.3, -1.0, 0.5], [0.3, -0.1, 0.0, 0.7]])
-    coords = torch.tensor([[0, 0, 15, 16]])  # (b, z, y, x): centre x = 16 * 0.4 + 0.2 - 6.4, y = 15 * 0.4 + 0.2 - 6.4
+    coords = torch.tensor(
+        [[0, 0, 15, 16]]
+    )  # (b, z, y, x): centre x = 16 * 0.4 + 0.2 - 6.4, y = 15 * 0.4 + 0.2 - 6.4
     features = model.vfe.decorate(Pillars(voxels, torch.tensor([2]), coords, 1))
     mean = torch.tensor([0.2, -0.2, -0.5])
     centre = torch.tensor([0.2, -0.2, -1.0])  # z: 0 * 4 + 2 - 3
@@ -137,7 +170,9 @@ def test_backbone_contract_forward_backward_and_empty_samples(train):
     assert torch.allclose(model(x), bev.mean(dim=(2, 3)))
     if train:
         model(x).square().sum().backward()
-        missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+        missing = [
+            n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
+        ]
         assert not missing
     with pytest.raises(ValueError, match="num_point_features"):
         model.forward_features(x[..., :3])
@@ -147,6 +182,8 @@ def test_config_errors():
     with pytest.raises(ValueError, match="whole number of voxels"):
         PointPillars(PointPillarsConfig(voxel_size=(0.17, 0.16, 4.0)))
     with pytest.raises(ValueError, match="divisible"):
-        PointPillars(PointPillarsConfig(point_cloud_range=(0, -4.8, -3, 4.8, 4.8, 1), voxel_size=(0.4, 0.4, 4.0)))
+        PointPillars(
+            PointPillarsConfig(point_cloud_range=(0, -4.8, -3, 4.8, 4.8, 1), voxel_size=(0.4, 0.4, 4.0))
+        )
     with pytest.raises(ValueError, match="one voxel along z"):
         PointPillars(PointPillarsConfig(voxel_size=(0.16, 0.16, 2.0)))

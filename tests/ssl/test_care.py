@@ -35,7 +35,7 @@ def official_reference(z_a, z_b, num_chunks):
     size = z_a.shape[0] // num_chunks
     loss = 0.0
     for k in range(num_chunks):
-        a, b = z_a[k * size:(k + 1) * size], z_b[k * size:(k + 1) * size]
+        a, b = z_a[k * size : (k + 1) * size], z_b[k * size : (k + 1) * size]
         mask = ~torch.eye(size, dtype=torch.bool)
         t1, t2 = (a @ a.T).masked_select(mask).view(size, -1), (b @ b.T).masked_select(mask).view(size, -1)
         loss = loss + 2 * torch.norm(t1 - t2, p="fro", dim=-1).pow(2).mean()
@@ -49,7 +49,10 @@ def random_orthogonal(d: int, generator: torch.Generator) -> torch.Tensor:
 
 def test_pair_mean_matches_the_pairwise_expectation_with_uneven_chunks():
     g = torch.Generator().manual_seed(0)
-    z_a, z_b = torch.randn(11, 5, generator=g, dtype=torch.float64), torch.randn(11, 5, generator=g, dtype=torch.float64)
+    z_a, z_b = (
+        torch.randn(11, 5, generator=g, dtype=torch.float64),
+        torch.randn(11, 5, generator=g, dtype=torch.float64),
+    )
     index = chunk_index(11, 3)  # sizes 4, 4, 3: the augmentation API's partition
     chunks = [(index == k).nonzero().squeeze(1).tolist() for k in range(3)]
     assert sorted(len(c) for c in chunks) == [3, 4, 4]
@@ -58,7 +61,10 @@ def test_pair_mean_matches_the_pairwise_expectation_with_uneven_chunks():
 
 def test_official_scale_matches_official_loop():
     g = torch.Generator().manual_seed(1)
-    z_a, z_b = torch.randn(32, 6, generator=g, dtype=torch.float64), torch.randn(32, 6, generator=g, dtype=torch.float64)
+    z_a, z_b = (
+        torch.randn(32, 6, generator=g, dtype=torch.float64),
+        torch.randn(32, 6, generator=g, dtype=torch.float64),
+    )
     official = orthogonal_equivariance_loss(z_a, z_b, 4, scale="official")
     assert torch.allclose(official, official_reference(z_a, z_b, 4))
     # chunks of n = 8: the official value is 2 (n - 1) times the pair mean
@@ -99,7 +105,11 @@ def test_properties_and_errors():
 def test_objective_on_batch_shared_views():
     assert OBJECTIVES.get("care").config_cls is CAREConfig
     cfg = CAREConfig(proj_hidden_dims=(16,), proj_out_dim=8, num_chunks=4)
-    assert (CAREConfig().equivariance_weight, CAREConfig().num_chunks, CAREConfig().temperature) == (0.01, 8, 0.5)
+    assert (CAREConfig().equivariance_weight, CAREConfig().num_chunks, CAREConfig().temperature) == (
+        0.01,
+        8,
+        0.5,
+    )
     assert CARE.required_views == ViewSpec(source="image", num_views=2, shared_chunks=8)
     torch.manual_seed(0)
     care = CARE(TinyBackbone(24), cfg)
@@ -110,13 +120,18 @@ def test_objective_on_batch_shared_views():
     views = make_views(cfg, care.required_views, batch, torch.Generator().manual_seed(5))
     out = care(views)
     with torch.no_grad():
-        z_a, z_b = care.projector(care.backbone(views.images[0])), care.projector(care.backbone(views.images[1]))
+        z_a, z_b = (
+            care.projector(care.backbone(views.images[0])),
+            care.projector(care.backbone(views.images[1])),
+        )
     expected = nt_xent(z_a, z_b, 0.5) + 0.01 * orthogonal_equivariance_loss(z_a, z_b, 4)
     assert torch.allclose(out.loss, expected, rtol=1e-5)
     assert set(out.metrics) == {"loss/nt_xent", "loss/equi"}
     out.loss.backward()
     assert all(p.grad is not None for p in care.parameters())
 
-    per_sample = make_views(cfg, ViewSpec(source="image", num_views=2), batch, torch.Generator().manual_seed(5))
+    per_sample = make_views(
+        cfg, ViewSpec(source="image", num_views=2), batch, torch.Generator().manual_seed(5)
+    )
     with pytest.raises(ValueError, match="shared"):
         care(per_sample)

@@ -60,7 +60,7 @@ def reference_terms(a_1, a_2, p_1, p_2, action, average_branches=True, eps=1e-8)
     for i in range(n):
         for k in range(j):
             m = p_1[i, k] @ action[i]
-            moved[i, k] = m / np.sqrt((m ** 2).sum())
+            moved[i, k] = m / np.sqrt((m**2).sum())
             target[i, k] = p_2[i, k] / np.sqrt((p_2[i, k] ** 2).sum())
     equi = ((moved - target) ** 2).mean()
     z_1 = np.concatenate([a_1, moved.reshape(n, -1)], axis=1)
@@ -71,15 +71,20 @@ def reference_terms(a_1, a_2, p_1, p_2, action, average_branches=True, eps=1e-8)
 
     def cov(z):
         c = np.cov(z, rowvar=False)
-        return ((c ** 2).sum() - (np.diag(c) ** 2).sum()) / z.shape[1]
+        return ((c**2).sum() - (np.diag(c) ** 2).sum()) / z.shape[1]
 
     def memax(a):
         p = a.mean(axis=0)
         return math.log(len(p)) + sum(p_k * math.log(max(p_k, eps)) for p_k in p)
 
     variance = std(z_1) + std(z_2)
-    return {"inv": inv, "equi": equi, "std": variance / 2 if average_branches else variance,
-            "cov": cov(z_1) + cov(z_2), "memax": memax(a_1) + memax(a_2)}
+    return {
+        "inv": inv,
+        "equi": equi,
+        "std": variance / 2 if average_branches else variance,
+        "cov": cov(z_1) + cov(z_2),
+        "memax": memax(a_1) + memax(a_2),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -135,7 +140,8 @@ def test_activation_cross_entropy_reference_clamping_and_gibbs():
     value = activation_cross_entropy(predicted, target, eps=1e-8)
     assert value.item() == pytest.approx((0.0 + math.log(2.0)) / 2, rel=1e-12)
     assert activation_cross_entropy(predicted, target.flip(1), eps=1e-8).item() == pytest.approx(
-        (-math.log(1e-8) + math.log(2.0)) / 2, rel=1e-12)
+        (-math.log(1e-8) + math.log(2.0)) / 2, rel=1e-12
+    )
     with pytest.raises(ValueError):
         activation_cross_entropy(a_1, a_2[:, :3])
 
@@ -162,8 +168,13 @@ def test_equicaps_loss_matches_reference(pose_dim, average_branches):
         assert terms[name].item() == pytest.approx(value, rel=1e-10, abs=1e-14), name
     assert total.item() == pytest.approx(sum(weights[k] * v for k, v in expected.items()), rel=1e-10)
     defaults = equicaps_loss(*inputs, average_branches=average_branches)[0].item()
-    paper = (0.1 * expected["inv"] + 5 * expected["equi"] + 10 * expected["std"] + expected["cov"]
-             + expected["memax"])
+    paper = (
+        0.1 * expected["inv"]
+        + 5 * expected["equi"]
+        + 10 * expected["std"]
+        + expected["cov"]
+        + expected["memax"]
+    )
     assert defaults == pytest.approx(paper, rel=1e-10)
 
 
@@ -179,7 +190,6 @@ def test_equicaps_loss_float32_under_autocast_and_errors():
 
 # ----------------------------------------------------------------------------------------------------
 # The objective
-
 
 
 class PixelBackbone(nn.Module):
@@ -234,7 +244,8 @@ def test_objective_pose_loss_is_zero_for_an_ideal_pose_encoder_and_not_for_a_lef
     assert out.metrics["loss/equi"].item() == pytest.approx(0.0, abs=1e-10)
     activations = objective.capsules(views.images[0])[0]
     assert out.metrics["loss/inv"].item() == pytest.approx(
-        activation_cross_entropy(activations, activations).item(), rel=1e-5)
+        activation_cross_entropy(activations, activations).item(), rel=1e-5
+    )
     objective.capsules = PoseFromPixels(left=True)
     assert objective(views).metrics["loss/equi"].item() > 1e-3
 
@@ -268,8 +279,9 @@ def test_objective_forward_backward_and_representations():
         predicted = objective.predict_equivariant(reps["equi_embedding"], rotation)
         action = objective.action_from_latents(views.latents[0], views.latents[1])
         torch.testing.assert_close(action, relative_rotation_quat(e_1, e_2))
-        torch.testing.assert_close(objective.predict_equivariant(reps["equi_embedding"], action),
-                                   predicted, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            objective.predict_equivariant(reps["equi_embedding"], action), predicted, atol=1e-5, rtol=1e-5
+        )
         moved = poses @ rotation[:, None]
         expected = moved / torch.linalg.matrix_norm(moved)[..., None, None]
         torch.testing.assert_close(predicted, expected.flatten(1), atol=1e-5, rtol=1e-5)
@@ -288,8 +300,9 @@ def test_reuses_a_capsule_backbones_capsules_and_defaults_follow_the_paper():
     with pytest.raises(ValueError):
         EquiCaps(TinyBackbone(8), EquiCapsConfig(pose_dim=2))
     with pytest.raises(ValueError, match="latents"):
-        EquiCaps(TinyBackbone(8), EquiCapsConfig(num_capsules=4))(Views(images=[torch.randn(2, 3, 8, 8)] * 2,
-                                                                        params=[{}, {}]))
+        EquiCaps(TinyBackbone(8), EquiCapsConfig(num_capsules=4))(
+            Views(images=[torch.randn(2, 3, 8, 8)] * 2, params=[{}, {}])
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -307,8 +320,13 @@ def _loss_and_grads(inputs):
 
 def _worker(process: int, port: int, queue) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=process, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=process,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         rows = slice(process * N // WORLD, (process + 1) * N // WORLD)
         loss, grads = _loss_and_grads([t[rows] for t in random_inputs(seed=9)])

@@ -266,11 +266,18 @@ def test_negative_cosine_loss_reference_and_closed_forms():
 
 def test_byol_loss_is_twice_the_negative_cosine_and_has_closed_forms():
     g = torch.Generator().manual_seed(4)
-    p, t = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
-    reference = np.mean([np.sum((a / np.linalg.norm(a) - b / np.linalg.norm(b)) ** 2) for a, b in zip(p.numpy(), t.numpy())])
+    p, t = (
+        torch.randn(6, 5, generator=g, dtype=torch.float64),
+        torch.randn(6, 5, generator=g, dtype=torch.float64),
+    )
+    reference = np.mean(
+        [np.sum((a / np.linalg.norm(a) - b / np.linalg.norm(b)) ** 2) for a, b in zip(p.numpy(), t.numpy())]
+    )
     assert byol_loss(p, t).item() == pytest.approx(reference, abs=1e-12)
     assert byol_loss(p, t).item() == pytest.approx(2 * negative_cosine_loss(p, t).item(), abs=1e-12)
     z = torch.randn(4, 8)
     assert float(byol_loss(z, 2 * z)) < 1e-6
     assert math.isclose(float(byol_loss(z, -z)), 4.0, rel_tol=1e-6)
-    assert math.isclose(float(byol_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]))), 2.0, rel_tol=1e-6)
+    assert math.isclose(
+        float(byol_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]))), 2.0, rel_tol=1e-6
+    )

@@ -26,10 +26,10 @@ from tests.helpers import TinyBackbone, make_views
 B, M, WIDTH, SIZE = 5, 3, 12, 8
 
 
-
 def small_config(**changes) -> SeqJEPAConfig:
-    base = SeqJEPAConfig(num_observed=M, action_embed_dim=4, num_layers=2, num_heads=4,
-                         predictor_hidden_dim=16)
+    base = SeqJEPAConfig(
+        num_observed=M, action_embed_dim=4, num_layers=2, num_heads=4, predictor_hidden_dim=16
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -91,17 +91,20 @@ def test_on_step_end_moves_only_the_target_with_the_scheduled_momentum():
 
 
 def test_augmentation_vectors_units_and_order():
-    params = [{
-        "crop": torch.tensor([[2.0, 4.0, 10.0, 20.0]]),
-        "jitter": torch.tensor([[1.1, 0.9, 1.2, -0.05]]),
-        "blur_sigma": torch.tensor([0.7]),
-        "flip": torch.tensor([1.0]),
-    }]
+    params = [
+        {
+            "crop": torch.tensor([[2.0, 4.0, 10.0, 20.0]]),
+            "jitter": torch.tensor([[1.1, 0.9, 1.2, -0.05]]),
+            "blur_sigma": torch.tensor([0.7]),
+            "flip": torch.tensor([1.0]),
+        }
+    ]
     vectors = augmentation_vectors(params, ("crop", "jitter", "blur_sigma"), view_size=16.0)
     expected = torch.tensor([[[0.125, 0.25, 0.5, 1.0, 1.1, 0.9, 1.2, -0.05, 0.7]]])
     torch.testing.assert_close(vectors, expected)
-    torch.testing.assert_close(augmentation_vectors(params, ("flip", "blur_sigma"), 16.0),
-                               torch.tensor([[[1.0, 0.7]]]))
+    torch.testing.assert_close(
+        augmentation_vectors(params, ("flip", "blur_sigma"), 16.0), torch.tensor([[[1.0, 0.7]]])
+    )
     with pytest.raises(ValueError):
         augmentation_vectors(params, ("solarize",), 16.0)
     with pytest.raises(ValueError):

@@ -47,11 +47,11 @@ def reference_predictor(predictor: HyperNetPredictor, z: torch.Tensor, action: t
     dims = predictor.dims
     out, offset = z.unsqueeze(1), 0
     for i in range(len(dims) - 1):
-        weight = flat[:, offset:offset + dims[i] * dims[i + 1]].view(-1, dims[i + 1], dims[i])
+        weight = flat[:, offset : offset + dims[i] * dims[i + 1]].view(-1, dims[i + 1], dims[i])
         out = torch.bmm(out, weight.transpose(-2, -1))
         offset += dims[i] * dims[i + 1]
         if predictor.predictor_bias:
-            out = out + flat[:, offset:offset + dims[i + 1]].unsqueeze(1)
+            out = out + flat[:, offset : offset + dims[i + 1]].unsqueeze(1)
             offset += dims[i + 1]
         if i < len(dims) - 2 and predictor.predictor_relu:
             out = F.relu(out)
@@ -59,13 +59,16 @@ def reference_predictor(predictor: HyperNetPredictor, z: torch.Tensor, action: t
     return out.squeeze(1)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {},
-    {"hypernetwork_bias": True},
-    {"predictor_bias": True, "hypernetwork_bias": True},
-    {"hidden_dims": (5,), "predictor_relu": True, "predictor_bias": True},
-    {"hypernetwork": "deep", "hidden_dims": (7,), "predictor_bias": True, "predictor_relu": True},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"hypernetwork_bias": True},
+        {"predictor_bias": True, "hypernetwork_bias": True},
+        {"hidden_dims": (5,), "predictor_relu": True, "predictor_bias": True},
+        {"hypernetwork": "deep", "hidden_dims": (7,), "predictor_bias": True, "predictor_relu": True},
+    ],
+)
 def test_predictor_matches_official_parametrisation(kwargs):
     torch.manual_seed(0)
     predictor = HyperNetPredictor(6, 4, **kwargs).double()
@@ -122,6 +125,7 @@ def test_predictor_rejects_bad_shapes():
 def reference_sie_loss(inv_a, inv_b, equi_a, equi_b, pred, sim, equi_factor, std, cov, halve):
     """The official ``SIE.forward`` loss, written out: centred embeddings, sqrt(var + 1e-4), relu(1 - std),
     the branches halved when ``halve`` (official) or summed (paper), covariance / D."""
+
     def std_term(x):
         x = x - x.mean(dim=0)
         return torch.mean(F.relu(1 - torch.sqrt(x.var(dim=0) + 0.0001)))
@@ -135,17 +139,35 @@ def reference_sie_loss(inv_a, inv_b, equi_a, equi_b, pred, sim, equi_factor, std
     factor = 0.5 if halve else 1.0
     std_loss = factor * (std_term(x) + std_term(y))
     pred_std_loss = factor * std_term(pred)
-    return (sim * ((inv_a - inv_b) ** 2).mean() + equi_factor * sim * ((pred - equi_b) ** 2).mean()
-            + std * std_loss + std * pred_std_loss + cov * (cov_term(x) + cov_term(y)))
+    return (
+        sim * ((inv_a - inv_b) ** 2).mean()
+        + equi_factor * sim * ((pred - equi_b) ** 2).mean()
+        + std * std_loss
+        + std * pred_std_loss
+        + cov * (cov_term(x) + cov_term(y))
+    )
 
 
 @pytest.mark.parametrize("halve", [False, True])
 def test_sie_loss_matches_reference(halve):
     g = torch.Generator().manual_seed(3)
-    inv_a, inv_b = torch.randn(16, 5, generator=g, dtype=torch.float64), torch.randn(16, 5, generator=g, dtype=torch.float64)
+    inv_a, inv_b = (
+        torch.randn(16, 5, generator=g, dtype=torch.float64),
+        torch.randn(16, 5, generator=g, dtype=torch.float64),
+    )
     equi_a, equi_b, pred = (0.3 * torch.randn(16, 4, generator=g, dtype=torch.float64) for _ in range(3))
-    total, terms = sie_loss(inv_a, inv_b, equi_a, equi_b, pred, sim_coeff=10.0, equi_coeff=10.0 * 0.45,
-                            std_coeff=10.0, cov_coeff=1.0, average_branches=halve)
+    total, terms = sie_loss(
+        inv_a,
+        inv_b,
+        equi_a,
+        equi_b,
+        pred,
+        sim_coeff=10.0,
+        equi_coeff=10.0 * 0.45,
+        std_coeff=10.0,
+        cov_coeff=1.0,
+        average_branches=halve,
+    )
     expected = reference_sie_loss(inv_a, inv_b, equi_a, equi_b, pred, 10.0, 0.45, 10.0, 1.0, halve)
     assert torch.allclose(total, expected, rtol=1e-12, atol=1e-12)
     assert set(terms) == {"inv", "equi", "var", "pred_var", "cov"}
@@ -173,7 +195,9 @@ def test_equivariance_term_is_zero_when_targets_come_from_the_predictor_and_not_
 
 def test_sie_loss_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="mismatched"):
-        sie_loss(torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 2), torch.randn(4, 2), torch.randn(4, 3))
+        sie_loss(
+            torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 2), torch.randn(4, 2), torch.randn(4, 3)
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -202,7 +226,9 @@ def test_forward_terms_agree_with_the_evaluation_interface():
 
     with torch.no_grad():  # the same BatchNorm (train) statistics: one view per call, as in forward
         rep_a, rep_b = sie.representations(views.images[0]), sie.representations(views.images[1])
-        assert rep_a["inv"].shape == (8, 16) and rep_a["equi"].shape == (8, 8) and rep_a["full"].shape == (8, 24)
+        assert (
+            rep_a["inv"].shape == (8, 16) and rep_a["equi"].shape == (8, 8) and rep_a["full"].shape == (8, 24)
+        )
         assert torch.equal(torch.cat([rep_a["inv"], rep_a["equi"]], 1), rep_a["full"])
         action = sie.action_from_latents(views.latents[0], views.latents[1])
         pred = sie.predict_equivariant(rep_a["equi_embedding"], action)

@@ -45,7 +45,14 @@ class PointPillarsConfig(BackboneConfig):
     """OpenPCDet's ``pointpillar.yaml`` (KITTI) by default; key names follow its ``MODEL`` section."""
 
     name: str = "pointpillars"
-    point_cloud_range: tuple[float, ...] = (0.0, -39.68, -3.0, 69.12, 39.68, 1.0)  # DATA_CONFIG.POINT_CLOUD_RANGE
+    point_cloud_range: tuple[float, ...] = (
+        0.0,
+        -39.68,
+        -3.0,
+        69.12,
+        39.68,
+        1.0,
+    )  # DATA_CONFIG.POINT_CLOUD_RANGE
     voxel_size: tuple[float, ...] = (0.16, 0.16, 4.0)  # transform_points_to_voxels.VOXEL_SIZE
     max_points_per_voxel: int = 32  # MAX_POINTS_PER_VOXEL
     max_voxels: int = 16000  # MAX_NUMBER_OF_VOXELS (train)
@@ -63,9 +70,18 @@ class PointPillarsConfig(BackboneConfig):
     @classmethod
     def tiny(cls) -> PointPillarsConfig:
         """A 32 x 32 pillar grid and a two-level slim 2D backbone, for contract tests."""
-        return cls(point_cloud_range=(-6.4, -6.4, -3.0, 6.4, 6.4, 1.0), voxel_size=(0.4, 0.4, 4.0),
-                   max_points_per_voxel=6, max_voxels=500, vfe_filters=(8,), layer_nums=(1, 1),
-                   layer_strides=(2, 2), num_filters=(8, 16), upsample_strides=(1, 2), num_upsample_filters=(8, 8))
+        return cls(
+            point_cloud_range=(-6.4, -6.4, -3.0, 6.4, 6.4, 1.0),
+            voxel_size=(0.4, 0.4, 4.0),
+            max_points_per_voxel=6,
+            max_voxels=500,
+            vfe_filters=(8,),
+            layer_nums=(1, 1),
+            layer_strides=(2, 2),
+            num_filters=(8, 16),
+            upsample_strides=(1, 2),
+            num_upsample_filters=(8, 8),
+        )
 
 
 class PFNLayer(nn.Module):
@@ -120,8 +136,9 @@ class PillarVFE(nn.Module):
         mean = xyz.sum(dim=1, keepdim=True) / num_points.to(voxels.dtype).clamp(min=1).view(-1, 1, 1)
         f_cluster = xyz - mean
         # coords are (b, z, y, x): column 3 - axis is the cell index along x, y, z
-        centers = torch.stack([coords[:, 3 - a].to(voxels.dtype) * self.voxel_size[a] + self.offset[a]
-                               for a in range(3)], dim=1)
+        centers = torch.stack(
+            [coords[:, 3 - a].to(voxels.dtype) * self.voxel_size[a] + self.offset[a] for a in range(3)], dim=1
+        )
         f_center = xyz - centers.unsqueeze(1)
         features = [voxels if self.use_absolute_xyz else voxels[:, :, 3:], f_cluster, f_center]
         if self.with_distance:
@@ -147,7 +164,9 @@ class PointPillarScatter(nn.Module):
         self.num_bev_features = num_bev_features
         self.nx, self.ny, self.nz = grid
         if self.nz != 1:
-            raise ValueError(f"pillars need one voxel along z, got nz={self.nz}: set voxel_size[2] to the z extent")
+            raise ValueError(
+                f"pillars need one voxel along z, got nz={self.nz}: set voxel_size[2] to the z extent"
+            )
 
     def forward(self, pillar_features: Tensor, coords: Tensor, batch_size: int) -> Tensor:
         cells = self.ny * self.nx
@@ -164,12 +183,16 @@ class BaseBEVBackbone(nn.Module):
         super().__init__()
         lengths = {len(cfg.layer_nums), len(cfg.layer_strides), len(cfg.num_filters)}
         if len(lengths) != 1 or len(cfg.upsample_strides) != len(cfg.num_upsample_filters):
-            raise ConfigError("backbone.layer_nums / layer_strides / num_filters must have one entry per level, and "
-                             "upsample_strides / num_upsample_filters equal lengths")
+            raise ConfigError(
+                "backbone.layer_nums / layer_strides / num_filters must have one entry per level, and "
+                "upsample_strides / num_upsample_filters equal lengths"
+            )
         c_in = [input_channels, *cfg.num_filters[:-1]]
         self.blocks = nn.ModuleList()
         self.deblocks = nn.ModuleList()
-        for level, (layers, stride, width) in enumerate(zip(cfg.layer_nums, cfg.layer_strides, cfg.num_filters)):
+        for level, (layers, stride, width) in enumerate(
+            zip(cfg.layer_nums, cfg.layer_strides, cfg.num_filters)
+        ):
             modules: list[nn.Module] = [
                 nn.ZeroPad2d(1),
                 nn.Conv2d(c_in[level], width, kernel_size=3, stride=stride, padding=0, bias=False),
@@ -177,11 +200,16 @@ class BaseBEVBackbone(nn.Module):
                 nn.ReLU(),
             ]
             for _ in range(layers):
-                modules += [nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False),
-                            nn.BatchNorm2d(width, eps=BN_EPS, momentum=BN_MOMENTUM), nn.ReLU()]
+                modules += [
+                    nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False),
+                    nn.BatchNorm2d(width, eps=BN_EPS, momentum=BN_MOMENTUM),
+                    nn.ReLU(),
+                ]
             self.blocks.append(nn.Sequential(*modules))
             if cfg.upsample_strides:
-                self.deblocks.append(self._deblock(width, cfg.num_upsample_filters[level], cfg.upsample_strides[level]))
+                self.deblocks.append(
+                    self._deblock(width, cfg.num_upsample_filters[level], cfg.upsample_strides[level])
+                )
         concatenated = sum(cfg.num_upsample_filters) if cfg.upsample_strides else cfg.num_filters[-1]
         if len(cfg.upsample_strides) > len(cfg.layer_nums):
             raise ValueError("an extra final deblock (len(upsample_strides) > levels) is not supported")
@@ -190,9 +218,14 @@ class BaseBEVBackbone(nn.Module):
     @staticmethod
     def _deblock(c_in: int, c_out: int, stride: int) -> nn.Sequential:
         if stride < 1:
-            raise ValueError("fractional upsample_strides (strided-conv deblocks) are not supported; use >= 1")
-        return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, stride, stride=stride, bias=False),
-                             nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM), nn.ReLU())
+            raise ValueError(
+                "fractional upsample_strides (strided-conv deblocks) are not supported; use >= 1"
+            )
+        return nn.Sequential(
+            nn.ConvTranspose2d(c_in, c_out, stride, stride=stride, bias=False),
+            nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM),
+            nn.ReLU(),
+        )
 
     def forward(self, spatial_features: Tensor) -> Tensor:
         ups = []
@@ -223,10 +256,17 @@ class PointPillars(nn.Module):
 
     def voxelize(self, points: Tensor) -> Pillars:
         if points.shape[-1] != self.cfg.num_point_features:
-            raise ValueError(f"points have {points.shape[-1]} values per point, the backbone expects "
-                             f"num_point_features={self.cfg.num_point_features} (x, y, z, features...)")
-        return voxelize(points, self.cfg.point_cloud_range, self.cfg.voxel_size, self.cfg.max_points_per_voxel,
-                        self.cfg.max_voxels)
+            raise ValueError(
+                f"points have {points.shape[-1]} values per point, the backbone expects "
+                f"num_point_features={self.cfg.num_point_features} (x, y, z, features...)"
+            )
+        return voxelize(
+            points,
+            self.cfg.point_cloud_range,
+            self.cfg.voxel_size,
+            self.cfg.max_points_per_voxel,
+            self.cfg.max_voxels,
+        )
 
     def forward_features(self, x: Tensor | Pillars) -> Tensor:
         """Padded points (B, N, C) or Pillars -> BEV features (B, num_features, ny / s, nx / s)."""
@@ -247,15 +287,16 @@ class PointPillars(nn.Module):
         ``backbone_2d.deblocks.0.0.weight``, ...), loadable by ``Detector3DTemplate.load_params_from_file``."""
         return {k: v.detach().clone() for k, v in self.state_dict().items()}
 
-    def example_input(self, batch_size: int = 2, generator: torch.Generator | None = None,
-                      num_points: int = 2048) -> Tensor:
+    def example_input(
+        self, batch_size: int = 2, generator: torch.Generator | None = None, num_points: int = 2048
+    ) -> Tensor:
         """Random points inside the range, (B, N, C), with the last quarter of sample 0 as NaN padding."""
         low = torch.tensor(self.cfg.point_cloud_range[:3])
         high = torch.tensor(self.cfg.point_cloud_range[3:])
         xyz = low + (high - low) * torch.rand(batch_size, num_points, 3, generator=generator)
         features = torch.rand(batch_size, num_points, self.cfg.num_point_features - 3, generator=generator)
         points = torch.cat([xyz, features], dim=-1)
-        points[0, num_points - num_points // 4:] = float("nan")
+        points[0, num_points - num_points // 4 :] = float("nan")
         return points
 
 
@@ -267,14 +308,18 @@ def _feature_stride(cfg: PointPillarsConfig, grid: tuple[int, int, int]) -> int:
         cumulative.append(running)
     nx, ny, _ = grid
     if nx % running or ny % running:
-        raise ConfigError(f"the BEV grid {nx} x {ny} must be divisible by the total stride {running} "
-                         "(product of backbone.layer_strides)")
+        raise ConfigError(
+            f"the BEV grid {nx} x {ny} must be divisible by the total stride {running} "
+            "(product of backbone.layer_strides)"
+        )
     if not cfg.upsample_strides:
         return running
     resolutions = {c / u for c, u in zip(cumulative, cfg.upsample_strides)}
     if len(resolutions) != 1 or not float(next(iter(resolutions))).is_integer():
-        raise ValueError(f"every level must be upsampled to one integer stride: cumulative strides {cumulative} "
-                         f"/ upsample_strides {list(cfg.upsample_strides)}")
+        raise ValueError(
+            f"every level must be upsampled to one integer stride: cumulative strides {cumulative} "
+            f"/ upsample_strides {list(cfg.upsample_strides)}"
+        )
     return int(resolutions.pop())
 
 
@@ -283,30 +328,49 @@ def openpcdet_model_config(cfg: PointPillarsConfig) -> dict:
     return {
         "DATA_CONFIG": {
             "POINT_CLOUD_RANGE": list(cfg.point_cloud_range),
-            "DATA_PROCESSOR": [{"NAME": "transform_points_to_voxels", "VOXEL_SIZE": list(cfg.voxel_size),
-                                "MAX_POINTS_PER_VOXEL": cfg.max_points_per_voxel,
-                                "MAX_NUMBER_OF_VOXELS": {"train": cfg.max_voxels, "test": cfg.max_voxels}}],
+            "DATA_PROCESSOR": [
+                {
+                    "NAME": "transform_points_to_voxels",
+                    "VOXEL_SIZE": list(cfg.voxel_size),
+                    "MAX_POINTS_PER_VOXEL": cfg.max_points_per_voxel,
+                    "MAX_NUMBER_OF_VOXELS": {"train": cfg.max_voxels, "test": cfg.max_voxels},
+                }
+            ],
         },
         "MODEL": {
             "NAME": "PointPillar",
-            "VFE": {"NAME": "PillarVFE", "WITH_DISTANCE": cfg.with_distance, "USE_ABSLOTE_XYZ": cfg.use_absolute_xyz,
-                    "USE_NORM": cfg.use_norm, "NUM_FILTERS": list(cfg.vfe_filters)},
+            "VFE": {
+                "NAME": "PillarVFE",
+                "WITH_DISTANCE": cfg.with_distance,
+                "USE_ABSLOTE_XYZ": cfg.use_absolute_xyz,
+                "USE_NORM": cfg.use_norm,
+                "NUM_FILTERS": list(cfg.vfe_filters),
+            },
             "MAP_TO_BEV": {"NAME": "PointPillarScatter", "NUM_BEV_FEATURES": cfg.vfe_filters[-1]},
-            "BACKBONE_2D": {"NAME": "BaseBEVBackbone", "LAYER_NUMS": list(cfg.layer_nums),
-                            "LAYER_STRIDES": list(cfg.layer_strides), "NUM_FILTERS": list(cfg.num_filters),
-                            "UPSAMPLE_STRIDES": list(cfg.upsample_strides),
-                            "NUM_UPSAMPLE_FILTERS": list(cfg.num_upsample_filters)},
+            "BACKBONE_2D": {
+                "NAME": "BaseBEVBackbone",
+                "LAYER_NUMS": list(cfg.layer_nums),
+                "LAYER_STRIDES": list(cfg.layer_strides),
+                "NUM_FILTERS": list(cfg.num_filters),
+                "UPSAMPLE_STRIDES": list(cfg.upsample_strides),
+                "NUM_UPSAMPLE_FILTERS": list(cfg.num_upsample_filters),
+            },
         },
     }
 
 
 @BACKBONES.register(
-    "pointpillars", PointPillarsConfig, probe="bev", description="PointPillars LiDAR encoder (OpenPCDet layout)"
+    "pointpillars",
+    PointPillarsConfig,
+    probe="bev",
+    description="PointPillars LiDAR encoder (OpenPCDet layout)",
 )
 def build_pointpillars(cfg: PointPillarsConfig) -> PointPillars:
     if len(cfg.point_cloud_range) != 6 or len(cfg.voxel_size) != 3:
-        raise ConfigError("backbone.point_cloud_range needs 6 numbers (x_min, y_min, z_min, x_max, y_max, z_max) "
-                         "and backbone.voxel_size 3 (dx, dy, dz)")
+        raise ConfigError(
+            "backbone.point_cloud_range needs 6 numbers (x_min, y_min, z_min, x_max, y_max, z_max) "
+            "and backbone.voxel_size 3 (dx, dy, dz)"
+        )
     if cfg.num_point_features < 3 or not cfg.vfe_filters:
         raise ConfigError("backbone.num_point_features must be >= 3 and backbone.vfe_filters non-empty")
     return PointPillars(cfg)

@@ -44,12 +44,16 @@ def grid_size(point_cloud_range: Sequence[float], voxel_size: Sequence[float]) -
     for axis in range(3):
         extent = point_cloud_range[axis + 3] - point_cloud_range[axis]
         if extent <= 0 or voxel_size[axis] <= 0:
-            raise ValueError(f"point_cloud_range {tuple(point_cloud_range)} / voxel_size {tuple(voxel_size)}: "
-                             "every extent and voxel size must be > 0")
+            raise ValueError(
+                f"point_cloud_range {tuple(point_cloud_range)} / voxel_size {tuple(voxel_size)}: "
+                "every extent and voxel size must be > 0"
+            )
         count = extent / voxel_size[axis]
         if abs(count - round(count)) > 1e-4:
-            raise ValueError(f"point_cloud_range extent {extent:g} m on axis {'xyz'[axis]} is not a whole number "
-                             f"of voxels of {voxel_size[axis]:g} m")
+            raise ValueError(
+                f"point_cloud_range extent {extent:g} m on axis {'xyz'[axis]} is not a whole number "
+                f"of voxels of {voxel_size[axis]:g} m"
+            )
         sizes.append(round(count))
     return sizes[0], sizes[1], sizes[2]
 
@@ -60,8 +64,13 @@ def valid_point_mask(points: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def voxelize(points: Tensor, point_cloud_range: Sequence[float], voxel_size: Sequence[float],
-             max_points_per_voxel: int, max_voxels: int) -> Pillars:
+def voxelize(
+    points: Tensor,
+    point_cloud_range: Sequence[float],
+    voxel_size: Sequence[float],
+    max_points_per_voxel: int,
+    max_voxels: int,
+) -> Pillars:
     """Group a padded batch (B, N, C) of points (x, y, z, features...) into pillars.
 
     Within a pillar, points keep their input order and the first ``max_points_per_voxel`` are kept; per
@@ -87,7 +96,9 @@ def voxelize(points: Tensor, point_cloud_range: Sequence[float], voxel_size: Seq
     cell = cell.reshape(-1, 3)[flat_index]
     key = ((sample * nz + cell[:, 2]) * ny + cell[:, 1]) * nx + cell[:, 0]
     key_sorted, order = torch.sort(key, stable=True)  # stable: input order within a pillar
-    unique_keys, inverse, counts = torch.unique_consecutive(key_sorted, return_inverse=True, return_counts=True)
+    unique_keys, inverse, counts = torch.unique_consecutive(
+        key_sorted, return_inverse=True, return_counts=True
+    )
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(key_sorted.numel(), device=device) - starts[inverse]
 
@@ -133,5 +144,12 @@ def inside_bev(xyz: Tensor, point_cloud_range: Sequence[float], margin: float = 
     x_min, y_min, z_min, x_max, y_max, z_max = point_cloud_range
     finite = torch.isfinite(xyz[..., :3]).all(dim=-1)
     x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
-    return (finite & (x >= x_min + margin) & (x < x_max - margin) & (y >= y_min + margin)
-            & (y < y_max - margin) & (z >= z_min) & (z < z_max))
+    return (
+        finite
+        & (x >= x_min + margin)
+        & (x < x_max - margin)
+        & (y >= y_min + margin)
+        & (y < y_max - margin)
+        & (z >= z_min)
+        & (z < z_max)
+    )

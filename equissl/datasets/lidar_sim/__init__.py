@@ -123,10 +123,15 @@ def lidar_sim_dataset(root: str | Path, cfg: LidarSimConfig, split: str, seed: i
 
 
 @DATASETS.register(
-    "lidar_sim", LidarSimConfig, embedded=True, source="lidar_pair",
+    "lidar_sim",
+    LidarSimConfig,
+    embedded=True,
+    source="lidar_pair",
     description="embedded: simulated LiDAR drives with flow and boxes, in KITTI's layout",
 )
-def build_lidar_sim(cfg: LidarSimConfig, split: str, source: str, num_views: int, seed: int) -> LidarPairDataset:
+def build_lidar_sim(
+    cfg: LidarSimConfig, split: str, source: str, num_views: int, seed: int
+) -> LidarPairDataset:
     """Simulate into :func:`default_root` on first use, then read it as (t, t+1) sweep pairs with
     ground-truth flow and boxes."""
     root = render_lidar_sim(default_root(cfg), cfg)

@@ -5,16 +5,37 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import open3d as o3d
+
+from equissl.datasets.open3d_extra import open3d
+
+if TYPE_CHECKING:  # annotations only: open3d is imported on first use (open3d_extra)
+    import open3d as o3d
 
 # SemanticKITTI label ids (semantic-kitti.yaml).
-SEMANTIC = {"car": 10, "bicyclist": 31, "person": 30, "road": 40, "parking": 44, "sidewalk": 48, "building": 50,
-            "vegetation": 70, "trunk": 71, "terrain": 72, "pole": 80,
-            "moving-car": 252, "moving-bicyclist": 253, "moving-person": 254}
-ACTOR_SEMANTIC = {"Car": ("car", "moving-car"), "Pedestrian": ("person", "moving-person"),
-                  "Cyclist": ("bicyclist", "moving-bicyclist")}
+SEMANTIC = {
+    "car": 10,
+    "bicyclist": 31,
+    "person": 30,
+    "road": 40,
+    "parking": 44,
+    "sidewalk": 48,
+    "building": 50,
+    "vegetation": 70,
+    "trunk": 71,
+    "terrain": 72,
+    "pole": 80,
+    "moving-car": 252,
+    "moving-bicyclist": 253,
+    "moving-person": 254,
+}
+ACTOR_SEMANTIC = {
+    "Car": ("car", "moving-car"),
+    "Pedestrian": ("person", "moving-person"),
+    "Cyclist": ("bicyclist", "moving-bicyclist"),
+}
 
 
 @dataclass
@@ -33,8 +54,15 @@ class MeshBuilder:
     def __init__(self) -> None:
         self.parts: list[tuple[np.ndarray, np.ndarray, int, float]] = []
 
-    def add(self, mesh: o3d.geometry.TriangleMesh, semantic: str, reflectivity: float,
-            center=(0.0, 0.0, 0.0), yaw: float = 0.0, axis: str = "z") -> None:
+    def add(
+        self,
+        mesh: o3d.geometry.TriangleMesh,
+        semantic: str,
+        reflectivity: float,
+        center=(0.0, 0.0, 0.0),
+        yaw: float = 0.0,
+        axis: str = "z",
+    ) -> None:
         vertices = np.asarray(mesh.vertices, dtype=np.float64)
         if axis == "y":  # primitive's +z turned to +y (wheels)
             vertices = vertices @ np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]]).T
@@ -42,22 +70,37 @@ class MeshBuilder:
             vertices = vertices @ np.array([[0, 0, 1.0], [0, 1.0, 0], [-1.0, 0, 0]]).T
         cos, sin = math.cos(yaw), math.sin(yaw)
         vertices = vertices @ np.array([[cos, -sin, 0], [sin, cos, 0], [0, 0, 1.0]]).T + np.asarray(center)
-        self.parts.append((vertices, np.asarray(mesh.triangles, dtype=np.int64), SEMANTIC[semantic], reflectivity))
+        self.parts.append(
+            (vertices, np.asarray(mesh.triangles, dtype=np.int64), SEMANTIC[semantic], reflectivity)
+        )
 
     def box(self, size, center, semantic: str, reflectivity: float, yaw: float = 0.0) -> None:
+        o3d = open3d()
         mesh = o3d.geometry.TriangleMesh.create_box(*size)
         mesh.translate(-np.asarray(size, dtype=np.float64) / 2)
         self.add(mesh, semantic, reflectivity, center, yaw)
 
     def cylinder(self, radius, height, center, semantic: str, reflectivity: float, axis: str = "z") -> None:
-        self.add(o3d.geometry.TriangleMesh.create_cylinder(radius, height, resolution=10, split=1), semantic,
-                 reflectivity, center, axis=axis)
+        o3d = open3d()
+        self.add(
+            o3d.geometry.TriangleMesh.create_cylinder(radius, height, resolution=10, split=1),
+            semantic,
+            reflectivity,
+            center,
+            axis=axis,
+        )
 
     def sphere(self, radius, center, semantic: str, reflectivity: float) -> None:
-        self.add(o3d.geometry.TriangleMesh.create_sphere(radius, resolution=6), semantic, reflectivity, center)
+        o3d = open3d()
+        self.add(
+            o3d.geometry.TriangleMesh.create_sphere(radius, resolution=6), semantic, reflectivity, center
+        )
 
     def torus(self, radius, tube, center, semantic: str, reflectivity: float) -> None:
-        mesh = o3d.geometry.TriangleMesh.create_torus(radius, tube, radial_resolution=14, tubular_resolution=5)
+        o3d = open3d()
+        mesh = o3d.geometry.TriangleMesh.create_torus(
+            radius, tube, radial_resolution=14, tubular_resolution=5
+        )
         self.add(mesh, semantic, reflectivity, center, axis="y")
 
     def build(self) -> MeshParts:
@@ -68,8 +111,12 @@ class MeshBuilder:
             semantic.append(np.full(len(t), label, np.int64))
             reflectivity.append(np.full(len(t), refl, np.float32))
             offset += len(v)
-        return MeshParts(np.concatenate(vertices), np.concatenate(triangles), np.concatenate(semantic),
-                         np.concatenate(reflectivity))
+        return MeshParts(
+            np.concatenate(vertices),
+            np.concatenate(triangles),
+            np.concatenate(semantic),
+            np.concatenate(reflectivity),
+        )
 
 
 def _centered(parts: MeshParts) -> tuple[MeshParts, np.ndarray]:
@@ -88,10 +135,14 @@ def car_mesh(rng: np.random.Generator) -> tuple[MeshParts, np.ndarray]:
     body_h = 0.45 * height
     b.box((length, width, body_h), (0, 0, 0.15 + body_h / 2), "car", paint)
     cabin_h = height - 0.15 - body_h
-    b.box((0.5 * length, 0.88 * width, cabin_h), (-0.06 * length, 0, 0.15 + body_h + cabin_h / 2), "car", 0.08)
+    b.box(
+        (0.5 * length, 0.88 * width, cabin_h), (-0.06 * length, 0, 0.15 + body_h + cabin_h / 2), "car", 0.08
+    )
     for sx in (-1, 1):
         for sy in (-1, 1):
-            b.cylinder(wheel, 0.2, (sx * (length / 2 - 0.8), sy * (width / 2 - 0.1), wheel), "car", 0.05, axis="y")
+            b.cylinder(
+                wheel, 0.2, (sx * (length / 2 - 0.8), sy * (width / 2 - 0.1), wheel), "car", 0.05, axis="y"
+            )
     return _centered(b.build())
 
 
@@ -107,10 +158,16 @@ def pedestrian_mesh(rng: np.random.Generator) -> tuple[MeshParts, np.ndarray]:
     torso = 0.32 * height
     b.box((0.24, 0.4, torso), (0, 0, leg + torso / 2), "person", cloth)
     for sy in (-1, 1):
-        b.cylinder(0.045, 0.3 * height, (-sy * stride * 0.5, sy * 0.25, leg + torso - 0.15 * height), "person", cloth)
+        b.cylinder(
+            0.045, 0.3 * height, (-sy * stride * 0.5, sy * 0.25, leg + torso - 0.15 * height), "person", cloth
+        )
     head = 0.1
-    b.box((0.06, 0.06, height - leg - torso - 2 * head), (0, 0, leg + torso + (height - leg - torso - 2 * head) / 2),
-          "person", 0.3)
+    b.box(
+        (0.06, 0.06, height - leg - torso - 2 * head),
+        (0, 0, leg + torso + (height - leg - torso - 2 * head) / 2),
+        "person",
+        0.3,
+    )
     b.sphere(head, (0, 0, height - head), "person", 0.35)
     return _centered(b.build())
 

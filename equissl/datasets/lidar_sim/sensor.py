@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import open3d as o3d
 
+from equissl.datasets.open3d_extra import open3d
+
+if TYPE_CHECKING:  # annotations only: open3d is imported on first use (open3d_extra)
+    import open3d as o3d
 from equissl.datasets.lidar_sim.meshes import ACTOR_SEMANTIC, SEMANTIC, MeshParts
 from equissl.datasets.lidar_sim.scene import Scene
 
@@ -55,15 +58,19 @@ class Sweep:
     box_points: np.ndarray  # (A,) returns on each actor
 
 
-def _add_mesh(raycaster: o3d.t.geometry.RaycastingScene, parts: MeshParts, matrix: np.ndarray | None = None) -> int:
+def _add_mesh(
+    raycaster: o3d.t.geometry.RaycastingScene, parts: MeshParts, matrix: np.ndarray | None = None
+) -> int:
     vertices = parts.vertices if matrix is None else parts.vertices @ matrix[:3, :3].T + matrix[:3, 3]
     return raycaster.add_triangles(vertices.astype(np.float32), parts.triangles.astype(np.uint32))
 
 
-def scene_raycaster(scene: Scene, time: float, actors: list[int] | None = None,
-                    with_static: bool = True) -> tuple[o3d.t.geometry.RaycastingScene, dict[int, int]]:
+def scene_raycaster(
+    scene: Scene, time: float, actors: list[int] | None = None, with_static: bool = True
+) -> tuple[o3d.t.geometry.RaycastingScene, dict[int, int]]:
     """The world at ``time`` (static part and the chosen actors) -> (raycaster, geometry id -> actor index,
     -1 for the static part)."""
+    o3d = open3d()
     raycaster = o3d.t.geometry.RaycastingScene()
     owner = {}
     if with_static:
@@ -75,11 +82,14 @@ def scene_raycaster(scene: Scene, time: float, actors: list[int] | None = None,
 
 def simulate_sweep(scene: Scene, frame: int, cfg: LidarSimConfig, rng: np.random.Generator) -> Sweep:
     """Ray-cast sweep ``frame`` and compute each return's flow to frame + 1."""
+    o3d = open3d()
     time, next_time = scene.times[frame], scene.times[frame + 1]
     sensor = scene.ego.matrix(time, cfg.sensor_height)
     directions = beam_directions(cfg)
     world_dirs = directions @ sensor[:3, :3].T
-    rays = np.concatenate([np.broadcast_to(sensor[:3, 3], world_dirs.shape), world_dirs], axis=1).astype(np.float32)
+    rays = np.concatenate([np.broadcast_to(sensor[:3, 3], world_dirs.shape), world_dirs], axis=1).astype(
+        np.float32
+    )
     raycaster, owner = scene_raycaster(scene, time)
     hit = raycaster.cast_rays(o3d.core.Tensor(rays))
     distance = hit["t_hit"].numpy().astype(np.float64)
@@ -89,9 +99,15 @@ def simulate_sweep(scene: Scene, frame: int, cfg: LidarSimConfig, rng: np.random
     noisy = distance + rng.normal(0.0, cfg.range_noise, distance.shape)
     lost = rng.random(distance.shape) < cfg.dropout
     keep = np.isfinite(distance) & (noisy >= cfg.min_range) & (noisy <= cfg.max_range) & ~lost
-    distance, geometry, primitive, normals, noisy = (a[keep] for a in (distance, geometry, primitive, normals, noisy))
+    distance, geometry, primitive, normals, noisy = (
+        a[keep] for a in (distance, geometry, primitive, normals, noisy)
+    )
     directions, world_dirs = directions[keep], world_dirs[keep]
-    actor = np.array([owner[int(g)] for g in geometry], dtype=np.int64) if len(geometry) else np.zeros(0, np.int64)
+    actor = (
+        np.array([owner[int(g)] for g in geometry], dtype=np.int64)
+        if len(geometry)
+        else np.zeros(0, np.int64)
+    )
 
     semantic = np.zeros(len(actor), np.int64)
     reflectivity = np.zeros(len(actor), np.float64)
@@ -121,5 +137,13 @@ def simulate_sweep(scene: Scene, frame: int, cfg: LidarSimConfig, rng: np.random
         heading = math.atan2(pose[1, 0], pose[0, 0])
         boxes.append([*pose[:3, 3], *a.size, heading])
         counts.append(int((actor == index).sum()))
-    return Sweep(points, flow, semantic, instance, actor, sensor, np.asarray(boxes, np.float64).reshape(-1, 7),
-                 np.asarray(counts, np.int64))
+    return Sweep(
+        points,
+        flow,
+        semantic,
+        instance,
+        actor,
+        sensor,
+        np.asarray(boxes, np.float64).reshape(-1, 7),
+        np.asarray(counts, np.int64),
+    )

@@ -51,7 +51,9 @@ MARKER_NAME = "lidar_sim.json"
 SPLITS_FILE = "splits.json"
 
 # KITTI's velodyne -> camera 0 axes (x right, y down, z forward) and lever arm, as in its calib.txt files.
-VELO_TO_CAM = np.array([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, -0.08], [1.0, 0.0, 0.0, -0.27], [0, 0, 0, 1.0]])
+VELO_TO_CAM = np.array(
+    [[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, -0.08], [1.0, 0.0, 0.0, -0.27], [0, 0, 0, 1.0]]
+)
 
 
 def sequence_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -74,8 +76,13 @@ def write_sequence(folder: str | Path, cfg: LidarSimConfig, split: str, index: i
         write_flow(folder / "flow" / f"{name}.bin", sweep.flow)
         write_semantic_labels(folder / "labels" / f"{name}.label", sweep.semantic, sweep.instance)
         near = np.linalg.norm(sweep.boxes[:, :2], axis=1) <= cfg.max_range
-        write_boxes(folder / "boxes" / f"{name}.txt", [a.class_name for a, n in zip(scene.actors, near) if n],
-                    sweep.boxes[near], np.flatnonzero(near), sweep.box_points[near])
+        write_boxes(
+            folder / "boxes" / f"{name}.txt",
+            [a.class_name for a, n in zip(scene.actors, near) if n],
+            sweep.boxes[near],
+            np.flatnonzero(near),
+            sweep.box_points[near],
+        )
         total += len(sweep.points)
     camera_poses = VELO_TO_CAM @ np.stack(velodyne_poses) @ np.linalg.inv(VELO_TO_CAM)
     write_kitti_poses(folder / "poses.txt", camera_poses)
@@ -96,12 +103,30 @@ def generation_params(cfg: LidarSimConfig) -> dict:
         if getattr(cfg, key) < low:
             raise ConfigError(f"data.{key} must be >= {low}, got {getattr(cfg, key)}")
     if cfg.val_sequences < 0 or cfg.seed < 0 or not 0 <= cfg.dropout < 1 or cfg.range_noise < 0:
-        raise ConfigError("data.val_sequences and data.seed must be >= 0, data.dropout in [0, 1), range_noise >= 0")
+        raise ConfigError(
+            "data.val_sequences and data.seed must be >= 0, data.dropout in [0, 1), range_noise >= 0"
+        )
     if not 0 < cfg.min_range < cfg.max_range or cfg.frame_rate <= 0:
         raise ConfigError("data.min_range / max_range must satisfy 0 < min < max and data.frame_rate > 0")
-    keys = ("num_sequences", "val_sequences", "frames_per_sequence", "frame_rate", "beams", "elevation_range",
-            "elevation_table", "azimuth_steps", "min_range", "max_range", "range_noise", "dropout",
-            "sensor_height", "cars", "pedestrians", "cyclists", "seed")
+    keys = (
+        "num_sequences",
+        "val_sequences",
+        "frames_per_sequence",
+        "frame_rate",
+        "beams",
+        "elevation_range",
+        "elevation_table",
+        "azimuth_steps",
+        "min_range",
+        "max_range",
+        "range_noise",
+        "dropout",
+        "sensor_height",
+        "cars",
+        "pedestrians",
+        "cyclists",
+        "seed",
+    )
     params = {key: getattr(cfg, key) for key in keys}
     params = json.loads(json.dumps(params))  # tuples -> lists
     params["simulator_version"] = SIMULATOR_VERSION
@@ -127,8 +152,11 @@ def _write_tree(tmp: Path, cfg: LidarSimConfig, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
     names = sequence_names(cfg)
-    tasks = [(str(tmp / "sequences" / name), cfg, split, k)
-             for split in ("train", "val") for k, name in enumerate(names[split])]
+    tasks = [
+        (str(tmp / "sequences" / name), cfg, split, k)
+        for split in ("train", "val")
+        for k, name in enumerate(names[split])
+    ]
     workers = max(1, min(cfg.render_workers, len(tasks), os.cpu_count() or 1))
     start = time.perf_counter()
     bar = tqdm(total=len(tasks), desc="simulating lidar_sim drives", unit="drive", disable=not progress)
@@ -145,8 +173,12 @@ def _write_tree(tmp: Path, cfg: LidarSimConfig, progress: bool) -> dict:
                 bar.update()
     bar.close()
     (tmp / SPLITS_FILE).write_text(json.dumps(names, indent=1) + "\n")
-    summary = {"sweeps": len(tasks) * cfg.frames_per_sequence, "points": int(sum(counts)),
-               "seconds": round(time.perf_counter() - start, 2), "workers": workers}
+    summary = {
+        "sweeps": len(tasks) * cfg.frames_per_sequence,
+        "points": int(sum(counts)),
+        "seconds": round(time.perf_counter() - start, 2),
+        "workers": workers,
+    }
     return {"summary": summary, "class_names": list(CLASS_NAMES)}
 
 
@@ -155,5 +187,6 @@ def render_lidar_sim(root: str | Path, cfg: LidarSimConfig, progress: bool = Tru
     there; returns ``root``. Only an absent or empty ``root`` is written to: one holding a render with other
     parameters, or any other non-empty folder, raises :class:`~equissl.errors.UserError` and is left
     untouched (see :mod:`equissl.datasets.materialise`)."""
-    return materialise.materialise(root, MARKER_NAME, generation_params(cfg),
-                                   lambda tmp: _write_tree(tmp, cfg, progress), "lidar_sim")
+    return materialise.materialise(
+        root, MARKER_NAME, generation_params(cfg), lambda tmp: _write_tree(tmp, cfg, progress), "lidar_sim"
+    )

@@ -109,7 +109,10 @@ def default_root(cfg: Shapes3DConfig) -> Path:
 
 
 @DATASETS.register(
-    "shapes3d", Shapes3DConfig, embedded=True, source="image",
+    "shapes3d",
+    Shapes3DConfig,
+    embedded=True,
+    source="image",
     description="embedded: procedural 3D objects rendered in 3DIEBench's layout (default data)",
 )
 def build_shapes3d(cfg: Shapes3DConfig, split: str, source: str, num_views: int, seed: int) -> IE3DDataset:

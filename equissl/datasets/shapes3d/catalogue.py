@@ -10,10 +10,15 @@ from __future__ import annotations
 import colorsys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import open3d as o3d
 from scipy.spatial.transform import Rotation
+
+from equissl.datasets.open3d_extra import open3d
+
+if TYPE_CHECKING:  # annotations only: open3d is imported on first use (open3d_extra)
+    import open3d as o3d
 
 OBJECT_RADIUS = 0.75  # bounding-sphere radius after normalisation: never touches the floor, fits the view
 
@@ -57,37 +62,44 @@ def _part(
 
 
 def _box(size, center, color, spin: float = 0.0) -> _Part:
+    o3d = open3d()
     box = o3d.geometry.TriangleMesh.create_box(*size)
     box.translate(-np.asarray(size, dtype=np.float64) / 2)
     return _part(box, color, center, spin=spin)
 
 
 def _cylinder(radius, height, center, color, axis="z", resolution=24) -> _Part:
+    o3d = open3d()
     return _part(
         o3d.geometry.TriangleMesh.create_cylinder(radius, height, resolution, 1), color, center, axis
     )
 
 
 def _cone(radius, height, base_center, color, axis="z", resolution=24) -> _Part:
+    o3d = open3d()
     return _part(
         o3d.geometry.TriangleMesh.create_cone(radius, height, resolution, 1), color, base_center, axis
     )
 
 
 def _sphere(radius, center, color, resolution=12) -> _Part:
+    o3d = open3d()
     return _part(o3d.geometry.TriangleMesh.create_sphere(radius, resolution), color, center)
 
 
 def _ellipsoid(radii, center, color) -> _Part:
+    o3d = open3d()
     return _part(o3d.geometry.TriangleMesh.create_ellipsoid(*radii, resolution=12), color, center)
 
 
 def _torus(radius, tube, center, color, axis="z") -> _Part:
+    o3d = open3d()
     return _part(o3d.geometry.TriangleMesh.create_torus(radius, tube, 24, 10), color, center, axis)
 
 
 def _prism(length, width, height, base_center, color) -> _Part:
     """Triangular prism along x (a 3-sided open3d cylinder), ridge up: a gable roof."""
+    o3d = open3d()
     mesh = o3d.geometry.TriangleMesh.create_cylinder(1.0, length, 3, 1)
     v = np.asarray(mesh.vertices)  # triangle corners at (1, 0), (-1/2, +-sqrt(3)/2) in the xy plane
     ridge_up = np.stack([v[:, 2], v[:, 1] * width / np.sqrt(3), (v[:, 0] + 0.5) * height / 1.5], axis=1)

@@ -18,11 +18,15 @@ import colorsys
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import open3d as o3d
 from scipy.spatial.transform import Rotation
 
+from equissl.datasets.open3d_extra import open3d
+
+if TYPE_CHECKING:  # annotations only: open3d is imported on first use (open3d_extra)
+    import open3d as o3d
 from equissl.datasets.shapes3d.catalogue import Mesh
 from equissl.errors import ConfigError
 
@@ -167,6 +171,7 @@ def _occluded(
     scene: o3d.t.geometry.RaycastingScene, points: np.ndarray, normals: np.ndarray, to_light: np.ndarray
 ) -> np.ndarray:
     """(N,) bool: whether the object blocks the light from each surface point (offset along its normal)."""
+    o3d = open3d()
     if len(points) == 0:
         return np.zeros(0, dtype=bool)
     origins = points + 1e-3 * normals
@@ -182,6 +187,7 @@ def render_view(
     latent: the 7 values of ``LATENT_NAMES``. Returns (size, size, 3) uint8 sRGB and the (size, size)
     boolean mask of pixels where the object covers at least half the ``supersample**2`` samples.
     """
+    o3d = open3d()
     latent = np.asarray(latent, dtype=np.float64)
     rotation = Rotation.from_euler("xyz", latent[:3])
     vertices = rotation.apply(mesh.vertices)
