@@ -137,7 +137,7 @@ class TrainerConfig:
 
 @dataclass
 class ProbeConfig:
-    """Offline evaluation protocol (see README, "Evaluation protocol")."""
+    """Offline evaluation protocol (docs/evaluation.md, "Linear probe and kNN")."""
 
     epochs: int = 100
     batch_size: int = 256

@@ -1,4 +1,4 @@
-"""The data that flows between the parts of one training step (see DESIGN.md, "The path of one step").
+"""The data that flows between the parts of one training step (see docs/design.md, "The path of one training step").
 
 ``ViewSpec`` is what an objective asks of the data pipeline; ``Views`` is what the pipeline hands it;
 ``StepOutput`` is what the objective hands the trainer.

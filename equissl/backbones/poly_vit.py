@@ -140,7 +140,7 @@ class PolyViT(VisionTransformer):
         """timm ViT key names, with ``pos_conv.*`` in place of ``pos_embed`` (and no ``head``)."""
         return {k: v.detach().clone() for k, v in self.state_dict().items()}
 
-    export_formats = ("safetensors", "timm")
+    export_formats = ("safetensors", "timm", "onnx")
     export_note = ""
 
     def timm_model(self) -> tuple[str, dict]:

@@ -1,7 +1,7 @@
 """Offline linear probe on frozen, cached features.
 
-Protocol (also in the README): features are standardised with the train split's mean and std; a
-linear classifier is trained with Adam (``probe.lr``, cosine-decayed, ``probe.epochs`` epochs of
+Protocol (also in docs/evaluation.md): features are standardised with the train split's mean and std; a
+linear classifier is trained with AdamW (``probe.lr``, cosine-decayed, ``probe.epochs`` epochs of
 mini-batches of ``probe.batch_size``) for each weight decay in ``probe.weight_decays`` on train minus a
 held-out ``probe.holdout_fraction``; the weight decay with the best held-out top-1 is retrained on the
 whole train split and its top-1 on the val split is reported. Deterministic given ``seed``.
