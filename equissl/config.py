@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
+import string
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -23,6 +25,41 @@ from equissl.errors import ConfigError
 
 # A plain decimal literal such as 2e-3, 1E5, .5 or -3.0 (no nan/inf: never a sensible setting).
 _DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Value ranges: ``Annotated[int | float, Range(...)]`` fields are checked when the config is built, so a
+# negative size or a probability of 1.5 is refused before any work, naming the key and the valid range.
+
+
+@dataclass(frozen=True)
+class Range:
+    """Closed (or, with ``low_open`` / ``high_open``, open) bounds of a numeric setting; None: unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{'<' if self.high_open else '<='} {self.high:g}"
+
+
+PositiveInt = Annotated[int, Range(1)]
+NonNegativeInt = Annotated[int, Range(0)]
+PositiveFloat = Annotated[float, Range(0, low_open=True)]
+NonNegativeFloat = Annotated[float, Range(0)]
+Probability = Annotated[float, Range(0, 1)]
+Fraction = Annotated[float, Range(0, 1, low_open=True, high_open=True)]  # strictly between 0 and 1
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -36,11 +73,11 @@ class DataConfig:
 
     name: str = "shapes3d"
     root: str = ""  # empty: $EQUISSL_DATA/<name>, else ~/.cache/equissl/<name>
-    image_size: int = 64  # images are resized to image_size x image_size when read
-    num_workers: int = 2
+    image_size: PositiveInt = 64  # images are resized to image_size x image_size when read
+    num_workers: NonNegativeInt = 2
     # Unreadable / truncated / wrong-mode files are skipped and counted (over every worker and rank);
     # the run aborts once more than this fraction of the items read so far was bad.
-    max_bad_fraction: float = 0.05
+    max_bad_fraction: Probability = 0.05
 
     def check(self, config: Config) -> None:
         """Cross-section checks of this entry against the rest of ``config`` (before any work starts);
@@ -73,58 +110,65 @@ class ObjectiveConfig:
 class AugmentConfig:
     """Batched image augmentations (see :mod:`equissl.augmentations.image`)."""
 
-    crop_size: int = 64  # output side of the global views, pixels
+    crop_size: PositiveInt = 64  # output side of the global views, pixels (default: data.image_size)
     crop_scale: tuple[float, float] = (0.2, 1.0)  # area fraction of RandomResizedCrop
     crop_ratio: tuple[float, float] = (0.75, 1.3333333)
-    small_crop_size: int = 32  # output side of the small crops (E-SSL), pixels
+    small_crop_size: PositiveInt = 32  # output side of the small crops (E-SSL), pixels (default: crop / 2)
     small_crop_scale: tuple[float, float] = (0.05, 0.4)
-    hflip_prob: float = 0.5
-    jitter_prob: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    grayscale_prob: float = 0.2
-    blur_prob: float = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    hflip_prob: Probability = 0.5
+    jitter_prob: Probability = 0.8
+    brightness: NonNegativeFloat = 0.4
+    contrast: NonNegativeFloat = 0.4
+    saturation: NonNegativeFloat = 0.2
+    hue: Annotated[float, Range(0, 0.5)] = 0.1
+    grayscale_prob: Probability = 0.2
+    blur_prob: Probability = 0.0
+    blur_sigma: tuple[PositiveFloat, PositiveFloat] = (0.1, 2.0)
     # How views of source="object" are augmented: "none" keeps the rendered view (only resized and
     # normalised, as SIE does on 3DIEBench); "full" applies the same pipeline as image views.
     object_views: Literal["none", "full"] = "none"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.229, 0.224, 0.225)
 
 
 @dataclass
 class OptimConfig:
     name: Literal["sgd", "adamw", "adam", "lars"] = "adamw"
-    lr: float = 1e-3  # base learning rate, for reference_batch images per step
+    lr: PositiveFloat = 1e-3  # base learning rate, for reference_batch images per step
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"  # scale lr by global_batch / reference_batch
-    reference_batch: int = 256
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
-    betas: tuple[float, float] = (0.9, 0.999)
-    lars_eta: float = 0.02
+    reference_batch: PositiveInt = 256
+    weight_decay: NonNegativeFloat = 1e-6
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+    betas: tuple[
+        Annotated[float, Range(0, 1, high_open=True)], Annotated[float, Range(0, 1, high_open=True)]
+    ] = (
+        0.9,
+        0.999,
+    )
+    lars_eta: PositiveFloat = 0.02
     exclude_bias_and_norm: bool = True  # no weight decay (and no LARS adaptation) on biases and norms
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    warmup_steps: NonNegativeInt = 0
+    min_lr_ratio: Probability = 0.0  # cosine decays to lr * min_lr_ratio
 
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 1000
-    max_minutes: float = 0.0  # >0: stop (and checkpoint) after this wall time; for equal-time comparisons
-    batch_size: int = 128  # per process
-    grad_accum_steps: int = 1
+    max_steps: PositiveInt = 1000
+    max_minutes: NonNegativeFloat = (
+        0.0  # >0: stop (and checkpoint) after this wall time; for equal-time comparisons
+    )
+    batch_size: PositiveInt = 128  # per process
+    grad_accum_steps: PositiveInt = 1
     # fp64 is for numerical checks (e.g. 1 vs N processes agreeing to 1e-10), not for training speed.
     precision: Literal["fp32", "bf16", "fp64"] = "fp32"
-    clip_grad_norm: float = 0.0  # 0 disables clipping
-    seed: int = 0
-    run_dir: str = "runs/{name}"
-    log_every: int = 10
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
+    clip_grad_norm: NonNegativeFloat = 0.0  # 0 disables clipping
+    seed: NonNegativeInt = 0
+    run_dir: str = "runs/{name}"  # {name}: the run's name, the one placeholder
+    log_every: PositiveInt = 10
+    checkpoint_every: PositiveInt = 200
+    keep_checkpoints: PositiveInt = 2
     online_probe: bool = True
-    online_probe_lr: float = 1e-3
+    online_probe_lr: PositiveFloat = 1e-3
     progress: bool = True
     device: Literal["auto", "cpu"] = "auto"
     # BatchNorm statistics over the global batch when distributed (an all-gather BatchNorm that works on
@@ -132,20 +176,20 @@ class TrainerConfig:
     sync_batchnorm: bool = False
     # A non-finite loss or gradient norm stops the run (the batch is saved under nonfinite/); with
     # N > 0 up to N such optimizer steps are skipped (counted) before stopping.
-    skip_nonfinite_steps: int = 0
+    skip_nonfinite_steps: NonNegativeInt = 0
 
 
 @dataclass
 class ProbeConfig:
     """Offline evaluation protocol (docs/evaluation.md, "Linear probe and kNN")."""
 
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 1e-2
-    weight_decays: tuple[float, ...] = (0.0, 1e-5, 1e-4, 1e-3)
-    holdout_fraction: float = 0.1  # of train, to choose the weight decay
-    knn_k: int = 20
-    knn_temperature: float = 0.07
+    epochs: PositiveInt = 100
+    batch_size: PositiveInt = 256
+    lr: PositiveFloat = 1e-2
+    weight_decays: tuple[NonNegativeFloat, ...] = (0.0, 1e-5, 1e-4, 1e-3)
+    holdout_fraction: Fraction = 0.1  # of train, to choose the weight decay
+    knn_k: PositiveInt = 20
+    knn_temperature: PositiveFloat = 0.07
 
 
 @dataclass
@@ -185,6 +229,12 @@ def _convert(value: Any, annotation: Any, path: str) -> Any:
     """Return ``value`` as ``annotation`` or raise ConfigError naming ``path``."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is Annotated:
+        value = _convert(value, args[0], path)
+        for bound in (a for a in args[1:] if isinstance(a, Range)):
+            if not bound.contains(value):
+                raise ConfigError(f"{path}: expected a value {bound.describe()}, got {value!r}")
+        return value
     if dataclasses.is_dataclass(annotation):
         return from_dict(annotation, value, path)
     if origin in (typing.Union, types.UnionType):
@@ -226,6 +276,8 @@ def _convert(value: Any, annotation: Any, path: str) -> Any:
             value = float(value)  # YAML 1.1 reads 2e-3 (no dot) as a string; it is a number here
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -247,7 +299,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
             cls = registry.get(name).config_cls
         except ValueError as error:
             raise ConfigError(f"{path}.name: {error}") from None
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
@@ -368,15 +420,6 @@ def build_config(recipe: str | Path | None = None, overrides: list[str] | tuple[
 def validate(config: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     checks = [
-        (config.trainer.max_steps > 0, "trainer.max_steps must be > 0"),
-        (config.trainer.batch_size > 0, "trainer.batch_size must be > 0"),
-        (config.trainer.grad_accum_steps > 0, "trainer.grad_accum_steps must be > 0"),
-        (config.trainer.checkpoint_every > 0, "trainer.checkpoint_every must be > 0"),
-        (config.trainer.keep_checkpoints > 0, "trainer.keep_checkpoints must be > 0"),
-        (config.trainer.skip_nonfinite_steps >= 0, "trainer.skip_nonfinite_steps must be >= 0"),
-        (0 <= config.data.max_bad_fraction <= 1, "data.max_bad_fraction must be in [0, 1]"),
-        (config.optim.lr > 0, "optim.lr must be > 0"),
-        (config.data.image_size > 0, "data.image_size must be > 0"),
         (
             0 < config.augment.crop_scale[0] <= config.augment.crop_scale[1] <= 1,
             "augment.crop_scale must satisfy 0 < lo <= hi <= 1",
@@ -392,8 +435,24 @@ def validate(config: Config) -> None:
                 f"augment.{key}={getattr(augment, key)} > data.image_size={image_size}: every view would be "
                 f"upsampled; set augment.{key} <= data.image_size (or raise data.image_size)"
             )
+    _check_run_dir(config.trainer.run_dir)
     for section in (config.data, config.backbone, config.objective):
         section.check(config)
+
+
+def _check_run_dir(run_dir: str) -> None:
+    """``trainer.run_dir`` may use the placeholder ``{name}`` and no other."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(run_dir) if name is not None]
+    except ValueError as error:
+        raise ConfigError(
+            f"trainer.run_dir {run_dir!r}: {error} (use {{{{ and }}}} for literal braces)"
+        ) from None
+    unknown = sorted(set(fields) - {"name"})
+    if unknown:
+        raise ConfigError(
+            f"trainer.run_dir {run_dir!r}: unknown placeholder {{{unknown[0]}}}; the one known is {{name}}"
+        )
 
 
 def save_config(config: Config, path: str | Path) -> None:

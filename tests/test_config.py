@@ -103,3 +103,33 @@ def test_stdlib_ssl_is_not_shadowed():
     import ssl
 
     assert hasattr(ssl, "SSLContext")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("augment.hflip_prob=1.5", "augment.hflip_prob: expected a value in [0, 1], got 1.5"),
+        ("trainer.batch_size=0", "trainer.batch_size: expected a value >= 1, got 0"),
+        ("data.num_workers=-1", "data.num_workers: expected a value >= 0, got -1"),
+        ("optim.lr=0", "optim.lr: expected a value > 0, got 0.0"),
+        ("optim.lr=.inf", "optim.lr: expected a finite number"),
+        ("optim.betas=[0.9, 1.0]", "optim.betas[1]: expected a value in [0, 1), got 1.0"),
+        ("probe.holdout_fraction=1", "probe.holdout_fraction: expected a value in (0, 1), got 1.0"),
+        ("augment.crop_size=96", "augment.crop_size=96 > data.image_size=64"),
+        ("trainer.run_dir=runs/{nme}", "unknown placeholder {nme}"),
+        ("trainer.run_dir=runs/{", "trainer.run_dir"),
+    ],
+)
+def test_values_out_of_range_are_refused_naming_the_key_and_the_range(override, message):
+    with pytest.raises(ConfigError) as info:
+        build_config(None, [override])
+    assert message in str(info.value)
+
+
+def test_crop_sizes_follow_the_image_size_unless_set():
+    config = build_config(None, ["data.image_size=48"])
+    assert (config.augment.crop_size, config.augment.small_crop_size) == (48, 24)
+    config = build_config(None, ["data.image_size=48", "augment.crop_size=40"])
+    assert (config.augment.crop_size, config.augment.small_crop_size) == (40, 20)
+    config = build_config(None, ["data.name=cifar10"])  # the entry's own default image size (32)
+    assert (config.data.image_size, config.augment.crop_size) == (32, 32)

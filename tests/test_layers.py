@@ -16,10 +16,29 @@ LEAVES = ("types", "errors", "distributed", "groups", "rotations", "latents", "c
 BLOCKS = ("ssl", "backbones", "heads", "augmentations", "datasets")
 # module prefix -> what it must never import
 FORBIDDEN = {
-    **{f"equissl.{leaf}": ("equissl.launch", "equissl.eval", "equissl.export", "equissl.cli", "equissl.runs",
-                            "equissl.build", *(f"equissl.{b}" for b in BLOCKS)) for leaf in LEAVES},
-    **{f"equissl.{block}": ("equissl.launch", "equissl.eval", "equissl.export", "equissl.cli", "equissl.runs",
-                             "equissl.build") for block in BLOCKS},
+    **{
+        f"equissl.{leaf}": (
+            "equissl.launch",
+            "equissl.eval",
+            "equissl.export",
+            "equissl.cli",
+            "equissl.runs",
+            "equissl.build",
+            *(f"equissl.{b}" for b in BLOCKS),
+        )
+        for leaf in LEAVES
+    },
+    **{
+        f"equissl.{block}": (
+            "equissl.launch",
+            "equissl.eval",
+            "equissl.export",
+            "equissl.cli",
+            "equissl.runs",
+            "equissl.build",
+        )
+        for block in BLOCKS
+    },
     "equissl.eval": ("equissl.launch.trainer", "equissl.cli", "equissl.export"),
     "equissl.export": ("equissl.launch.trainer", "equissl.cli"),
     "equissl.runs": ("equissl.launch.trainer", "equissl.eval", "equissl.export", "equissl.cli"),
@@ -49,7 +68,9 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 @pytest.mark.parametrize("path", MODULES, ids=[module_name(p) for p in MODULES])
 def test_no_module_imports_a_higher_layer(path: Path) -> None:
     name = module_name(path)
-    rules = [banned for prefix, banned in FORBIDDEN.items() if name == prefix or name.startswith(prefix + ".")]
+    rules = [
+        banned for prefix, banned in FORBIDDEN.items() if name == prefix or name.startswith(prefix + ".")
+    ]
     imported = imported_modules(path)
     wrong = sorted(m for m in imported for banned in rules for b in banned if m == b or m.startswith(b + "."))
     assert not wrong, f"{name} imports {wrong}"
