@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 
 from equissl.errors import ConfigError, RunStopped, UserError
 
@@ -32,6 +33,11 @@ def _add_pretrain(sub) -> None:
     )
     p.add_argument(
         "--probe", action="store_true", help="after pretraining, run the linear probe vs random init"
+    )
+    p.add_argument(
+        "--override-optim",
+        action="store_true",
+        help="resume with changed optim.* settings (they replace the checkpoint's; refused otherwise)",
     )
 
 
@@ -146,7 +152,7 @@ def cmd_pretrain(args) -> int:
     config = build_config(args.config, args.overrides)  # refuses bad keys before any work
     from equissl.launch.trainer import pretrain
 
-    result = pretrain(config)
+    result = pretrain(config, override_optim=args.override_optim)
     print(f"{result.status}: {result.run_dir} at step {result.step}")
     if args.probe and result.status != "interrupted":
         print(_probe_report(config, result.run_dir, None, ("linear", "knn"), True, []))
@@ -279,9 +285,19 @@ def _launch(args) -> int:
     return launch_main(args)
 
 
+def _one_line_warnings(command: str) -> None:
+    """Warnings (a damaged checkpoint skipped, files skipped...) as one line each, not file:line + source."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"equissl {command}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = COMMANDS.get(args.command, _launch)
+    _one_line_warnings(args.command)
     try:
         return command(args)
     except UserError as error:

@@ -76,8 +76,10 @@ class DataConfig:
     image_size: PositiveInt = 64  # images are resized to image_size x image_size when read
     num_workers: NonNegativeInt = 2
     # Unreadable / truncated / wrong-mode files are skipped and counted (over every worker and rank);
-    # the run aborts once more than this fraction of the items read so far was bad.
+    # the run aborts once more than this fraction of the items read so far was bad, judged only after
+    # min_items_before_abort items (or the whole dataset, if smaller) were read.
     max_bad_fraction: Probability = 0.05
+    min_items_before_abort: NonNegativeInt = 1000
 
     def check(self, config: Config) -> None:
         """Cross-section checks of this entry against the rest of ``config`` (before any work starts);
@@ -177,6 +179,9 @@ class TrainerConfig:
     # A non-finite loss or gradient norm stops the run (the batch is saved under nonfinite/); with
     # N > 0 up to N such optimizer steps are skipped (counted) before stopping.
     skip_nonfinite_steps: NonNegativeInt = 0
+    # How long a rank waits for the others in a collective before the run stops naming the rank that did
+    # not answer (torch's default is 30 minutes; a checkpoint save must fit in it).
+    collective_timeout_s: PositiveFloat = 600.0
 
 
 @dataclass

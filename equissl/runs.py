@@ -26,12 +26,30 @@ BACKBONE_PREFIX = "objective.backbone."
 
 
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> tuple[Config, Path]:
-    """The resolved config of a run and its newest complete checkpoint (or the one given)."""
+    """The resolved config of a run and its newest usable checkpoint (or the one given).
+
+    A damaged newest checkpoint (a file missing, truncated or altered since it was written, see
+    :func:`equissl.launch.checkpoint.verify`) is named in a warning and the previous complete one used; a
+    damaged ``checkpoint`` given explicitly is a :class:`UserError` naming the file.
+    """
     run_dir = Path(run_dir)
-    path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir)
-    if path is None or not (path / ckpt.COMPLETE_MARKER).is_file():
-        raise UserError(f"no complete checkpoint in {run_dir / 'checkpoints'}: run `equissl pretrain` first")
-    config = from_dict(Config, yaml.safe_load((path / "config.yaml").read_text()))
+    if checkpoint:
+        path = Path(checkpoint)
+        if not (path / ckpt.COMPLETE_MARKER).is_file():
+            raise UserError(f"{path} is not a complete checkpoint (no {ckpt.COMPLETE_MARKER} marker)")
+        try:
+            ckpt.verify(path)
+        except ckpt.CheckpointError as error:
+            raise UserError(f"damaged checkpoint: {error}") from None
+    else:
+        path = next(ckpt.usable_checkpoints(run_dir), None)
+        if path is None:
+            what = "no usable" if ckpt.complete_checkpoints(run_dir) else "no complete"
+            raise UserError(f"{what} checkpoint in {run_dir / 'checkpoints'}: run `equissl pretrain` first")
+    try:
+        config = from_dict(Config, yaml.safe_load((path / "config.yaml").read_text()))
+    except (OSError, yaml.YAMLError) as error:
+        raise UserError(f"{path / 'config.yaml'}: unreadable ({error})") from None
     return config, path
 
 

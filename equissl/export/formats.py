@@ -39,7 +39,8 @@ from torch import Tensor, nn
 
 from equissl.backbones.base import IMAGE_FORMATS
 from equissl.config import Config, to_dict
-from equissl.errors import ConfigError
+from equissl.errors import ConfigError, UserError
+from equissl.launch import checkpoint as ckpt
 from equissl.runs import load_backbone, load_run
 
 FORMATS = IMAGE_FORMATS
@@ -262,11 +263,28 @@ def export_backbone(backbone: nn.Module, metadata: dict, out: str | Path, fmt: s
     return out
 
 
+def check_export_target(run_dir: str | Path, out: str | Path) -> Path:
+    """``out`` as a file path the export may write: refuse a directory and any path inside the run's
+    ``checkpoints/`` (an export must never overwrite a checkpoint's own files)."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(
+            f"export --out {out} is a directory: give a file path, e.g. {out / 'backbone.safetensors'}"
+        )
+    checkpoints = ckpt.checkpoint_root(Path(run_dir)).resolve()
+    if out.resolve().is_relative_to(checkpoints):
+        raise UserError(
+            f"export --out {out} is inside {checkpoints}: an export must not overwrite checkpoint files"
+        )
+    return out
+
+
 def export_run(
     run_dir: str | Path, out: str | Path, fmt: str = "safetensors", checkpoint: str | Path | None = None
 ) -> Path:
     """Write the run's backbone to ``out`` in ``fmt``, with ``<out>.json`` metadata beside it."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+    out = check_export_target(run_dir, out)
     config, path = load_run(run_dir, checkpoint)
     return export_backbone(load_backbone(config, path), export_metadata(config, path), out, fmt)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from equissl import __version__ as equissl_version
 from equissl.backbones.lidar.pointpillars import openpcdet_model_config
-from equissl.export.formats import check_format
+from equissl.export.formats import check_export_target, check_format
 
 OPENPCDET_PREFIXES = ("vfe.", "backbone_2d.")
 
@@ -66,6 +66,7 @@ def export_openpcdet_run(
     from equissl.config import to_dict
     from equissl.runs import load_backbone, load_run
 
+    check_export_target(run_dir, out)
     config, path = load_run(run_dir, checkpoint)
     backbone = load_backbone(config, path)
     metadata = {

@@ -1,18 +1,23 @@
 """Atomic checkpoints: ``checkpoints/step-N/`` written under a temporary name, marked, then renamed.
 
 A directory counts as a checkpoint only when it holds the ``COMPLETE`` marker, written after every
-other file (by every rank) is on disk, and has its final name. Loading never executes code: weights
-through safetensors, everything else through ``torch.load(weights_only=True)`` or JSON.
+other file (by every rank) is on disk, and has its final name. ``manifest.json``, written just before the
+marker, records every file's size and SHA-256, so that a truncated, missing or altered file is found
+before anything is loaded (:func:`verify`); readers then fall back to the previous complete checkpoint
+(:func:`usable_checkpoints`). Loading never executes code: weights through safetensors, everything else
+through ``torch.load(weights_only=True)`` or JSON.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
 import shutil
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 COMPLETE_MARKER = "COMPLETE"
+MANIFEST = "manifest.json"
+REQUIRED_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", "config.yaml")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(Exception):
+    """A complete checkpoint whose files cannot be used; the message names the checkpoint and the file."""
 
 
 @dataclass
@@ -120,9 +131,24 @@ def write_rank_rng(tmp: Path, rank: int, generators: dict[str, torch.Generator])
     torch.save(rng_state(generators), tmp / f"rng-rank{rank}.pt")
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """``manifest.json``: the size and SHA-256 of every file of the checkpoint written so far."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir())}
+    (folder / MANIFEST).write_text(json.dumps(files, indent=1))
+
+
 def finalize(run_dir: Path, step: int, keep: int) -> Path:
     """Mark the temporary directory complete, give it its final name, prune to the newest ``keep``."""
     tmp = temp_dir(run_dir, step)
+    write_manifest(tmp)
     for path in tmp.iterdir():
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
@@ -160,13 +186,54 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def verify(checkpoint: Path) -> None:
+    """Raise :class:`CheckpointError` naming the file unless every file of ``checkpoint`` is present and
+    (for checkpoints with a manifest) of the recorded size and SHA-256, and its loop state parses."""
+    checkpoint = Path(checkpoint)
+    manifest_path = checkpoint / MANIFEST
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"{manifest_path}: unreadable ({error})") from None
+    else:  # written before manifests existed: check that the files are there
+        manifest = {name: None for name in REQUIRED_FILES}
+    for name, expected in manifest.items():
+        path = checkpoint / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing")
+        if expected is not None and path.stat().st_size != expected["bytes"]:
+            raise CheckpointError(f"{path} has {path.stat().st_size} bytes, {expected['bytes']} were written")
+        if expected is not None and _sha256(path) != expected["sha256"]:
+            raise CheckpointError(f"{path} differs from what was written (SHA-256 mismatch)")
+    try:
+        load_trainer_state(checkpoint)
+    except (OSError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{checkpoint / 'trainer_state.json'}: not a loop state ({error})") from None
+
+
+def usable_checkpoints(run_dir: Path) -> Iterator[Path]:
+    """Complete checkpoints that pass :func:`verify`, newest first (verified as they are reached); each
+    damaged one is named in a warning, and readers then take the previous one."""
+    for path in reversed(complete_checkpoints(run_dir)):
+        try:
+            verify(path)
+        except CheckpointError as error:
+            warnings.warn(f"damaged checkpoint, skipped: {error}", stacklevel=2)
+            continue
+        yield path
+
+
 def load_model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(checkpoint) / "model.safetensors"))
 
 
 def load_trainer_state(checkpoint: Path) -> TrainerState:
     """The loop state; fields added since the checkpoint was written get their defaults."""
-    return TrainerState(**json.loads((Path(checkpoint) / "trainer_state.json").read_text()))
+    values = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    if not isinstance(values, dict):
+        raise TypeError(f"expected a JSON object, got {type(values).__name__}")
+    return TrainerState(**values)
 
 
 def load_torch(checkpoint: Path, name: str) -> Any:

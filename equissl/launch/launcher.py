@@ -14,6 +14,10 @@ complete checkpoint of its run directory, so re-running a launch (or a requeued 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import os
 import shlex
 import shutil
 import signal
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from equissl.errors import MissingExtraError, UserError
+from equissl.launch.signals import STOP_SIGNALS
 
 
 @dataclass
@@ -35,6 +40,7 @@ class LaunchSpec:
     nnodes: int = 1
     rdzv_endpoint: str = ""  # HOST:PORT of node 0, for several nodes
     rdzv_id: str = "equissl"
+    override_optim: bool = False  # pretrain --override-optim
 
 
 def pretrain_overrides(spec: LaunchSpec) -> list[str]:
@@ -44,7 +50,8 @@ def pretrain_overrides(spec: LaunchSpec) -> list[str]:
 
 
 def pretrain_args(spec: LaunchSpec) -> list[str]:
-    return ["pretrain", "--config", spec.config, *pretrain_overrides(spec)]
+    flags = ["--override-optim"] if spec.override_optim else []
+    return ["pretrain", "--config", spec.config, *flags, *pretrain_overrides(spec)]
 
 
 def torchrun_prefix() -> list[str]:
@@ -93,9 +100,39 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: receive SIGTERM when the launcher dies, even by SIGKILL (Linux), so that
+    no training outlives it as an orphan (the SIGTERM makes it checkpoint and exit)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the forwarding below still applies
+        pass
+
+
 def run_command(command: list[str]) -> int:
+    """Run ``command`` and forward the launcher's stop signals to it; its exit status.
+
+    The child starts a process group of its own, so a signal sent to the launcher's group (Ctrl-C,
+    ``kill -- -PGID``, a scheduler) reaches the training once, through the launcher, and not twice (a
+    second signal means "abort now").
+    """
     print(shlex.join(command), flush=True)
-    return subprocess.call(command)
+    child = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509
+
+    def forward(signum: int, frame) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (*STOP_SIGNALS, signal.SIGUSR2)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if child.poll() is None:  # the launcher is leaving (an error): take the training down with it
+            os.killpg(child.pid, signal.SIGTERM)
+            child.wait()
 
 
 # -- SLURM ---------------------------------------------------------------------------------------------
@@ -114,8 +151,8 @@ class SlurmPretrain:
     preemption signal (USR2), the trainer finishes its step, writes a checkpoint, and the job requeues
     with the same arguments; the requeued job resumes from that checkpoint."""
 
-    def __init__(self, config: str, overrides: list[str]) -> None:
-        self.config, self.overrides = config, list(overrides)
+    def __init__(self, config: str, overrides: list[str], override_optim: bool = False) -> None:
+        self.config, self.overrides, self.override_optim = config, list(overrides), override_optim
 
     def __call__(self) -> str:
         submitit = _import_submitit()
@@ -123,8 +160,8 @@ class SlurmPretrain:
         from equissl.config import build_config
         from equissl.launch.trainer import Trainer
 
-        trainer = Trainer(build_config(self.config, self.overrides))
-        trainer.stop_signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+        trainer = Trainer(build_config(self.config, self.overrides), self.override_optim)
+        trainer.stop_signals = (*STOP_SIGNALS, signal.SIGUSR2)
         result = trainer.fit()  # restores submitit's handlers when it returns
         if result.status == "interrupted":
             # The checkpoint is written. Hand the preemption signal back to submitit (its handler is
@@ -139,6 +176,7 @@ class SlurmPretrain:
 
     def checkpoint(self):
         submitit = _import_submitit()
+        # A requeued job resumes with the settings it already runs with: no optimiser override twice.
         return submitit.helpers.DelayedSubmission(SlurmPretrain(self.config, self.overrides))
 
 
@@ -190,7 +228,7 @@ def submit_slurm(spec: LaunchSpec, slurm: SlurmSpec, dry_run: bool) -> int:
     submitit = _import_submitit()
     executor = submitit.AutoExecutor(folder=folder)
     executor.update_parameters(**params)
-    job = executor.submit(SlurmPretrain(spec.config, overrides))
+    job = executor.submit(SlurmPretrain(spec.config, overrides, spec.override_optim))
     print(
         f"submitted SLURM job {job.job_id}; logs in {folder}; run the same launch again to resume", flush=True
     )
@@ -203,6 +241,9 @@ def submit_slurm(spec: LaunchSpec, slurm: SlurmSpec, dry_run: bool) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML recipe")
     p.add_argument("overrides", nargs="*", help="key=value overrides for pretrain")
+    p.add_argument(
+        "--override-optim", action="store_true", help="resume with changed optim.* settings (see pretrain)"
+    )
     p.add_argument("--nproc-per-node", type=int, default=1, help="processes (one per GPU) on each machine")
     p.add_argument("--device", choices=["auto", "cpu"], default="auto", help="cpu: gloo processes on CPU")
     p.add_argument("--nnodes", type=int, default=1, help="machines; run the printed command on each")
@@ -230,6 +271,7 @@ def main(args: argparse.Namespace) -> int:
         args.nnodes,
         args.rdzv_endpoint,
         args.rdzv_id,
+        args.override_optim,
     )
     if args.slurm:
         slurm = SlurmSpec(

@@ -10,27 +10,36 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import pickle
+import re
+import shutil
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import InitProcessGroupKwargs
 from torch import nn
 from torch.utils.data import DataLoader
 
 from equissl.build import build_dataset, build_objective, build_view_maker
-from equissl.config import Config, to_dict
-from equissl.errors import BadDataError, NonFiniteLossError
+from equissl.config import Config, from_dict, to_dict
+from equissl.errors import BadDataError, NonFiniteLossError, RunStopped, UserError
 from equissl.launch import checkpoint as ckpt
 from equissl.launch.data import GuardedCollate, GuardedDataset
 from equissl.launch.logging import MetricLogger
 from equissl.launch.optim import build_optimizer, build_scheduler, scaled_lr
+from equissl.launch.resume import check_resume, truncate_metrics
 from equissl.launch.sampler import ResumableSampler
+from equissl.launch.signals import STOP_SIGNALS, StopFlag, ignore_stop_signals
 from equissl.launch.sync_bn import convert_to_global_batchnorm
 from equissl.ssl.base import Objective
 from equissl.types import StepOutput, Views
@@ -68,29 +77,6 @@ class RunResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
-class _StopFlag:
-    """Set by SIGTERM / SIGUSR1 (preemption): the loop checkpoints after the current step and exits."""
-
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1)) -> None:
-        self.signal: int | None = None
-        self.signals = signals
-        self._previous = {}
-
-    def install(self) -> None:
-        for sig in self.signals:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread (e.g. under a test runner's thread)
-                pass
-
-    def _handle(self, signum, frame) -> None:
-        self.signal = signum
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def _as_float64(value):
     """Floating tensors inside (nested lists / dicts / dataclasses of) ``value`` as float64."""
     if isinstance(value, torch.Tensor):
@@ -113,8 +99,12 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 class Trainer:
-    def __init__(self, config: Config) -> None:
+    """One run: ``Trainer(config).fit()`` trains from scratch or resumes from the run's newest usable
+    checkpoint. ``override_optim``: resume with changed ``optim.*`` settings (refused otherwise)."""
+
+    def __init__(self, config: Config, override_optim: bool = False) -> None:
         self.config = config
+        self.override_optim = override_optim
         tc = config.trainer
         # accelerate keeps one process-wide AcceleratorState and refuses a second Accelerator with another
         # precision or device; a later Trainer in the same process (tests, notebooks, one recipe after
@@ -123,6 +113,8 @@ class Trainer:
         self.accelerator = Accelerator(
             cpu=tc.device == "cpu",
             mixed_precision="bf16" if tc.precision == "bf16" else "no",
+            # bounds every collective's wait for the other ranks (torch's default is 30 minutes)
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=tc.collective_timeout_s))],
         )
         self.run_dir = config.run_dir
         self.rank = self.accelerator.process_index
@@ -147,33 +139,89 @@ class Trainer:
             "augment": torch.Generator(device=self.accelerator.device).manual_seed(tc.seed + 7919 * self.rank)
         }
         self.state = ckpt.TrainerState()
-        self.stop_signals = (
-            signal.SIGTERM,
-            signal.SIGUSR1,
-        )  # SLURM runs add SIGUSR2 (launcher.SlurmPretrain)
+        self.stop_signals = STOP_SIGNALS  # SLURM runs add SIGUSR2 (launcher.SlurmPretrain)
         self.received_signal: int | None = None  # the stop signal this process got, if any
         self._step_batches: list[dict] = []  # the current step's micro-batches, saved if it goes non-finite
         self._step_losses: list[torch.Tensor] = []
         self._step_bad = [0, 0]  # unreadable files skipped, items read (this rank, this step)
         self._bad_names: list[str] = []
         self.last_grad_norm = float("nan")
+        self._step_start: dict = {}  # loop position and RNG at the start of the step (see _snapshot)
+        self.resume_changes: dict = {}  # settings changed since the checkpoint resumed from
+        # A gloo group of its own to find out which rank stopped answering: a timed-out collective closes
+        # the default group's connections, so the check cannot use them.
+        self._monitor = (
+            dist.new_group(backend="gloo") if self.world_size > 1 and dist.is_initialized() else None
+        )
 
     # -- checkpoints -----------------------------------------------------------------------------
     def resume(self) -> Path | None:
-        latest = ckpt.latest_checkpoint(self.run_dir)
-        if latest is None:
-            return None
-        self.accelerator.unwrap_model(self.model).load_state_dict(ckpt.load_model_state(latest))
-        self.optimizer.load_state_dict(ckpt.load_torch(latest, "optimizer.pt"))
-        self.scheduler.load_state_dict(ckpt.load_torch(latest, "scheduler.pt"))
-        self.state = ckpt.load_trainer_state(latest)
-        rng = ckpt.load_rank_rng(latest, self.rank)
-        if rng is not None:
-            ckpt.set_rng_state(rng, self.generators)
-        return latest
+        """Load the newest usable checkpoint (a damaged one is named and the previous one used), after
+        checking that this config may resume it (:mod:`equissl.launch.resume`); None for a new run."""
+        for candidate in ckpt.usable_checkpoints(self.run_dir):
+            try:  # every file is read before anything is applied: a bad one leaves the model untouched
+                parts = self._read(candidate)
+            except (OSError, ValueError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as error:
+                warnings.warn(
+                    f"damaged checkpoint, skipped: {candidate}: {type(error).__name__}: {error}", stacklevel=2
+                )
+                continue
+            self.resume_changes = check_resume(parts["config"], self.config, candidate, self.override_optim)
+            self._apply(parts)
+            return candidate
+        return None
+
+    def _read(self, checkpoint: Path) -> dict:
+        return {
+            "config": from_dict(Config, yaml.safe_load((checkpoint / "config.yaml").read_text())),
+            "model": ckpt.load_model_state(checkpoint),
+            "optimizer": ckpt.load_torch(checkpoint, "optimizer.pt"),
+            "scheduler": ckpt.load_torch(checkpoint, "scheduler.pt"),
+            "state": ckpt.load_trainer_state(checkpoint),
+            "rng": ckpt.load_rank_rng(checkpoint, self.rank),
+        }
+
+    def _apply(self, parts: dict) -> None:
+        self.accelerator.unwrap_model(self.model).load_state_dict(parts["model"])
+        self.optimizer.load_state_dict(parts["optimizer"])
+        self.scheduler.load_state_dict(parts["scheduler"])
+        self.state = parts["state"]
+        if parts["rng"] is not None:
+            ckpt.set_rng_state(parts["rng"], self.generators)
+        if any(key.startswith("optim.") for key in self.resume_changes):
+            self._apply_optim_overrides()
+
+    def _apply_optim_overrides(self) -> None:
+        """``--override-optim``: this config's optimiser values replace the checkpoint's (its moments stay)."""
+        oc = self.config.optim
+        fresh = build_optimizer(self.accelerator.unwrap_model(self.model), oc, self.global_batch)
+        for group, new in zip(self.optimizer.param_groups, fresh.param_groups, strict=True):
+            for key in ("weight_decay", "momentum", "betas", "eta"):
+                if key in new:
+                    group[key] = new[key]
+        base = scaled_lr(oc, self.global_batch)
+        self.scheduler.base_lrs = [base] * len(self.optimizer.param_groups)
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def save(self) -> Path:
+        """Write a complete checkpoint of this step (every rank takes part); a full or read-only disk is a
+        one-line error, and the previous complete checkpoint stays."""
+        try:
+            return self._save()
+        except OSError as error:
+            shutil.rmtree(ckpt.temp_dir(self.run_dir, self.state.step), ignore_errors=True)
+            raise UserError(
+                f"cannot write a checkpoint in {ckpt.checkpoint_root(self.run_dir)}: {error.strerror or error}; "
+                f"the last complete checkpoint is {ckpt.latest_checkpoint(self.run_dir)}"
+            ) from None
+
+    def _save(self) -> Path:
         tmp = ckpt.temp_dir(self.run_dir, self.state.step)
+        if self.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # left by an aborted save of this step
+        self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             state_dict = self.accelerator.get_state_dict(self.model)
             # No grad scaler: precision is fp32 or bf16, neither of which scales the loss. An fp16 option
@@ -212,6 +260,7 @@ class Trainer:
                 num_workers=self.config.data.num_workers,
                 collate_fn=GuardedCollate(getattr(self.dataset, "collate_fn", None)),
                 pin_memory=self.accelerator.device.type == "cuda",
+                worker_init_fn=ignore_stop_signals,  # a group signal stops the run, not its workers
             )
             for batch, bad_reads, bad_names in loader:
                 self.state.batch_in_epoch += 1
@@ -270,7 +319,10 @@ class Trainer:
 
     def _check_bad_fraction(self) -> None:
         limit = self.config.data.max_bad_fraction
-        if self.state.items_read and self.state.bad_reads / self.state.items_read > limit:
+        # Judge the fraction only once enough items were read: one bad file in the first batch is not 5%
+        # of a dataset (a dataset smaller than the minimum is judged once it has all been read).
+        enough = min(self.config.data.min_items_before_abort, len(self.dataset))
+        if self.state.items_read >= max(enough, 1) and self.state.bad_reads / self.state.items_read > limit:
             names = ", ".join(self._bad_names) or "see the warnings above"
             raise BadDataError(
                 f"{self.state.bad_reads} of the {self.state.items_read} items read so far were unreadable "
@@ -308,7 +360,7 @@ class Trainer:
         )
         return path
 
-    def _stop_requested(self, stop: _StopFlag) -> bool:
+    def _stop_requested(self, stop: StopFlag) -> bool:
         """True on every rank once any rank got a stop signal, so all ranks checkpoint together."""
         flag = torch.tensor(0.0 if stop.signal is None else 1.0, device=self.accelerator.device)
         if self.world_size > 1:
@@ -376,19 +428,26 @@ class Trainer:
 
     def fit(self) -> RunResult:
         tc = self.config.trainer
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.accelerator.is_main_process:
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+        self._check_run_dir()
         resumed = self.resume()
-        if self.state.finished or self.state.step >= tc.max_steps:
+        if self._done():
             return RunResult(self.run_dir, self.state.step, "already finished")
+        self.state.finished = False
+        if self.accelerator.is_main_process:  # written only now: never a config that was not used
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+            if resumed is not None:  # steps logged after that checkpoint are trained (and logged) again
+                truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
         logger = MetricLogger(
             self.run_dir, tc.max_steps, self.state.step, self.accelerator.is_main_process, tc.progress
         )
         if resumed is not None:
             logger.message(f"resumed from {resumed} (step {self.state.step})")
+            for key, (old, new) in self.resume_changes.items():
+                logger.message(
+                    f"  changed on resume, in effect from step {self.state.step + 1}: {key} {old!r} -> {new!r}"
+                )
         self._log_setup(logger)
-        stop = _StopFlag(self.stop_signals)
+        stop = StopFlag(self.stop_signals, announce=self.accelerator.is_main_process)
         stop.install()
         try:
             return self._loop(logger, stop)
@@ -396,39 +455,147 @@ class Trainer:
             stop.restore()
             logger.close()
 
-    def _loop(self, logger: MetricLogger, stop: _StopFlag) -> RunResult:
+    def _done(self) -> bool:
+        """Finished: the step budget is spent, or the time budget (``max_minutes``) of this config is."""
+        tc, state = self.config.trainer, self.state
+        out_of_time = tc.max_minutes > 0 and state.elapsed_seconds >= tc.max_minutes * 60
+        return state.step >= tc.max_steps or out_of_time
+
+    def _check_run_dir(self) -> None:
+        """A read-only or full run directory fails now, in one line, not at the first checkpoint."""
+        root = ckpt.checkpoint_root(self.run_dir)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / f".write-test-rank{self.rank}"
+            probe.write_bytes(b"equissl")
+            probe.unlink()
+        except OSError as error:
+            raise UserError(
+                f"run directory {self.run_dir} is not writable: {error.strerror or error}"
+            ) from None
+        model = self.accelerator.unwrap_model(self.model)
+        weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        needed = 4 * weights  # weights + optimizer moments, and room for the next one before the old goes
+        free = shutil.disk_usage(root).free
+        if free < needed:
+            raise UserError(
+                f"run directory {self.run_dir} has {free / 2**20:.0f} MiB free; a checkpoint of this run needs "
+                f"about {needed / 2**20:.0f} MiB"
+            )
+
+    def _snapshot(self) -> None:
+        """Where this step starts: a stop that interrupts it mid-way checkpoints this position, so that the
+        resume is exact."""
+        self._step_start = {
+            "position": (self.state.epoch, self.state.batch_in_epoch),
+            "augment": self.generators["augment"].get_state(),
+            "torch": torch.get_rng_state(),
+        }
+
+    def _rewind(self) -> None:
+        """Back to :meth:`_snapshot`: the interrupted step's micro-batches and gradients are dropped."""
+        self.state.epoch, self.state.batch_in_epoch = self._step_start["position"]
+        self.generators["augment"].set_state(self._step_start["augment"])
+        torch.set_rng_state(self._step_start["torch"])
+        self.optimizer.zero_grad(set_to_none=True)
+        self._step_batches, self._step_losses, self._step_bad = [], [], [0, 0]
+
+    def _next_batch(self, batches) -> dict:
+        try:
+            return next(batches)
+        except RunStopped:  # a dataset's own named failure, carried from the worker
+            raise
+        except RuntimeError as error:
+            if "DataLoader worker (pid" in str(error):  # torch's words for a worker that died
+                raise _WorkerDied(str(error)) from error
+            raise
+
+    def _train_step(self, batches, logger: MetricLogger) -> StepOutput | None:
+        """One optimizer step (``grad_accum_steps`` micro-batches); None when it was skipped (non-finite)."""
+        tc = self.config.trainer
+        for micro in range(tc.grad_accum_steps):
+            out = self._micro_step(self._next_batch(batches), sync=micro == tc.grad_accum_steps - 1)
+            logger.count_images(tc.batch_size * self.world_size)
+        return out if self._optimizer_step(logger) else None
+
+    def _loop(self, logger: MetricLogger, stop: StopFlag) -> RunResult:
         tc = self.config.trainer
         batches = self._batches()
         self.model.train()
         session_start, elapsed_before = time.perf_counter(), self.state.elapsed_seconds
         metrics: dict[str, float] = {}
         while self.state.step < tc.max_steps:
-            for micro in range(tc.grad_accum_steps):
-                out = self._micro_step(next(batches), sync=micro == tc.grad_accum_steps - 1)
-                logger.count_images(tc.batch_size * self.world_size)
-            if not self._optimizer_step(logger):
+            self._snapshot()
+            try:
+                out = self._train_step(batches, logger)
+            except _WorkerDied as error:
+                if stop.signal is None:
+                    raise RunStopped(
+                        f"a data worker died at step {self.state.step + 1} ({error}); lower "
+                        f"data.num_workers if memory is short. Last complete checkpoint: "
+                        f"{ckpt.latest_checkpoint(self.run_dir)}"
+                    ) from None
+                self._rewind()  # the stop killed a worker mid-step: checkpoint where the step began
+                return self._stop(logger, stop, metrics)
+            except RunStopped:
+                raise
+            except RuntimeError as error:
+                failure = self._collective_failure(error)
+                if failure is error:
+                    raise
+                raise failure from error
+            if out is None:
                 continue
             self.state.step += 1
             self.state.elapsed_seconds = elapsed_before + time.perf_counter() - session_start
             logger.advance()
             if self.state.step % tc.log_every == 0 or self.state.step == tc.max_steps:
                 metrics = logger.log(self.state.step, dict(out.detached_metrics(), **self._fault_metrics()))
-            out_of_time = tc.max_minutes > 0 and self.state.elapsed_seconds >= tc.max_minutes * 60
-            if self.state.step == tc.max_steps or out_of_time:
+            if self._done():
                 self.state.finished = True
                 self.save()
+                out_of_time = self.state.step < tc.max_steps
                 logger.message(
                     f"finished at step {self.state.step}" + (" (time budget reached)" if out_of_time else "")
                 )
                 return RunResult(self.run_dir, self.state.step, "finished", metrics)
             if self._stop_requested(stop):
-                self.received_signal = stop.signal
-                path = self.save()
-                logger.message(f"signal {stop.signal}: wrote {path}, exiting")
-                return RunResult(self.run_dir, self.state.step, "interrupted", metrics)
+                return self._stop(logger, stop, metrics)
             if self.state.step % tc.checkpoint_every == 0:
                 self.save()
         return RunResult(self.run_dir, self.state.step, "finished", metrics)
+
+    def _stop(self, logger: MetricLogger, stop: StopFlag, metrics: dict[str, float]) -> RunResult:
+        self.received_signal = stop.signal
+        path = self.save()
+        name = signal.Signals(stop.signal).name if stop.signal else "a stop signal on another rank"
+        logger.message(f"{name}: wrote {path} at step {self.state.step}; run the same command to resume")
+        return RunResult(self.run_dir, self.state.step, "interrupted", metrics)
+
+    def _collective_failure(self, error: RuntimeError) -> Exception:
+        """A collective that failed or timed out (``trainer.collective_timeout_s``) as a RunStopped naming
+        the ranks that did not answer, where the backend can tell (gloo's monitored barrier); any other
+        error is returned unchanged."""
+        if self.world_size == 1 or not dist.is_initialized():
+            return error
+        text = str(error).lower()
+        marks = (
+            "timed out",
+            "timeout",
+            "connection closed",
+            "connection reset",
+            "pair closure",
+            "nccl",
+            "gloo",
+        )
+        if not isinstance(error, dist.DistError) and not any(mark in text for mark in marks):
+            return error
+        missing = _unresponsive_ranks(self._monitor, min(10.0, self.config.trainer.collective_timeout_s))
+        return RunStopped(
+            f"rank {self.rank} at step {self.state.step + 1}: the other ranks did not answer within "
+            f"trainer.collective_timeout_s={self.config.trainer.collective_timeout_s:g} s: {missing} (dead or "
+            f"hung; see its log). Last complete checkpoint: {ckpt.latest_checkpoint(self.run_dir)}"
+        )
 
     def _fault_metrics(self) -> dict[str, float]:
         state = self.state
@@ -441,5 +608,25 @@ class Trainer:
         }
 
 
-def pretrain(config: Config) -> RunResult:
-    return Trainer(config).fit()
+class _WorkerDied(Exception):
+    """A DataLoader worker exited (killed, out of memory) while the loop waited for its batch."""
+
+
+def _unresponsive_ranks(group, timeout_s: float) -> str:
+    """Which ranks fail to reach a barrier of ``group`` (gloo) within ``timeout_s``: gloo's monitored
+    barrier names them."""
+    try:
+        dist.monitored_barrier(group=group, timeout=timedelta(seconds=timeout_s), wait_all_ranks=True)
+    except RuntimeError as error:
+        found = re.search(r"Ranks? ([\d, ]+) failed to pass", str(error))
+        return (
+            f"rank(s) {found.group(1).strip()} did not answer"
+            if found
+            else str(error).strip().splitlines()[0]
+        )
+    return "every rank answered the check"
+
+
+def pretrain(config: Config, override_optim: bool = False) -> RunResult:
+    """Train (or resume) the run of ``config``; ``override_optim``: resume with changed ``optim.*``."""
+    return Trainer(config, override_optim).fit()
