@@ -131,7 +131,7 @@ class Trainer:
         torch.manual_seed(tc.seed)  # same initial weights on every rank
         objective = build_objective(config)
         self.spec = objective.required_views
-        self.dataset = build_dataset(config, "train", self.spec.source, self.spec.num_views)
+        self.dataset = build_dataset(config, "train", self.spec.source, self.spec.num_views, spec=self.spec)
         num_classes = getattr(self.dataset, "num_classes", 0)  # unlabelled data: no online probe
         model = PretrainModel(objective, num_classes, tc.online_probe and num_classes > 0)
         if tc.precision == "fp64":
