@@ -355,9 +355,10 @@ def set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+    """The tree of a recipe file, or of a packaged recipe given by name (:mod:`equissl.recipes`)."""
+    from equissl.recipes import resolve_recipe
+
+    path = resolve_recipe(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:

@@ -229,7 +229,7 @@ def test_only_the_image_source_is_accepted(cifar10_root):
 
 def test_recipe_with_a_replaced_data_section(cifar10_root):
     root, _ = cifar10_root
-    config = build_config("configs/simclr_resnet18_shapes3d.yaml", [f"data={{name: cifar10, root: {root}}}"])
+    config = build_config("simclr_resnet18_shapes3d", [f"data={{name: cifar10, root: {root}}}"])
     assert isinstance(config.data, CIFAR10Config) and config.data.image_size == 32
     config = build_config(None, ["data.name=stl10", "data.train_split=train+unlabeled"])
     assert isinstance(config.data, STL10Config) and config.data.image_size == 96
@@ -341,7 +341,7 @@ def test_pretrain_and_probe_on_cifar10(tmp_path):
     root = tmp_path / "cifar"
     write_cifar10(root)
     config = build_config(
-        "configs/simclr_resnet18_shapes3d.yaml",
+        "simclr_resnet18_shapes3d",
         [
             f"data={{name: cifar10, root: {root}, num_workers: 0}}",
             "augment.crop_size=32",
