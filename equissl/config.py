@@ -165,6 +165,9 @@ class TrainerConfig:
     seed: NonNegativeInt = 0
     run_dir: str = "runs/{name}"  # {name}: the run's name, the one placeholder
     log_every: PositiveInt = 10
+    # Where metrics go: metrics.jsonl, TensorBoard, Weights & Biases, MLflow (the last two through
+    # accelerate's trackers; the track extra). See equissl/launch/logging.py.
+    loggers: tuple[Literal["jsonl", "tensorboard", "wandb", "mlflow"], ...] = ("jsonl", "tensorboard")
     checkpoint_every: PositiveInt = 200
     keep_checkpoints: PositiveInt = 2
     online_probe: bool = True

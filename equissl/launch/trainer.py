@@ -28,7 +28,7 @@ from equissl.config import Config, to_dict
 from equissl.errors import BadDataError, NonFiniteLossError
 from equissl.launch import checkpoint as ckpt
 from equissl.launch.data import GuardedCollate, GuardedDataset
-from equissl.launch.logging import MetricLogger
+from equissl.launch.logging import MetricLogger, check_loggers
 from equissl.launch.optim import build_optimizer, build_scheduler, scaled_lr
 from equissl.launch.sampler import ResumableSampler
 from equissl.launch.sync_bn import convert_to_global_batchnorm
@@ -116,6 +116,7 @@ class Trainer:
     def __init__(self, config: Config) -> None:
         self.config = config
         tc = config.trainer
+        check_loggers(tc.loggers)  # a missing tracker package stops before any work
         # accelerate keeps one process-wide AcceleratorState and refuses a second Accelerator with another
         # precision or device; a later Trainer in the same process (tests, notebooks, one recipe after
         # another) sets its own. The distributed PartialState is kept.
@@ -383,7 +384,14 @@ class Trainer:
         if self.state.finished or self.state.step >= tc.max_steps:
             return RunResult(self.run_dir, self.state.step, "already finished")
         logger = MetricLogger(
-            self.run_dir, tc.max_steps, self.state.step, self.accelerator.is_main_process, tc.progress
+            self.run_dir,
+            tc.max_steps,
+            self.state.step,
+            self.accelerator.is_main_process,
+            tc.progress,
+            tc.loggers,
+            self.config.name,
+            to_dict(self.config),
         )
         if resumed is not None:
             logger.message(f"resumed from {resumed} (step {self.state.step})")
