@@ -408,3 +408,13 @@ def build_cifar100(cfg: CIFAR100Config, split: str, source: str, num_views: int,
 def build_stl10(cfg: STL10Config, split: str, source: str, num_views: int, seed: int) -> STL10Dataset:
     check_split_and_source(cfg.name, split, source)
     return STL10Dataset(data_root(cfg), split=split, image_size=cfg.image_size, train_split=cfg.train_split)
+
+
+def __getattr__(name: str):
+    """``ImageFolderDataset`` / ``ImageFolderConfig`` moved to :mod:`equissl.datasets.folders`; kept
+    importable from here for code written before."""
+    if name in ("ImageFolderDataset", "ImageFolderConfig"):
+        from equissl.datasets import folders
+
+        return getattr(folders, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
