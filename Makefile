@@ -2,7 +2,7 @@
 # Both create the virtual environment when missing and install the package into it.
 VENV ?= .venv
 PYTHON ?= python3
-RECIPE ?= configs/simclr_resnet18_shapes3d.yaml
+RECIPE ?= simclr_resnet18_shapes3d
 BIN := $(VENV)/bin
 
 .PHONY: install system-deps pretrain test benchmark clean

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-RECIPE = "configs/simclr_resnet18_shapes3d.yaml"
+RECIPE = "simclr_resnet18_shapes3d"
 DATA = [
     "data.objects_per_class=2",
     "data.val_objects_per_class=1",

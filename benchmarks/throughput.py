@@ -4,7 +4,7 @@ full_step: data loading + batched augmentation + forward + backward + optimizer 
 forward_backward: forward + backward + optimizer step, repeated on one fixed batch of views.
 The difference is the data + augmentation overhead. Prints one JSON object.
 
-    python benchmarks/throughput.py --config configs/simclr_resnet18_shapes3d.yaml --steps 10
+    python benchmarks/throughput.py --config simclr_resnet18_shapes3d --steps 10
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def measure(config, steps: int, warmup: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/simclr_resnet18_shapes3d.yaml")
+    parser.add_argument("--config", default="simclr_resnet18_shapes3d")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("overrides", nargs="*")

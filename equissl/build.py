@@ -11,6 +11,7 @@ from collections.abc import Callable
 from torch import nn
 from torch.utils.data import Dataset
 
+from equissl.augmentations.crops import FullImageViews
 from equissl.config import Config
 from equissl.registry import BACKBONES, DATASETS, OBJECTIVES, VIEW_MAKERS
 from equissl.ssl.base import Objective
@@ -28,13 +29,27 @@ def build_objective(config: Config) -> Objective:
 
 
 def build_dataset(
-    config: Config, split: str, source: str = "image", num_views: int = 1, seed: int | None = None
+    config: Config,
+    split: str,
+    source: str = "image",
+    num_views: int = 1,
+    seed: int | None = None,
+    spec: ViewSpec | None = None,
 ) -> Dataset:
-    """The ``split`` of ``config.data`` read for a view source (``"image"``: one image per item)."""
+    """The ``split`` of ``config.data`` read for a view source (``"image"``: one image per item).
+
+    With ``spec`` (pretraining), a dataset of variable-size images that asks for crops from the full
+    image (``full_images``) is wrapped so that the data workers cut each view's crop from the decoded
+    full-resolution image (:mod:`equissl.augmentations.crops`); CARE's batch-shared parameters
+    (``spec.shared_chunks``) need one frame for the whole chunk and keep the resized fast path.
+    """
     seed = config.trainer.seed if seed is None else seed
-    return DATASETS.build(
+    dataset = DATASETS.build(
         config.data.name, config.data, split=split, source=source, num_views=num_views, seed=seed
     )
+    if spec is not None and getattr(dataset, "full_images", False) and not spec.shared_chunks:
+        return FullImageViews(dataset, config.augment, spec, seed)
+    return dataset
 
 
 def build_view_maker(config: Config, spec: ViewSpec) -> Callable[..., Views]:

@@ -1,4 +1,5 @@
-"""The ``equissl`` command: pretrain | probe | knn | export | finetune-det | data | launch | equivariance.
+"""The ``equissl`` command: pretrain | probe | knn | export | finetune-det | data | launch | equivariance |
+list | config.
 
 Exit status (:mod:`equissl.errors`):
 
@@ -27,7 +28,11 @@ ISSUES_URL = "https://github.com/equissl/equissl/issues"
 
 def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain a backbone with an objective; rerun to resume")
-    p.add_argument("--config", required=True, help="YAML recipe, e.g. configs/simclr_resnet18_shapes3d.yaml")
+    p.add_argument(
+        "--config",
+        required=True,
+        help="a packaged recipe's name (equissl list recipes), e.g. simclr_resnet18_shapes3d, or a YAML file",
+    )
     p.add_argument(
         "overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.01 trainer.max_steps=50"
     )
@@ -44,6 +49,11 @@ def _add_pretrain(sub) -> None:
 def _add_eval(sub, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text)
     p.add_argument("--run", required=True, help="run directory (holds checkpoints/)")
+    p.add_argument(
+        "--data",
+        help="a labelled image folder to probe on instead of the run's data: FOLDER/train/<class>/ "
+        "(and val/<class>/), or FOLDER/<class>/ with a held-out part",
+    )
     p.add_argument("--checkpoint", help="a checkpoint directory; default: the newest complete one")
     p.add_argument(
         "--compare-random", action="store_true", help="also evaluate a randomly initialised backbone"
@@ -132,8 +142,27 @@ def _add_launch(sub) -> None:
     add_arguments(p)
 
 
+LISTINGS = ("recipes", "backbones", "objectives", "datasets")
+
+
+def _add_list(sub) -> None:
+    p = sub.add_parser("list", help="the packaged recipes, or the registered backbones, objectives, datasets")
+    p.add_argument("what", choices=LISTINGS)
+
+
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="show the resolved config of a recipe")
+    config_sub = p.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print the resolved config (YAML) of a recipe and overrides")
+    show.add_argument("recipe", help="a packaged recipe's name (equissl list recipes) or a YAML file")
+    show.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.01")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from equissl import __version__
+
     parser = argparse.ArgumentParser(prog="equissl", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"equissl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pretrain(sub)
     _add_eval(sub, "probe", "offline linear probe (and kNN) on frozen features")
@@ -143,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_launch(sub)
     _add_equivariance(sub)
+    _add_list(sub)
+    _add_config(sub)
     return parser
 
 
@@ -155,11 +186,27 @@ def cmd_pretrain(args) -> int:
     result = pretrain(config, override_optim=args.override_optim)
     print(f"{result.status}: {result.run_dir} at step {result.step}")
     if args.probe and result.status != "interrupted":
-        print(_probe_report(config, result.run_dir, None, ("linear", "knn"), True, []))
+        if _unlabelled(config):
+            print(
+                f"no probe: the data is unlabelled; probe with equissl probe --run {result.run_dir} --data FOLDER"
+            )
+        else:
+            print(_probe_report(config, result.run_dir, None, ("linear", "knn"), True, []))
     return 0
 
 
-def _probe_report(config, run, checkpoint, methods: tuple[str, ...], compare_random: bool, overrides) -> str:
+def _unlabelled(config) -> bool:
+    """True when the pretraining data carries no labels (an unlabelled image folder)."""
+    from equissl.build import build_dataset
+
+    dataset = build_dataset(config, "train")
+    labelled_split = getattr(dataset, "labelled_split", None)  # STL-10's unlabelled part has a labelled one
+    return getattr(labelled_split() if labelled_split else dataset, "num_classes", 1) == 0
+
+
+def _probe_report(
+    config, run, checkpoint, methods: tuple[str, ...], compare_random: bool, overrides, data=None
+) -> str:
     """The probe that fits the run's backbone (registry data): class-label probes on pooled features, or
     the bird's-eye-view occupancy probe of LiDAR encoders; ``probe.*`` overrides apply to it."""
     from equissl.config import parse_settings
@@ -171,20 +218,28 @@ def _probe_report(config, run, checkpoint, methods: tuple[str, ...], compare_ran
 
         if methods != ("linear", "knn"):
             raise ConfigError(f"{run} is a LiDAR run: its backbone is probed by `equissl probe` (BEV probe)")
+        if data is not None:
+            raise ConfigError(
+                f"{run} is a LiDAR run: --data takes an image folder, the BEV probe reads the run's"
+            )
         cfg = parse_settings(BEVProbeConfig, overrides, section="probe")
         return format_bev(evaluate_bev_run(run, checkpoint, compare_random=compare_random, cfg=cfg))
     from equissl.config import ProbeConfig
     from equissl.eval.report import evaluate_run, format_report
 
     probe_cfg = parse_settings(ProbeConfig, overrides, base=config.probe, section="probe")
-    return format_report(evaluate_run(run, methods, compare_random, checkpoint, probe_cfg))
+    return format_report(evaluate_run(run, methods, compare_random, checkpoint, probe_cfg, data=data))
 
 
 def cmd_eval(args, methods: tuple[str, ...]) -> int:
     from equissl.runs import load_run
 
     config, _ = load_run(args.run, args.checkpoint)
-    print(_probe_report(config, args.run, args.checkpoint, methods, args.compare_random, args.overrides))
+    print(
+        _probe_report(
+            config, args.run, args.checkpoint, methods, args.compare_random, args.overrides, args.data
+        )
+    )
     return 0
 
 
@@ -207,9 +262,15 @@ def cmd_finetune_det(args) -> int:
     from pathlib import Path
 
     from equissl.config import parse_settings
-    from equissl.eval.detection import FinetuneDetConfig, finetune_compare, format_detection_report
+    from equissl.eval.detection import (
+        FinetuneDetConfig,
+        finetune_compare,
+        format_detection_report,
+        require_pycocotools,
+    )
 
     cfg = parse_settings(FinetuneDetConfig, args.overrides)
+    require_pycocotools()  # before any export or training
     weights, out = args.weights, args.out
     if args.run:
         from equissl.export.formats import export_run
@@ -268,6 +329,27 @@ def cmd_equivariance(args) -> int:
     return 0
 
 
+def cmd_list(args) -> int:
+    """One line per entry: its name and its description."""
+    from equissl import api
+
+    entries = getattr(api, f"list_{args.what}")()
+    width = max(len(name) for name in entries)
+    for name, description in entries.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    import yaml
+
+    from equissl.config import build_config, to_dict
+
+    config = build_config(args.recipe, args.overrides)
+    print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+    return 0
+
+
 COMMANDS = {
     "pretrain": cmd_pretrain,
     "probe": lambda args: cmd_eval(args, ("linear", "knn")),
@@ -276,6 +358,8 @@ COMMANDS = {
     "finetune-det": lambda args: cmd_finetune_det(args),
     "data": lambda args: cmd_data(args),
     "equivariance": lambda args: cmd_equivariance(args),
+    "list": cmd_list,
+    "config": cmd_config,
 }
 
 

@@ -167,6 +167,9 @@ class TrainerConfig:
     seed: NonNegativeInt = 0
     run_dir: str = "runs/{name}"  # {name}: the run's name, the one placeholder
     log_every: PositiveInt = 10
+    # Where metrics go: metrics.jsonl, TensorBoard, Weights & Biases, MLflow (the last two through
+    # accelerate's trackers; the track extra). See equissl/launch/logging.py.
+    loggers: tuple[Literal["jsonl", "tensorboard", "wandb", "mlflow"], ...] = ("jsonl", "tensorboard")
     checkpoint_every: PositiveInt = 200
     keep_checkpoints: PositiveInt = 2
     online_probe: bool = True
@@ -360,9 +363,10 @@ def set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+    """The tree of a recipe file, or of a packaged recipe given by name (:mod:`equissl.recipes`)."""
+    from equissl.recipes import resolve_recipe
+
+    path = resolve_recipe(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:

@@ -11,6 +11,9 @@ A leaf module: every layer may import it.
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class UserError(ValueError):
     """A wrong input from the user, reported in one line (exit status 2). Subclasses ValueError so that
@@ -46,3 +49,11 @@ class BadDataError(RunStopped):
 
 class DataItemError(RunStopped):
     """Reading one dataset item failed in a way the dataset does not handle; names the item's file."""
+
+
+def import_extra(module: str, feature: str, extra: str) -> ModuleType:
+    """``module`` imported, or a one-line :class:`MissingExtraError` saying which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise MissingExtraError(feature, extra, module) from error

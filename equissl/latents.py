@@ -15,8 +15,10 @@ module, so that SIE, seq-JEPA, EquiCaps and the equivariance metrics read the la
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -30,9 +32,33 @@ from equissl.rotations import (
 LATENT_NAMES = ("euler_x", "euler_y", "euler_z", "floor_hue", "light_theta", "light_phi", "light_hue")
 LATENT_SIZE = len(LATENT_NAMES)
 COLOUR_LATENTS = (3, 6)  # floor hue, light hue
+# Ranges a readable latent must respect (closed; slot -> (low, high, how the range is written)). The
+# light's angles are left unchecked: 3DIEBench does not state their range.
+LATENT_RANGES = {
+    **{k: (-math.pi, math.pi, "[-pi, pi]") for k in (0, 1, 2)},
+    **{k: (0.0, 1.0, "[0, 1]") for k in COLOUR_LATENTS},
+}
+_RANGE_SLACK = 1e-6  # float32 storage rounds pi up by 9e-8
 
 RelativeAction = Literal["rotation", "rotation_colour"]
 ACTION_DIMS: dict[str, int] = {"rotation": 4, "rotation_colour": 4 + len(COLOUR_LATENTS)}
+
+
+def latent_problem(values: np.ndarray) -> str | None:
+    """Why a view's stored latent cannot be used (wrong shape or type, a NaN or infinity, an Euler angle
+    outside [-pi, pi], a hue outside [0, 1]), or None when it is valid."""
+    if values.shape != (LATENT_SIZE,):
+        return f"expected {LATENT_SIZE} values, shape ({LATENT_SIZE},), got shape {values.shape}"
+    if values.dtype.kind not in "fiu":
+        return f"expected numbers, got dtype {values.dtype}"
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        bad = [LATENT_NAMES[k] for k in np.flatnonzero(~np.isfinite(values))]
+        return f"not finite: {', '.join(bad)}"
+    for slot, (low, high, written) in LATENT_RANGES.items():
+        if not low - _RANGE_SLACK <= values[slot] <= high + _RANGE_SLACK:
+            return f"{LATENT_NAMES[slot]} = {values[slot]:g} outside {written}"
+    return None
 
 
 def _upcast(x: Tensor) -> Tensor:

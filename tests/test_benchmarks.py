@@ -16,7 +16,7 @@ def _load(name: str):
 
 
 def test_throughput_measures_full_step_forward_backward_and_augmentation(tiny_overrides):
-    config = build_config("configs/simclr_resnet18_shapes3d.yaml", tiny_overrides)
+    config = build_config("simclr_resnet18_shapes3d", tiny_overrides)
     figures = _load("throughput").measure(config, steps=1, warmup=0)
     for name in ("full_step", "forward_backward", "data_and_augmentation"):
         assert figures[f"{name}_images_per_s"] > 0 and figures[f"{name}_ms_per_step"] > 0

@@ -85,7 +85,7 @@ def test_cli_refuses_bad_key_before_training(tmp_path):
                 "equissl.cli",
                 "pretrain",
                 "--config",
-                "configs/simclr_resnet18_shapes3d.yaml",
+                "simclr_resnet18_shapes3d",
                 override,
                 f"trainer.run_dir={tmp_path}/run",
             ],

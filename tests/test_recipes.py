@@ -1,9 +1,9 @@
-"""Every recipe in ``configs/`` builds, validates and trains one optimizer step at a tiny size.
+"""Every packaged recipe (``equissl/recipes/``) builds, validates and trains one optimizer step at a tiny size.
 
 The recipe's objective, backbone, augmentation and optimiser settings are kept; only the data shrink to
 the tiny renders of ``tests/conftest.py`` (read by the recipe's own dataset reader: 3DIEBench recipes read
 the tiny shapes3d render, which is in 3DIEBench's layout), the images to 32 px, the batch to 16 and the
-run to one step. A recipe added to ``configs/`` is covered without touching this file.
+run to one step. A recipe added to ``equissl/recipes/`` is covered without touching this file.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import pytest
 
 from equissl.config import build_config, load_recipe
 from equissl.launch.trainer import pretrain
+from equissl.recipes import list_recipes, recipe_paths, resolve_recipe
 from tests.conftest import TINY_DATA, tiny_sim_overrides
 
-RECIPES = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+RECIPES = sorted(recipe_paths().values())
 TINY_POINTPILLARS = [
     "backbone.point_cloud_range=[-12.8,-12.8,-3.0,12.8,12.8,1.0]",
     "backbone.vfe_filters=[8]",
@@ -60,6 +61,28 @@ def test_every_recipe_is_covered():
     assert len(RECIPES) >= 12 and all(
         path.stem.count("_") >= 2 for path in RECIPES
     )  # <objective>_<backbone>_<data>
+    package = Path(__file__).resolve().parents[1] / "equissl" / "recipes"
+    assert {path.name for path in RECIPES} == {path.name for path in package.glob("*.yaml")}
+
+
+def test_recipes_resolve_by_name_and_describe_themselves(tmp_path):
+    descriptions = list_recipes()
+    assert list(descriptions) == [path.stem for path in RECIPES]
+    assert all(0 < len(text) <= 100 for text in descriptions.values()), descriptions
+    path = recipe_paths()["simclr_resnet18_shapes3d"]
+    assert (
+        resolve_recipe("simclr_resnet18_shapes3d") == path == resolve_recipe("simclr_resnet18_shapes3d.yaml")
+    )
+    assert resolve_recipe("configs/simclr_resnet18_shapes3d.yaml") == path  # the old commands still work
+    own = tmp_path / "simclr_resnet18_shapes3d.yaml"
+    own.write_text("name: mine\n")
+    assert resolve_recipe(own) == own  # a file is read as given
+    with pytest.raises(ValueError, match=r"'elsewhere/simclr_resnet18_shapes3d.yaml' is neither a file nor"):
+        resolve_recipe("elsewhere/simclr_resnet18_shapes3d.yaml")  # never guessed from a missing path
+    with pytest.raises(
+        ValueError, match=r"'simclr_resnet' is neither .* packaged recipe .*simclr_resnet18_shapes3d"
+    ):
+        build_config("simclr_resnet")
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[path.stem for path in RECIPES])

@@ -18,6 +18,11 @@ Parameters (``params`` dict; every tensor has the batch size B as its first dime
                   ``x1 - x0``. The box is resampled bilinearly to the output size with half-pixel
                   centres (``F.interpolate(..., align_corners=False, antialias=False)`` of the cropped
                   patch).
+``antialias``     (B,) float32, optional (absent = all 0): 1 where the crop box was resampled with an
+                  antialiasing filter (``F.interpolate(..., antialias=True)`` of the cropped patch: the
+                  box is the crop in the *original* image's pixels, cut and resized in the data workers,
+                  :mod:`equissl.augmentations.crops`), 0 for the plain bilinear resampling above. The two
+                  agree wherever the box is no larger than the output (upsampling).
 ``flip``          (B,) float32: 1 where the view is mirrored left-right (after the crop), else 0.
 ``jitter``        (B, 4) float32: brightness, contrast, saturation factors (multiplicative, 1 = identity,
                   torchvision's definitions) and hue shift as a fraction of a full turn in [-0.5, 0.5]
@@ -42,7 +47,7 @@ from torch import Tensor, nn
 
 from equissl.config import AugmentConfig
 
-PARAM_KEYS = ("crop", "flip", "jitter", "jitter_order", "gray", "blur_sigma")
+PARAM_KEYS = ("crop", "flip", "jitter", "jitter_order", "gray", "blur_sigma")  # "antialias" is optional
 IDENTITY_JITTER = (1.0, 1.0, 1.0, 0.0)
 _CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback
 
@@ -322,10 +327,49 @@ def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Ten
     return (x - mean_t) / std_t
 
 
-def apply_params(x: Tensor, params: dict[str, Tensor], cfg: AugmentConfig, out_size: Size) -> Tensor:
-    """Apply given parameters deterministically: the pure function behind :class:`ImageAugment`.
+def crop_resize_antialiased(image: Tensor, box: Tensor, out_size: Size) -> Tensor:
+    """One image (3, H, W) float cut to ``box`` (x0, y0, x1, y1 in its pixel edges, integers) and resized
+    bilinearly with antialiasing to ``out_size``: the crop of a view whose ``antialias`` parameter is 1."""
+    x0, y0, x1, y1 = (int(v) for v in box.tolist())
+    patch = image[None, :, y0:y1, x0:x1]
+    return torch.nn.functional.interpolate(
+        patch, size=_pair(out_size), mode="bilinear", antialias=True, align_corners=False
+    )[0]
 
-    x: (B, 3, H, W) uint8 or float in [0, 1]; params: as in the module docstring (any device);
+
+def crop_views(x: Tensor, params: dict[str, Tensor], out_size: Size) -> Tensor:
+    """The crop step of :func:`apply_params`: plain bilinear for samples whose ``antialias`` is 0 (one
+    batched remap), antialiased per sample where it is 1."""
+    antialias = params.get("antialias")
+    if antialias is None or not bool((antialias > 0).any()):
+        return resized_crop(x, params["crop"], out_size)
+    out = torch.empty(x.shape[0], x.shape[1], *_pair(out_size), dtype=x.dtype, device=x.device)
+    smooth = (antialias.detach().cpu() > 0).nonzero().squeeze(1).tolist()
+    plain = [b for b in range(x.shape[0]) if b not in set(smooth)]
+    if plain:
+        index = torch.tensor(plain, device=x.device)
+        out[index] = resized_crop(x[index], params["crop"].to(x.device)[index], out_size)
+    for b in smooth:
+        out[b] = crop_resize_antialiased(x[b], params["crop"][b], out_size)
+    return out
+
+
+def finish_view(x: Tensor, params: dict[str, Tensor], cfg: AugmentConfig, out_size: Size) -> Tensor:
+    """Every step of :func:`apply_params` after the crop, on crops (B, 3, out_h, out_w) float in [0, 1]:
+    flip, colour jitter, grayscale, blur, normalisation."""
+    x = horizontal_flip(x, params["flip"])
+    x = color_jitter(x, params["jitter"], params["jitter_order"])
+    x = grayscale(x, params["gray"])
+    x = gaussian_blur(x, params["blur_sigma"], blur_kernel_size(out_size))
+    return normalize(x, cfg.mean, cfg.std)
+
+
+def apply_params(x: Tensor, params: dict[str, Tensor], cfg: AugmentConfig, out_size: Size) -> Tensor:
+    """Apply given parameters deterministically: the pure function behind :class:`ImageAugment` and the
+    full-image crops (:mod:`equissl.augmentations.crops`).
+
+    x: (B, 3, H, W) uint8 or float in [0, 1] (for views cut from full images: the original images, which
+    may then be given one at a time, B = 1); params: as in the module docstring (any device);
     cfg: supplies ``mean`` / ``std``; out_size: output side (int) or (height, width).
     Returns (B, 3, out_h, out_w) float, normalised.
     """
@@ -333,12 +377,7 @@ def apply_params(x: Tensor, params: dict[str, Tensor], cfg: AugmentConfig, out_s
     if missing:
         raise ValueError(f"params lack {missing}")
     x = to_float_image(x)
-    x = resized_crop(x, params["crop"], out_size)
-    x = horizontal_flip(x, params["flip"])
-    x = color_jitter(x, params["jitter"], params["jitter_order"])
-    x = grayscale(x, params["gray"])
-    x = gaussian_blur(x, params["blur_sigma"], blur_kernel_size(out_size))
-    return normalize(x, cfg.mean, cfg.std)
+    return finish_view(crop_views(x, params, out_size), params, cfg, out_size)
 
 
 class ImageAugment(nn.Module):

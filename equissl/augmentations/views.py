@@ -3,7 +3,10 @@ for (its :class:`~equissl.types.ViewSpec`), registered in ``VIEW_MAKERS`` under 
 
 Batches (from the dataset collate, already on the training device):
 
-- source ``"image"``: ``{"image": uint8 (B, 3, H, W), "label": (B,), "latent": (B, 7)}``;
+- source ``"image"``: ``{"image": uint8 (B, 3, H, W), "label": (B,), "latent": (B, 7)}``, or, for
+  datasets of variable-size images, the crops already cut from the full images in the data workers
+  (:mod:`equissl.augmentations.crops`): ``{"views": float (B, V, 3, c, c), "crops": (B, V, 4),
+  "small_views": (B, S, 3, s, s), "small_crops": (B, S, 4), "label": (B,)}``;
 - source ``"object"``: ``{"images": uint8 (B, k, 3, H, W), "label": (B,), "latents": (B, k, 7)}``,
   the k rendered views of each object.
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from equissl.augmentations.image import ImageAugment, apply_params, identity_params
+from equissl.augmentations.image import ImageAugment, apply_params, finish_view, identity_params
 from equissl.config import AugmentConfig, Config
 from equissl.registry import VIEW_MAKERS
 from equissl.types import Views, ViewSpec
@@ -40,6 +43,39 @@ class _ImageViewsBase(nn.Module):
         self.global_augment = ImageAugment(cfg, cfg.crop_size, cfg.crop_scale)
         self.small_augment = ImageAugment(cfg, cfg.small_crop_size, cfg.small_crop_scale)
 
+    @staticmethod
+    def _finish_cut(
+        augment: ImageAugment, crops: Tensor, boxes: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Crops (B, 3, c, c) cut from the full images in the workers, boxes (B, 4) in original pixels ->
+        (the view, its parameters): flip, jitter, grayscale and blur drawn here (the same count of random
+        numbers as a fast-path view, whose crop draw is replaced by the workers' box), applied batched."""
+        params = augment.sample_params(crops.shape[0], crops.shape[-2], crops.shape[-1], generator)
+        params = {key: value.to(crops.device) for key, value in params.items()}
+        params["crop"] = boxes.to(device=crops.device, dtype=torch.float32)
+        params["antialias"] = torch.ones(crops.shape[0], device=crops.device)
+        return finish_view(crops.float(), params, augment.cfg, augment.out_size), params
+
+    def _cut_views(
+        self, batch: dict[str, Tensor], generator: torch.Generator | None
+    ) -> tuple[list, list, list, list]:
+        """(views, params, small views, small params) of a batch of crops cut in the workers."""
+        crops, boxes = _require(batch, "views", 5), _require(batch, "crops", 3)
+        small_crops, small_boxes = _require(batch, "small_views", 5), _require(batch, "small_crops", 3)
+        if crops.shape[1] < self.spec.num_views or small_crops.shape[1] < self.spec.num_small:
+            raise ValueError(
+                f"the batch holds {crops.shape[1]} + {small_crops.shape[1]} cut views, the spec asks for {self.spec}"
+            )
+        views = [
+            self._finish_cut(self.global_augment, crops[:, k], boxes[:, k], generator)
+            for k in range(self.spec.num_views)
+        ]
+        small = [
+            self._finish_cut(self.small_augment, small_crops[:, k], small_boxes[:, k], generator)
+            for k in range(self.spec.num_small)
+        ]
+        return [v for v, _ in views], [p for _, p in views], [v for v, _ in small], [p for _, p in small]
+
     def _small_views(
         self, images: Tensor, generator: torch.Generator | None
     ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
@@ -53,11 +89,15 @@ class ImageViewMaker(_ImageViewsBase):
     """``spec.num_views`` independent global augmentations (``cfg.crop_size``, ``cfg.crop_scale``) of each
     image, plus ``spec.num_small`` small crops (``cfg.small_crop_size``, ``cfg.small_crop_scale``) in
     ``Views.small``; ``Views.latents`` is None. ``spec.shared_chunks`` is passed to every augmentation;
-    labels are passed through."""
+    labels are passed through. A batch of crops cut from full images (``"views"``, module docstring) gets
+    the rest of the pipeline; its views' ``crop`` parameters are the workers' boxes in original pixels."""
 
     source = "image"
 
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Views:
+        if "views" in batch:
+            images, params, small, small_params = self._cut_views(batch, generator)
+            return Views(images, params, small, small_params, labels=batch.get("label"))
         images = _require(batch, "image", 4)
         views = [
             self.global_augment(images, generator, self.spec.shared_chunks)

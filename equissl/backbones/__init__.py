@@ -2,6 +2,7 @@
 
 from equissl.backbones import (
     capsules,  # noqa: F401
+    custom,  # noqa: F401
     lidar,  # noqa: F401
     poly_vit,  # noqa: F401
     resnet,  # noqa: F401

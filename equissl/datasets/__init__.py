@@ -1,3 +1,3 @@
 """Datasets; importing this package registers them in ``equissl.registry.DATASETS``."""
 
-from equissl.datasets import ie3d, images, lidar, lidar_sim, shapes3d  # noqa: F401
+from equissl.datasets import folders, ie3d, images, lidar, lidar_sim, shapes3d  # noqa: F401

@@ -12,9 +12,10 @@ Items (``source="object"``, one per object): ``num_views`` distinct views drawn 
 generator seeded from (seed, epoch, index), so a resumed run sees the same views:
     ``{"images": uint8 (num_views, 3, H, W), "label": int64 (), "latents": float32 (num_views, 7)}``
 
-An unreadable view (corrupt JPEG, missing or bad latent) is skipped with a warning naming the file and
-recorded in ``dataset.bad_files`` (per process: DataLoader workers keep their own lists); the item
-falls back deterministically to the next readable view or object. ``dataset.skipped_reads`` counts every
+An unreadable view is skipped with a warning naming the file and the reason, and recorded in ``dataset.bad_files`` (per process: DataLoader workers keep their own lists); the item
+falls back deterministically to the next readable view or object. Unreadable: a JPEG that does not decode,
+a latent file that is missing, not shape (7,), not finite, or out of range (Euler angles outside
+[-pi, pi], hues outside [0, 1]: :func:`equissl.latents.latent_problem`). ``dataset.skipped_reads`` counts every
 skip, including repeats of a known-bad view, so the trainer can count bad reads per item across workers.
 """
 
@@ -34,7 +35,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from equissl.config import DataConfig
 from equissl.errors import UserError
-from equissl.latents import LATENT_SIZE
+from equissl.latents import latent_problem
 from equissl.registry import DATASETS
 
 SPLITS = ("train", "val")
@@ -195,9 +196,11 @@ class IE3DDataset(Dataset):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 image = decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
             path = folder / f"latent_{view}.npy"
-            latent = np.load(path, allow_pickle=False).astype(np.float32).reshape(-1)
-            if latent.size < LATENT_SIZE:
-                raise ValueError(f"expected {LATENT_SIZE} values, got {latent.size}")
+            stored = np.load(path, allow_pickle=False)
+            problem = latent_problem(stored)
+            if problem is not None:
+                raise ValueError(problem)
+            latent = stored.astype(np.float32)
         except (OSError, RuntimeError, ValueError) as error:
             self._bad_views.add((object_index, view))
             self.bad_files.append(str(path))
@@ -206,7 +209,7 @@ class IE3DDataset(Dataset):
             raise _UnreadableView from None
         if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
             image = TF.resize(image, [self.image_size, self.image_size], antialias=True)
-        return image, torch.from_numpy(latent[:LATENT_SIZE].copy())
+        return image, torch.from_numpy(latent)
 
     def view_order(self, index: int) -> np.ndarray:
         """Views of object ``index`` in the order ``source="object"`` tries them this epoch."""

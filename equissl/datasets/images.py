@@ -1,5 +1,5 @@
-"""Natural-image datasets read from their real on-disk formats: ``imagefolder``, ``cifar10``, ``cifar100``,
-``stl10``. Nothing is downloaded; ``data.root`` (default ``$EQUISSL_DATA/<name>``) must hold the files.
+"""Natural-image datasets read from their real on-disk formats: ``cifar10``, ``cifar100``, ``stl10`` (the
+user's own folders, ``imagefolder``, are read by :mod:`equissl.datasets.folders`). Nothing is downloaded; ``data.root`` (default ``$EQUISSL_DATA/<name>``) must hold the files.
 
 Layouts (the files as their authors distribute them, extracted):
 
@@ -15,17 +15,14 @@ Layouts (the files as their authors distribute them, extracted):
   ``n * 27648 + c * 9216 + k * 96 + r``); ``*_y.bin``: one uint8 label in 1..10 per image, read as 0..9.
   ``data.train_split`` picks what split ``"train"`` holds: ``train`` (5,000 labelled), ``unlabeled``
   (100,000) or ``train+unlabeled``; unlabelled images carry label -1.
-- ``imagefolder``: ``root/train/<class>/**/*.jpg`` (or .jpeg .png .bmp .gif .webp .tif .tiff .ppm .pgm)
-  and ``root/val/<class>/...``; classes are the sorted folder names of ``root/train``, label = position.
 
 Items (view source ``"image"`` only: these datasets have no object views or latents):
     ``{"image": uint8 (3, image_size, image_size), "label": int64 ()}``
 Images are resized (antialiased) so that the shorter side is ``image_size``, then centre-cropped square.
 Split ``"val"`` is the official test set of CIFAR and STL-10.
 
-Image folders skip an unreadable file with a warning naming it, record it in ``dataset.bad_files`` and
-count it in ``dataset.skipped_reads`` (per process, as :mod:`equissl.datasets.ie3d` does); the item falls
-back deterministically to the next readable one. CIFAR and STL-10 are validated as a whole when opened.
+CIFAR and STL-10 are validated as a whole when opened (their files hold every image, so there is no
+single unreadable image to skip).
 
 CIFAR batches are pickles: they are read by an unpickler that only admits numpy's array reconstruction,
 so a tampered file cannot execute code.
@@ -34,16 +31,13 @@ so a tampered file cannot execute code.
 from __future__ import annotations
 
 import codecs
-import os
 import pickle
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
@@ -54,13 +48,7 @@ from equissl.errors import ConfigError, UserError
 from equissl.registry import DATASETS
 
 SPLITS = ("train", "val")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 UNLABELLED = -1
-
-
-@dataclass
-class ImageFolderConfig(DataConfig):
-    name: str = "imagefolder"
 
 
 @dataclass
@@ -401,107 +389,7 @@ class STL10Dataset(_ArrayDataset):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Image folders.
-
-
-def _image_files(folder: Path) -> list[Path]:
-    files = []
-    for directory, subdirectories, names in os.walk(folder, followlinks=True):
-        subdirectories.sort()
-        files.extend(Path(directory) / n for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS))
-    return files
-
-
-class ImageFolderDataset(Dataset):
-    """``root/{train,val}/<class>/...`` image files; see the module docstring for failure handling.
-
-    root: the dataset folder. split: ``"train"`` or ``"val"``. image_size: output side in pixels.
-    """
-
-    def __init__(self, root: str | Path, split: str = "train", image_size: int = 64) -> None:
-        check_split_and_source("imagefolder", split, "image")
-        if image_size < 1:
-            raise ValueError(f"image_size must be >= 1, got {image_size}")
-        self.root = Path(root).expanduser()
-        self.split, self.image_size = split, image_size
-        layout = "root/train/<class>/*.jpg|png and root/val/<class>/..."
-        if not self.root.is_dir():
-            raise UserError(f"image folder root {self.root} does not exist: expected {layout}")
-        folder = self.root / split
-        if not folder.is_dir():
-            raise UserError(f"image folder {folder} is missing: expected {layout}")
-        class_folder = (
-            self.root / "train" if (self.root / "train").is_dir() else folder
-        )  # labels agree across splits
-        self.class_names = sorted(d.name for d in class_folder.iterdir() if d.is_dir())
-        unknown = sorted({d.name for d in folder.iterdir() if d.is_dir()} - set(self.class_names))
-        if unknown:
-            raise UserError(f"{folder} has classes missing from {class_folder}: {', '.join(unknown)}")
-        self.num_classes = len(self.class_names)
-        self.files: list[Path] = []
-        labels = []
-        for label, name in enumerate(self.class_names):
-            files = _image_files(folder / name) if (folder / name).is_dir() else []
-            self.files.extend(files)
-            labels.extend([label] * len(files))
-        if not self.files:
-            raise UserError(
-                f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class folders of {folder}: expected {layout}"
-            )
-        self.labels = np.array(labels, dtype=np.int64)
-        self.bad_files: list[str] = []
-        self.skipped_reads = 0
-        self._bad: set[int] = set()
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def describe_item(self, index: int) -> str:
-        return str(self.files[index])
-
-    def _load(self, index: int) -> Tensor | None:
-        """uint8 (3, image_size, image_size), or None (counted, warned) if the file cannot be decoded."""
-        if index in self._bad:
-            self.skipped_reads += 1
-            return None
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:
-                image.draft("RGB", (self.image_size, self.image_size))  # JPEG: decode at a reduced scale
-                array = np.asarray(image.convert("RGB"))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            self._bad.add(index)
-            self.bad_files.append(str(path))
-            self.skipped_reads += 1
-            warnings.warn(f"skipping unreadable image {path}: {error}", RuntimeWarning, stacklevel=3)
-            return None
-        return square_image(torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), self.image_size)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        for offset in range(len(self)):  # the next readable item, deterministically
-            candidate = (index + offset) % len(self)
-            image = self._load(candidate)
-            if image is not None:
-                return {"image": image, "label": torch.tensor(self.labels[candidate])}
-        raise RuntimeError(
-            f"no readable image in {self.root / self.split} ({len(self.bad_files)} unreadable files)"
-        )
-
-
-# ----------------------------------------------------------------------------------------------------
 # Registry entries.
-
-
-@DATASETS.register(
-    "imagefolder", ImageFolderConfig, description="a folder of images, train/<class>/ and val/<class>/"
-)
-def build_imagefolder(
-    cfg: ImageFolderConfig, split: str, source: str, num_views: int, seed: int
-) -> ImageFolderDataset:
-    check_split_and_source(cfg.name, split, source)
-    return ImageFolderDataset(data_root(cfg), split=split, image_size=cfg.image_size)
 
 
 @DATASETS.register("cifar10", CIFAR10Config, description="CIFAR-10 (python pickle format)")
@@ -520,3 +408,13 @@ def build_cifar100(cfg: CIFAR100Config, split: str, source: str, num_views: int,
 def build_stl10(cfg: STL10Config, split: str, source: str, num_views: int, seed: int) -> STL10Dataset:
     check_split_and_source(cfg.name, split, source)
     return STL10Dataset(data_root(cfg), split=split, image_size=cfg.image_size, train_split=cfg.train_split)
+
+
+def __getattr__(name: str):
+    """``ImageFolderDataset`` / ``ImageFolderConfig`` moved to :mod:`equissl.datasets.folders`; kept
+    importable from here for code written before."""
+    if name in ("ImageFolderDataset", "ImageFolderConfig"):
+        from equissl.datasets import folders
+
+        return getattr(folders, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from equissl.datasets.shapes3d_det import DetectionSetSpec, Shapes3DDetection, default_cache_dir
-from equissl.errors import UserError
+from equissl.errors import UserError, import_extra
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -167,9 +167,15 @@ def coco_ground_truth(dataset: Shapes3DDetection) -> dict:
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
+def require_pycocotools() -> None:
+    """The COCO evaluation's package, or a one-line error naming the ``det`` extra (checked before work)."""
+    import_extra("pycocotools", "the detection fine-tune (COCO box AP)", "det")
+
+
 @torch.no_grad()
 def evaluate_coco(model: FasterRCNN, dataset: Shapes3DDetection, batch_size: int = 16) -> dict[str, float]:
     """COCO box AP of ``model`` on ``dataset``, in percent: ``AP`` (IoU .5:.95), ``AP50``, ``AP75``."""
+    require_pycocotools()
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -247,6 +253,7 @@ def finetune_compare(
     log=print,
 ) -> dict:
     """Fine-tune from the export at ``weights`` (and from random init); the report as a dict."""
+    require_pycocotools()
     torch.set_num_threads(cfg.threads)
     state, metadata = load_torchvision_export(weights)
     # capsnet_resnet18 exports its ResNet-18 trunk (the capsule layer has no torchvision counterpart).

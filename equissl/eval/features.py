@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from equissl.build import build_dataset
 from equissl.config import Config
+from equissl.errors import UserError
 
 
 def preprocess(images: Tensor, config: Config) -> Tensor:
@@ -34,6 +35,12 @@ def extract_features(
     labelled_split = getattr(dataset, "labelled_split", None)  # pretraining on unlabelled images (STL-10)
     if labelled_split is not None:
         dataset = labelled_split()
+    if getattr(dataset, "num_classes", 1) == 0:
+        raise UserError(
+            f"the {config.data.name} data in {getattr(dataset, 'root', config.data.root)} is unlabelled, so "
+            "probes have no classes to score: probe the run on a labelled folder, equissl probe --run RUN "
+            "--data FOLDER (FOLDER/train/<class>/...)"
+        )
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=config.data.num_workers)
     backbone = backbone.to(device).eval()
     features, labels = [], []

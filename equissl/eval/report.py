@@ -1,15 +1,18 @@
 """``equissl probe`` / ``equissl knn``: evaluate a run's frozen backbone, optionally beside a randomly
-initialised one of the same architecture, print and save the figures."""
+initialised one of the same architecture, print and save the figures; on the run's own data or, with
+``data`` (``--data FOLDER``), on a labelled image folder (a run pretrained on unlabelled images)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
 from equissl.build import build_dataset
-from equissl.config import Config, ProbeConfig
+from equissl.config import Config, DataConfig, ProbeConfig, from_dict
+from equissl.datasets.ie3d import data_root
 from equissl.eval.features import cached_features, preprocess
 from equissl.eval.knn import knn_top1
 from equissl.eval.linear_probe import linear_probe
@@ -69,16 +72,34 @@ def objective_metrics(config: Config, checkpoint: Path, split: str = "val") -> t
     return {name: 100.0 * total / count for name, total in sums.items()}, size
 
 
+def on_labelled_folder(config: Config, folder: str | Path) -> Config:
+    """``config`` reading a labelled image folder instead of its own data: ``folder/train/<class>/`` (and
+    ``val/<class>/``, else a held-out part of train), or ``folder/<class>/``; images at the run's
+    ``data.image_size``."""
+    data = {
+        "name": "imagefolder",
+        "root": str(Path(folder).expanduser()),
+        "labels": "folders",
+        "image_size": config.data.image_size,
+        "num_workers": config.data.num_workers,
+    }
+    return dataclasses.replace(config, data=from_dict(DataConfig, data, "data"))
+
+
 def evaluate_run(
     run_dir: str | Path,
     methods: tuple[str, ...] = ("linear", "knn"),
     compare_random: bool = False,
     checkpoint: str | Path | None = None,
     probe_cfg: ProbeConfig | None = None,
+    data: str | Path | None = None,
 ) -> dict:
-    """Scores of the run's newest checkpoint (and of random init), saved as JSON and a figure."""
+    """Scores of the run's newest checkpoint (and of random init), saved as JSON and a figure; on the
+    labelled image folder ``data`` when given (:func:`on_labelled_folder`)."""
     run_dir = Path(run_dir)
     config, path = load_run(run_dir, checkpoint)
+    if data is not None:
+        config = on_labelled_folder(config, data)
     probe_cfg = probe_cfg or config.probe
     cache = run_dir / "eval"
     results = {"pretrained": evaluate_model(config, path, probe_cfg, methods, cache)}
@@ -89,6 +110,7 @@ def evaluate_run(
     name = "_".join(methods)
     report = {
         "run": str(run_dir),
+        "data": f"{config.data.name} {data_root(config.data)}",
         "checkpoint": str(path),
         "step": step,
         "results": results,
@@ -102,7 +124,7 @@ def evaluate_run(
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{report['run']} (step {report['step']}): val top-1 %"]
+    lines = [f"{report['run']} (step {report['step']}), {report['data']}: val top-1 %"]
     for model, scores in report["results"].items():
         lines.append(f"  {model:<12} " + "  ".join(f"{k} {v:5.1f}" for k, v in scores.items()))
     for name, value in report.get("objective_metrics_val", {}).items():

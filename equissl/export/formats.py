@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from equissl.backbones.base import IMAGE_FORMATS
 from equissl.config import Config, to_dict
-from equissl.errors import ConfigError, UserError
+from equissl.errors import ConfigError, UserError, import_extra
 from equissl.launch import checkpoint as ckpt
 from equissl.runs import load_backbone, load_run
 
@@ -201,7 +201,7 @@ def _write_mmdet(backbone: nn.Module, metadata: dict, out: Path) -> dict:
 
 
 def _write_onnx(backbone: nn.Module, metadata: dict, out: Path) -> dict:
-    import onnx
+    onnx = import_extra("onnx", "the ONNX export", "export")
 
     size = metadata["input_size"]
     example = torch.randn(2, *size)

@@ -35,7 +35,7 @@ from equissl.config import Config, from_dict, to_dict
 from equissl.errors import BadDataError, NonFiniteLossError, RunStopped, UserError
 from equissl.launch import checkpoint as ckpt
 from equissl.launch.data import GuardedCollate, GuardedDataset
-from equissl.launch.logging import MetricLogger
+from equissl.launch.logging import MetricLogger, check_loggers
 from equissl.launch.optim import build_optimizer, build_scheduler, scaled_lr
 from equissl.launch.resume import check_resume, truncate_metrics
 from equissl.launch.sampler import ResumableSampler
@@ -106,6 +106,7 @@ class Trainer:
         self.config = config
         self.override_optim = override_optim
         tc = config.trainer
+        check_loggers(tc.loggers)  # a missing tracker package stops before any work
         # accelerate keeps one process-wide AcceleratorState and refuses a second Accelerator with another
         # precision or device; a later Trainer in the same process (tests, notebooks, one recipe after
         # another) sets its own. The distributed PartialState is kept.
@@ -123,7 +124,7 @@ class Trainer:
         torch.manual_seed(tc.seed)  # same initial weights on every rank
         objective = build_objective(config)
         self.spec = objective.required_views
-        self.dataset = build_dataset(config, "train", self.spec.source, self.spec.num_views)
+        self.dataset = build_dataset(config, "train", self.spec.source, self.spec.num_views, spec=self.spec)
         num_classes = getattr(self.dataset, "num_classes", 0)  # unlabelled data: no online probe
         model = PretrainModel(objective, num_classes, tc.online_probe and num_classes > 0)
         if tc.precision == "fp64":
@@ -438,7 +439,14 @@ class Trainer:
             if resumed is not None:  # steps logged after that checkpoint are trained (and logged) again
                 truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
         logger = MetricLogger(
-            self.run_dir, tc.max_steps, self.state.step, self.accelerator.is_main_process, tc.progress
+            self.run_dir,
+            tc.max_steps,
+            self.state.step,
+            self.accelerator.is_main_process,
+            tc.progress,
+            tc.loggers,
+            self.config.name,
+            to_dict(self.config),
         )
         if resumed is not None:
             logger.message(f"resumed from {resumed} (step {self.state.step})")

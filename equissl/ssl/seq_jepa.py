@@ -64,7 +64,7 @@ Fidelity notes (paper vs hafezgh/seq-jepa, ``src/models.py: SeqJEPA_Transforms``
   probability 0.1 and solarisation 0.2, vs blur 1.0 for the observed views); our view maker draws every
   view from the same ``augment`` pipeline.
 - Optimiser of the script: AdamW, lr 4e-4, weight decay 1e-3, 20 warmup epochs from 1e-5, cosine to
-  1e-5, batch 512, 1000 epochs on 3DIEBench at 128 px (see ``configs/seqjepa_resnet18_3diebench.yaml``).
+  1e-5, batch 512, 1000 epochs on 3DIEBench at 128 px (see ``equissl/recipes/seqjepa_resnet18_3diebench.yaml``).
 """
 
 from __future__ import annotations

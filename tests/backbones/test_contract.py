@@ -1,13 +1,14 @@
 """The backbone contract, checked for every registered backbone (timm ``tests/test_models.py`` style).
 
 How a backbone is made small here: if its config class has a ``tiny()`` classmethod, that config is
-used, else the default config. The input is ``model.example_input(batch_size, generator)`` when the
+used, else the default config; ``custom`` (the user's own module) wraps the tests' tiny backbone. The input is ``model.example_input(batch_size, generator)`` when the
 module defines it (non-image backbones), else a random (B, 3, S, S) image with
 S = ``config_cls.tiny_input_size`` (default 32).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
@@ -15,7 +16,9 @@ import pytest
 import torch
 
 from equissl.backbones.base import Backbone
+from equissl.backbones.custom import attached
 from equissl.registry import BACKBONES
+from tests.helpers import TinyBackbone
 
 BATCH = 2
 
@@ -27,7 +30,8 @@ def build_tiny(name: str):
     cfg = tiny() if tiny is not None else entry.config_cls()
     cfg = dataclasses.replace(cfg, name=name)
     torch.manual_seed(0)
-    model = BACKBONES.build(name, cfg)
+    with attached(TinyBackbone()) if name == "custom" else contextlib.nullcontext():
+        model = BACKBONES.build(name, cfg)
     generator = torch.Generator().manual_seed(0)
     if hasattr(model, "example_input"):
         x = model.example_input(BATCH, generator)

@@ -24,8 +24,8 @@ def colour(obj: int, view: int) -> tuple[int, int, int]:
 
 
 def latent(obj: int, view: int) -> np.ndarray:
-    # float64, as 3DIEBench's generator writes them; the euler x slot encodes (object, view).
-    return np.array([obj + 0.1 * view, -0.2, 0.3, 0.5, 0.4, 3.0, 0.7 + 0.01 * view])
+    # float64, as 3DIEBench's generator writes them; the light phi slot encodes (object, view).
+    return np.array([0.1, -0.2, 0.3, 0.5, 0.4, obj + 0.1 * view, 0.7 + 0.01 * view])
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_object_mode_returns_distinct_views_of_one_object(fake_3die):
         assert item["images"].shape == (3, 3, 20, 20) and item["images"].dtype == torch.uint8
         assert item["latents"].shape == (3, 7) and item["latents"].dtype == torch.float32
         assert int(item["label"]) == [0, 0, 1][obj]
-        views = np.round((item["latents"][:, 0].numpy() - obj) * 10).astype(int)
+        views = np.round((item["latents"][:, 5].numpy() - obj) * 10).astype(int)
         assert len(set(views)) == 3 and set(views) <= set(range(VIEWS))  # distinct views of this object
         np.testing.assert_array_equal(views, ds.view_order(obj)[:3])
         for image, view in zip(item["images"], views):  # each image goes with its own latent
@@ -93,7 +93,7 @@ def test_object_mode_returns_distinct_views_of_one_object(fake_3die):
 def test_set_epoch_changes_views_deterministically(fake_3die):
     def views(ds, epoch):
         ds.set_epoch(epoch)
-        return [tuple(ds[i]["latents"][:, 0].tolist()) for i in range(len(ds))]
+        return [tuple(ds[i]["latents"][:, 5].tolist()) for i in range(len(ds))]
 
     kwargs = {
         "split": "train",
@@ -129,7 +129,7 @@ def test_corrupt_jpeg_is_skipped_counted_and_replaced_deterministically(fake_3di
     )
     with pytest.warns(RuntimeWarning, match="image_1.jpg"):
         item = objects[0]  # object 0 lacks a 4th readable view: object 1 comes instead
-    assert int(item["label"]) == 0 and np.allclose(np.floor(item["latents"][:, 0].numpy()), 1)
+    assert int(item["label"]) == 0 and np.allclose(np.floor(item["latents"][:, 5].numpy()), 1)
     objects3 = IE3DDataset(
         fake_3die, split="train", source="object", num_views=3, image_size=16, views_per_object=VIEWS, seed=1
     )
@@ -137,7 +137,7 @@ def test_corrupt_jpeg_is_skipped_counted_and_replaced_deterministically(fake_3di
         objects3.set_epoch(epoch)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            views = np.round(objects3[0]["latents"][:, 0].numpy() * 10).astype(int)
+            views = np.round(objects3[0]["latents"][:, 5].numpy() * 10).astype(int)
         assert 1 not in views and len(set(views)) == 3
 
 
@@ -149,6 +149,51 @@ def test_missing_latent_counts_as_unreadable(fake_3die):
         item = ds[3]  # the last item wraps around to the first
     np.testing.assert_allclose(item["latent"].numpy(), latent(3, 0), rtol=1e-6)
     assert ds.bad_files == [str(missing)]
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (np.array([0.1, np.nan, 0.3, 0.5, 0.4, 3.0, 0.7]), "not finite"),
+        (np.array([0.1, 0.2, np.inf, 0.5, 0.4, 3.0, 0.7]), "not finite"),
+        (np.array([0.1, 0.2, 4.0, 0.5, 0.4, 3.0, 0.7]), r"euler_z = 4 outside \[-pi, pi\]"),
+        (np.array([0.1, 0.2, 0.3, 1.5, 0.4, 3.0, 0.7]), r"floor_hue = 1.5 outside \[0, 1\]"),
+        (np.array([0.1, 0.2, 0.3, 0.5, 0.4, 3.0, -0.2]), r"light_hue = -0.2 outside \[0, 1\]"),
+        (np.zeros(6), r"expected 7 values, shape \(7,\), got shape \(6,\)"),
+        (np.zeros((7, 2)), r"expected 7 values, shape \(7,\), got shape \(7, 2\)"),
+    ],
+    ids=["nan", "inf", "euler", "floor-hue", "light-hue", "short", "2d"],
+)
+def test_bad_latents_are_skipped_counted_and_named(fake_3die, bad, reason):
+    """A latent with a NaN, an angle past pi, a hue outside [0, 1] or the wrong shape is as unreadable as a
+    corrupt JPEG: skipped with a warning naming the file and the reason, counted, and replaced."""
+    path = fake_3die / SYNSETS[0] / "1a04e3eab45ca15dd86060f189eb133" / "latent_1.npy"
+    np.save(path, bad)
+    ds = IE3DDataset(fake_3die, split="train", source="image", image_size=16, views_per_object=VIEWS)
+    with pytest.warns(RuntimeWarning, match=f"latent_1.npy: .*{reason}"):
+        item = ds[1]
+    np.testing.assert_allclose(item["latent"].numpy(), latent(0, 2), rtol=1e-6)  # view 2 of object 0
+    assert torch.isfinite(item["latent"]).all()
+    assert ds.bad_files == [str(path)] and ds.skipped_reads == 1
+    objects = IE3DDataset(
+        fake_3die, split="train", source="object", num_views=VIEWS, image_size=16, views_per_object=VIEWS
+    )
+    with pytest.warns(RuntimeWarning, match="latent_1.npy"):
+        item = objects[0]  # object 0 lacks a fourth valid view: the next object
+    assert int(item["label"]) == 0 and torch.isfinite(item["latents"]).all()
+    assert objects.bad_files == [str(path)]
+
+
+def test_latents_at_the_range_edges_are_kept(fake_3die):
+    """float32 rounds pi up (3.1415927 > pi): angles at +-pi as stored still count as inside."""
+    path = fake_3die / SYNSETS[0] / "1a04e3eab45ca15dd86060f189eb133" / "latent_1.npy"
+    edge = np.array([np.pi, -np.pi, np.float32(np.pi), 0.0, 0.4, 3.0, 1.0], dtype=np.float32)
+    np.save(path, edge)
+    ds = IE3DDataset(fake_3die, split="train", source="image", image_size=16, views_per_object=VIEWS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(ds[1]["latent"].numpy(), edge)
+    assert ds.skipped_reads == 0
 
 
 def test_missing_root_or_index_raise_value_errors_naming_the_path(fake_3die, tmp_path):

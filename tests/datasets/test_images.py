@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -11,14 +10,12 @@ import struct
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from equissl.config import build_config
 from equissl.datasets.images import (
     CIFAR10Config,
     CIFARDataset,
-    ImageFolderDataset,
     STL10Config,
     STL10Dataset,
 )
@@ -232,7 +229,7 @@ def test_only_the_image_source_is_accepted(cifar10_root):
 
 def test_recipe_with_a_replaced_data_section(cifar10_root):
     root, _ = cifar10_root
-    config = build_config("configs/simclr_resnet18_shapes3d.yaml", [f"data={{name: cifar10, root: {root}}}"])
+    config = build_config("simclr_resnet18_shapes3d", [f"data={{name: cifar10, root: {root}}}"])
     assert isinstance(config.data, CIFAR10Config) and config.data.image_size == 32
     config = build_config(None, ["data.name=stl10", "data.train_split=train+unlabeled"])
     assert isinstance(config.data, STL10Config) and config.data.image_size == 96
@@ -332,84 +329,6 @@ def test_stl10_errors_name_the_file(stl_root, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Image folders
-
-RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
-
-
-def _png(path, size: tuple[int, int], colour, marks: dict[tuple[int, int], tuple] | None = None) -> None:
-    """A PNG (lossless) of ``size`` = (width, height) in ``colour`` with single pixels at (row, column)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.new("RGB", size, colour)
-    for (row, column), value in (marks or {}).items():
-        image.putpixel((column, row), value)
-    image.save(path)
-
-
-@pytest.fixture
-def folder_root(tmp_path):
-    root = tmp_path / "folder"
-    _png(root / "train" / "cat" / "a.png", (8, 8), GREEN, {(2, 3): RED})
-    Image.new("RGB", (8, 8), (200, 100, 50)).save(root / "train" / "cat" / "b.jpg", quality=95)
-    _png(root / "train" / "dog" / "c.png", (8, 8), BLUE)
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), (10, 20, 30)).save(buffer, format="JPEG")
-    (root / "train" / "dog" / "broken.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    wide = Image.new("RGB", (16, 8), RED)  # left half red, right half blue
-    wide.paste(Image.new("RGB", (8, 8), BLUE), (8, 0))
-    (root / "train" / "dog" / "more").mkdir()
-    wide.save(root / "train" / "dog" / "more" / "d.png")
-    (root / "train" / "dog" / "notes.txt").write_text("not an image")
-    _png(root / "val" / "dog" / "e.png", (8, 8), BLUE)
-    return root
-
-
-def test_image_folder_classes_pixels_and_splits(folder_root):
-    train = ImageFolderDataset(folder_root, "train", image_size=8)
-    val = ImageFolderDataset(folder_root, "val", image_size=8)
-    assert train.class_names == ["cat", "dog"] and val.class_names == ["cat", "dog"]
-    assert (len(train), len(val), train.num_classes, val.num_classes) == (5, 1, 2, 2)
-    assert [p.name for p in train.files] == ["a.png", "b.jpg", "broken.jpg", "c.png", "d.png"]
-    assert train.labels.tolist() == [0, 0, 1, 1, 1] and int(val[0]["label"]) == 1
-    first = train[0]["image"]
-    assert first.dtype == torch.uint8 and first.shape == (3, 8, 8)
-    assert first[:, 2, 3].tolist() == list(RED) and first[:, 3, 2].tolist() == list(GREEN)
-    jpeg = train[1]["image"].float().mean(dim=(1, 2))
-    assert torch.allclose(jpeg, torch.tensor([200.0, 100.0, 50.0]), atol=4)
-    wide = train[4]["image"]  # 16x8 -> centre 8x8: columns 4..11, red then blue
-    assert wide.shape == (3, 8, 8)
-    assert wide[:, 3, 0].tolist() == list(RED) and wide[:, 3, 7].tolist() == list(BLUE)
-    big = ImageFolderDataset(folder_root, "train", image_size=20)[3]["image"]
-    assert big.shape == (3, 20, 20) and big[:, 10, 10].tolist() == list(BLUE)
-
-
-def test_image_folder_skips_and_counts_the_corrupt_file(folder_root):
-    train = ImageFolderDataset(folder_root, "train", image_size=8)
-    broken = str(folder_root / "train" / "dog" / "broken.jpg")
-    assert train.describe_item(2) == broken
-    with pytest.warns(RuntimeWarning, match="broken.jpg"):
-        item = train[2]
-    assert torch.equal(item["image"], train[3]["image"]) and int(item["label"]) == 1  # fell back to c.png
-    assert train.bad_files == [broken] and train.skipped_reads == 1
-    train[2]
-    assert train.bad_files == [broken] and train.skipped_reads == 2  # every skip counts; the file once
-
-
-def test_image_folder_errors(folder_root, tmp_path):
-    with pytest.raises(ValueError, match=r"nowhere does not exist: expected root/train/<class>"):
-        ImageFolderDataset(tmp_path / "nowhere")
-    _png(folder_root / "val" / "bird" / "f.png", (8, 8), RED)
-    with pytest.raises(ValueError, match=r"classes missing from .*train: bird"):
-        ImageFolderDataset(folder_root, "val")
-    empty = tmp_path / "empty"
-    (empty / "train" / "cat").mkdir(parents=True)
-    with pytest.raises(ValueError, match=r"no images .* in class folders of .*train"):
-        ImageFolderDataset(empty, "train")
-    with pytest.raises(ValueError, match=r"val is missing"):
-        ImageFolderDataset(empty, "val")
-
-
-# ----------------------------------------------------------------------------------------------------
 # End to end: pretraining and the probe read a CIFAR-10 directory.
 
 
@@ -422,7 +341,7 @@ def test_pretrain_and_probe_on_cifar10(tmp_path):
     root = tmp_path / "cifar"
     write_cifar10(root)
     config = build_config(
-        "configs/simclr_resnet18_shapes3d.yaml",
+        "simclr_resnet18_shapes3d",
         [
             f"data={{name: cifar10, root: {root}, num_workers: 0}}",
             "augment.crop_size=32",

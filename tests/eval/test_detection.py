@@ -73,7 +73,7 @@ def test_detection_set_is_deterministic_cached_and_in_range(tmp_path):
 
 def _imagenet_stem_run(tiny_overrides, tmp_path):
     overrides = [*tiny_overrides, "backbone.stem=imagenet", "trainer.max_steps=2"]
-    pretrain(build_config("configs/simclr_resnet18_shapes3d.yaml", overrides))
+    pretrain(build_config("simclr_resnet18_shapes3d", overrides))
     return tmp_path / "run"
 
 

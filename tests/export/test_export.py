@@ -10,7 +10,7 @@ from equissl.config import build_config
 from equissl.launch.trainer import pretrain
 from equissl.runs import load_backbone, load_run
 
-RECIPE = "configs/simclr_resnet18_shapes3d.yaml"
+RECIPE = "simclr_resnet18_shapes3d"
 
 
 def test_exported_backbone_loads_into_torchvision_strict_and_gives_the_same_features(
@@ -61,7 +61,7 @@ def test_eval_of_a_run_without_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 def test_probe_of_an_essl_run_reports_rotation_accuracy(tiny_overrides, tmp_path, capsys):
     overrides = [*tiny_overrides, "objective.rotation_hidden_dims=[32]", "trainer.max_steps=2"]
-    pretrain(build_config("configs/essl_resnet18_shapes3d.yaml", overrides))
+    pretrain(build_config("essl_resnet18_shapes3d", overrides))
     assert main(["probe", "--run", str(tmp_path / "run"), "probe.epochs=2"]) == 0
     assert "rotation_acc (val, whole image at 16 px)" in capsys.readouterr().out  # the small-crop size
     report = json.loads((tmp_path / "run" / "eval" / "linear_knn.json").read_text())

@@ -20,7 +20,7 @@ from equissl.launch.trainer import pretrain
 from equissl.runs import load_backbone, load_run
 from tests.conftest import TINY_DATA
 
-RECIPE = "configs/simclr_resnet18_shapes3d.yaml"
+RECIPE = "simclr_resnet18_shapes3d"
 
 
 @pytest.fixture(scope="module")

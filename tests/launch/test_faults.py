@@ -18,7 +18,7 @@ from equissl.errors import BadDataError, DataItemError, NonFiniteLossError
 from equissl.launch.sampler import ResumableSampler
 from equissl.launch.trainer import Trainer
 
-RECIPE = "configs/simclr_resnet18_shapes3d.yaml"
+RECIPE = "simclr_resnet18_shapes3d"
 VIEWS = 4  # data.views_per_object of the tiny render (tests/conftest.py)
 
 

@@ -45,12 +45,12 @@ DETERMINISTIC_VIEWS = [
 ]
 RECIPES = {
     "simclr": (
-        "configs/simclr_resnet18_shapes3d.yaml",
+        "simclr_resnet18_shapes3d",
         ["objective.proj_hidden_dim=64", "objective.proj_out_dim=32"],
     ),
-    "vicreg": ("configs/vicreg_resnet18_shapes3d.yaml", ["objective.expander_dims=[64,64]"]),
+    "vicreg": ("vicreg_resnet18_shapes3d", ["objective.expander_dims=[64,64]"]),
     "sie": (
-        "configs/sie_resnet18_shapes3d.yaml",
+        "sie_resnet18_shapes3d",
         ["objective.equi_dim=16", "objective.inv_proj_dims=[32,32]", "objective.equi_proj_dims=[32,32]"],
     ),
 }

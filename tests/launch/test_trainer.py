@@ -17,7 +17,7 @@ from equissl.errors import NonFiniteLossError
 from equissl.launch import checkpoint as ckpt
 from equissl.launch.trainer import Trainer, pretrain
 
-RECIPE = "configs/simclr_resnet18_shapes3d.yaml"
+RECIPE = "simclr_resnet18_shapes3d"
 
 
 def _cli(args: list[str]) -> subprocess.Popen:

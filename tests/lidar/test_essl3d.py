@@ -192,7 +192,7 @@ def test_pretrains_through_the_trainer(tiny_sim, tmp_path):
         "backbone.max_points_per_voxel=4",
     ]
     config = build_config(
-        "configs/essl3d_pointpillars_lidarsim.yaml",
+        "essl3d_pointpillars_lidarsim",
         [
             *data,
             *backbone,

@@ -41,6 +41,7 @@ from equissl.datasets.lidar import (
 )
 from equissl.datasets.lidar_sim.scene import build_scene
 from equissl.datasets.lidar_sim.sensor import simulate_sweep
+from equissl.datasets.open3d_extra import open3d
 from equissl.errors import ConfigError
 
 if TYPE_CHECKING:  # the config lives in the package's __init__, which imports this module
@@ -187,6 +188,8 @@ def render_lidar_sim(root: str | Path, cfg: LidarSimConfig, progress: bool = Tru
     there; returns ``root``. Only an absent or empty ``root`` is written to: one holding a render with other
     parameters, or any other non-empty folder, raises :class:`~equissl.errors.UserError` and is left
     untouched (see :mod:`equissl.datasets.materialise`)."""
+    if not materialise.is_complete(root, MARKER_NAME, generation_params(cfg)):
+        open3d()  # rendering needs the 3d extra: say so before any lock or folder is made
     return materialise.materialise(
         root, MARKER_NAME, generation_params(cfg), lambda tmp: _write_tree(tmp, cfg, progress), "lidar_sim"
     )

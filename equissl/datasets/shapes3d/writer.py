@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from equissl.datasets import materialise
+from equissl.datasets.open3d_extra import open3d
 from equissl.datasets.shapes3d.catalogue import CLASS_NAMES, Mesh, build_object
 from equissl.datasets.shapes3d.renderer import euler_sampler, render_view, sample_latents
 from equissl.errors import ConfigError
@@ -176,6 +177,8 @@ def render_shapes3d(root: str | Path, cfg: Shapes3DConfig, progress: bool = True
     any other non-empty folder, raises :class:`~equissl.errors.UserError` and is left untouched (see
     :mod:`equissl.datasets.materialise` for the lock, the temporary folder and the atomic rename).
     """
+    if not materialise.is_complete(root, MARKER_NAME, generation_params(cfg)):
+        open3d()  # rendering needs the 3d extra: say so before any lock or folder is made
     return materialise.materialise(
         root, MARKER_NAME, generation_params(cfg), lambda tmp: _write_tree(tmp, cfg, progress), "shapes3d"
     )
