@@ -28,6 +28,7 @@ FREE = (
     "trainer.checkpoint_every",
     "trainer.keep_checkpoints",
     "trainer.progress",
+    "trainer.loggers",
     "trainer.skip_nonfinite_steps",
     "trainer.collective_timeout_s",
     "trainer.device",
