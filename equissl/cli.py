@@ -369,19 +369,25 @@ def _launch(args) -> int:
     return launch_main(args)
 
 
-def _one_line_warnings(command: str) -> None:
-    """Warnings (a damaged checkpoint skipped, files skipped...) as one line each, not file:line + source."""
+def _one_line_warnings(command: str):
+    """Warnings (a damaged checkpoint skipped, files skipped...) as one line each, not file:line + source.
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"equissl {command}: warning: {message}", file=sys.stderr)
+    Only the formatting changes, so ``warnings.catch_warnings(record=True)`` (tests, notebooks) still records
+    them; the caller restores the returned previous formatter.
+    """
+    previous = warnings.formatwarning
 
-    warnings.showwarning = show
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        return f"equissl {command}: warning: {message}\n"
+
+    warnings.formatwarning = one_line
+    return previous
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = COMMANDS.get(args.command, _launch)
-    _one_line_warnings(args.command)
+    previous_format = _one_line_warnings(args.command)
     try:
         return command(args)
     except UserError as error:
@@ -401,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        warnings.formatwarning = previous_format
 
 
 if __name__ == "__main__":
