@@ -92,6 +92,18 @@ def _as_float64(value):
     return value
 
 
+def _shut_down_workers(batches) -> None:
+    """End a DataLoader iterator's worker processes now.
+
+    Workers ignore the stop signals (:func:`ignore_stop_signals`), so one left alive (its iterator kept by
+    a traceback, say) would also ignore the SIGTERM with which ``multiprocessing`` ends daemonic children
+    at interpreter exit, and the exit would wait for it forever. torch has no public call for this.
+    """
+    shut_down = getattr(batches, "_shutdown_workers", None)
+    if shut_down is not None:
+        shut_down()
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {
         k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
@@ -263,12 +275,16 @@ class Trainer:
                 pin_memory=self.accelerator.device.type == "cuda",
                 worker_init_fn=ignore_stop_signals,  # a group signal stops the run, not its workers
             )
-            for batch, bad_reads, bad_names in loader:
-                self.state.batch_in_epoch += 1
-                self._step_bad[0] += bad_reads
-                self._step_bad[1] += tc.batch_size + bad_reads
-                self._bad_names.extend(bad_names[: max(0, 10 - len(self._bad_names))])
-                yield batch
+            epoch_batches = iter(loader)
+            try:
+                for batch, bad_reads, bad_names in epoch_batches:
+                    self.state.batch_in_epoch += 1
+                    self._step_bad[0] += bad_reads
+                    self._step_bad[1] += tc.batch_size + bad_reads
+                    self._bad_names.extend(bad_names[: max(0, 10 - len(self._bad_names))])
+                    yield batch
+            finally:
+                _shut_down_workers(epoch_batches)
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
 
@@ -527,8 +543,14 @@ class Trainer:
         return out if self._optimizer_step(logger) else None
 
     def _loop(self, logger: MetricLogger, stop: StopFlag) -> RunResult:
-        tc = self.config.trainer
         batches = self._batches()
+        try:
+            return self._steps(batches, logger, stop)
+        finally:
+            batches.close()  # its workers end now, not whenever the generator is collected
+
+    def _steps(self, batches, logger: MetricLogger, stop: StopFlag) -> RunResult:
+        tc = self.config.trainer
         self.model.train()
         session_start, elapsed_before = time.perf_counter(), self.state.elapsed_seconds
         metrics: dict[str, float] = {}

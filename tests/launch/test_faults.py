@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import shutil
 
 import numpy as np
@@ -153,5 +154,12 @@ def test_a_crashing_data_worker_names_the_file(tiny_overrides, monkeypatch):
         raise KeyError("decoder exploded")
 
     monkeypatch.setattr(trainer.dataset, "_load_view", broken)
-    with pytest.raises(DataItemError, match=r"reading data item \d+ \(.*image_\d\.jpg\) failed: KeyError"):
+    children_before = set(multiprocessing.active_children())
+    with pytest.raises(
+        DataItemError, match=r"reading data item \d+ \(.*image_\d\.jpg\) failed: KeyError"
+    ) as error:
         trainer.fit()
+    # the traceback kept in ``error`` holds the loader's frames; its worker must be gone all the same (it
+    # ignores SIGTERM, so a live one would hang the interpreter's exit, which ends children with SIGTERM)
+    assert error.traceback
+    assert set(multiprocessing.active_children()) <= children_before
