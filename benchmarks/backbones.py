@@ -5,7 +5,10 @@ CUDA) so that peak memory is its own: on CUDA ``torch.cuda.max_memory_allocated`
 the peak resident set size (``resource.getrusage``) over the RSS after the model and its input were
 built. Images/s counts forward + backward (sum of outputs) on one batch (train mode), after warm-up,
 median over timed repeats. ``relative_speed`` = images/s of the equivariant model / images/s of the
-counterpart. On a shared CPU the figures are noisy: compare within one run, and pin ``--threads``.
+counterpart. On a shared CPU the figures are noisy: compare within one run, and pin ``--threads``;
+``--rounds R`` measures every entry R times in alternation (entry by entry, round after round) and reports
+the median images/s and the median of the per-round ratios, which a load that changes during the run
+moves far less than one sequential pass.
 
 Pairs (same input size, same batch):
 - ``poly_vit_<size>``      vs ``timm_vit_<size>`` (timm VisionTransformer, same dims, learned pos. embed.)
@@ -15,6 +18,7 @@ Pairs (same input size, same batch):
 - ``capsnet_resnet18``     vs ``resnet18`` (torchvision, same stem)
 
     python benchmarks/backbones.py                       # small CPU defaults, ~1-2 min
+    python benchmarks/backbones.py --groups c4 d4 --rounds 7 --repeats 5   # steerable vs export, robust ratio
     python benchmarks/backbones.py --image-size 224 --batch-size 64 --vit-size small --patch-size 16 \
         --steerable-size 65 --device cuda --repeats 20
 """
@@ -174,19 +178,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating passes over all entries")
     args = parser.parse_args()
 
     # Fork keeps the imports (seconds each) out of every measurement; CUDA cannot be forked.
     context = multiprocessing.get_context("spawn" if args.device.startswith("cuda") else "fork")
-    results: dict[str, dict] = {}
-    for name, counterpart in entries(args):
-        results[name] = run_child(context, name, args)
-        if counterpart:
-            results[name]["counterpart_of"] = counterpart
-            if "images_per_s" in results[name] and "images_per_s" in results.get(counterpart, {}):
-                results[counterpart].setdefault("relative_speed", {})[name] = round(
-                    results[counterpart]["images_per_s"] / results[name]["images_per_s"], 3
-                )
+    pairs = entries(args)
+    rounds = [{name: run_child(context, name, args) for name, _ in pairs} for _ in range(max(1, args.rounds))]
+    results = combine_rounds(rounds, pairs)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(
         json.dumps(
@@ -199,6 +198,33 @@ def main() -> None:
             }
         )
     )
+
+
+def combine_rounds(rounds: list[dict[str, dict]], pairs: list[tuple[str, str]]) -> dict[str, dict]:
+    """One result per entry from R rounds: the first round's fields, the median images/s, and for each
+    model with a counterpart ``relative_speed`` = the median over rounds of (counterpart images/s / model
+    images/s) measured in the same round (``per_round`` lists them when R > 1)."""
+    results = {name: dict(rounds[0][name]) for name, _ in pairs}
+    for name, counterpart in pairs:
+        speeds = [r[name]["images_per_s"] for r in rounds if "images_per_s" in r[name]]
+        if speeds:
+            results[name]["images_per_s"] = round(statistics.median(speeds), 2)
+        if not counterpart:
+            continue
+        results[name]["counterpart_of"] = counterpart
+        ratios = [
+            r[counterpart]["images_per_s"] / r[name]["images_per_s"]
+            for r in rounds
+            if "images_per_s" in r[name] and "images_per_s" in r.get(counterpart, {})
+        ]
+        if ratios:
+            relative = results[counterpart].setdefault("relative_speed", {})
+            relative[name] = round(statistics.median(ratios), 3)
+            if len(ratios) > 1:
+                results[counterpart].setdefault("relative_speed_per_round", {})[name] = [
+                    round(value, 3) for value in ratios
+                ]
+    return results
 
 
 def _child(name: str, args: argparse.Namespace, conn) -> None:
