@@ -149,6 +149,25 @@ def predictor_queries(object_ids: Tensor) -> tuple[Tensor, Tensor]:
     return source, order
 
 
+def context_queries(object_ids: Tensor, context: int) -> tuple[Tensor, Tensor]:
+    """SIE's queries with ``context`` source views: for every object with at least that many views, its
+    first ``context`` views (in row order) as the sequence a prediction conditions on, and each of its
+    views as a target. Returns (Q, context) context and (Q,) target row indices; ``context=1`` gives
+    :func:`predictor_queries`."""
+    if context < 1:
+        raise ValueError(f"context must be >= 1, got {context}")
+    order, starts, counts = object_groups(object_ids.cpu())
+    keep = counts >= context
+    if not bool(keep.any()):
+        raise UserError(f"no object has the {context} views a prediction conditions on")
+    starts, counts = starts[keep], counts[keep]
+    first = order[starts[:, None] + torch.arange(context)[None, :]]  # (objects, context)
+    targets = torch.cat(
+        [order[start : start + count] for start, count in zip(starts.tolist(), counts.tolist())]
+    )
+    return first.repeat_interleave(counts, dim=0), targets
+
+
 # ----------------------------------------------------------------------------------------------------
 # Regression from pairs (rotation / colour R^2)
 
