@@ -18,7 +18,7 @@ Pairs (same input size, same batch):
 - ``capsnet_resnet18``     vs ``resnet18`` (torchvision, same stem)
 
     python benchmarks/backbones.py                       # small CPU defaults, ~1-2 min
-    python benchmarks/backbones.py --groups c4 d4 --rounds 7 --repeats 5   # steerable vs export, robust ratio
+    python benchmarks/backbones.py --families steerable --groups c4 d4 --rounds 5 --repeats 5 --threads 2
     python benchmarks/backbones.py --image-size 224 --batch-size 64 --vit-size small --patch-size 16 \
         --steerable-size 65 --device cuda --repeats 20
 """
@@ -40,6 +40,9 @@ from torch import nn
 
 # Allow ``python benchmarks/backbones.py`` from the repository root without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+FAMILIES = ("vit", "steerable", "capsnet")
 
 
 def plain_cnn(widths: tuple[int, ...], depths: tuple[int, ...], stem_width: int) -> nn.Module:
@@ -154,12 +157,16 @@ def measure(name: str, args: argparse.Namespace) -> dict:
 
 
 def entries(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(model, its plain counterpart or '') in print order."""
-    out = [(f"poly_vit_{args.vit_size}", ""), (f"timm_vit_{args.vit_size}", f"poly_vit_{args.vit_size}")]
-    for group in args.groups:
-        name = f"steerable_{group}"
-        out += [(name, ""), (f"plain_cnn_for_{name}", name), (f"{name}_exported", name)]
-    out += [("capsnet_resnet18", ""), ("resnet18", "capsnet_resnet18")]
+    """(model, its plain counterpart or '') in print order, for the families in ``args.families``."""
+    out = []
+    if "vit" in args.families:
+        out += [(f"poly_vit_{args.vit_size}", ""), (f"timm_vit_{args.vit_size}", f"poly_vit_{args.vit_size}")]
+    if "steerable" in args.families:
+        for group in args.groups:
+            name = f"steerable_{group}"
+            out += [(name, ""), (f"plain_cnn_for_{name}", name), (f"{name}_exported", name)]
+    if "capsnet" in args.families:
+        out += [("capsnet_resnet18", ""), ("resnet18", "capsnet_resnet18")]
     return out
 
 
@@ -179,6 +186,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--rounds", type=int, default=1, help="alternating passes over all entries")
+    parser.add_argument(
+        "--families", nargs="+", choices=FAMILIES, default=list(FAMILIES), help="which pairs to measure"
+    )
     args = parser.parse_args()
 
     # Fork keeps the imports (seconds each) out of every measurement; CUDA cannot be forked.
