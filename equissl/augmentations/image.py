@@ -280,7 +280,9 @@ def _resampling_matrix(start: Tensor, length: Tensor, in_size: int, out_size: in
     centres = start + (torch.arange(out_size, device=start.device, dtype=torch.float64) + 0.5) * scale
     pixels = torch.arange(in_size, device=start.device, dtype=torch.float64) + 0.5
     distance = (pixels[None, None, :] - centres[:, :, None]) / scale.clamp_min(1.0)[:, :, None]
-    inside = (pixels[None, None, :] > start[:, :, None]) & (pixels[None, None, :] < (start + length)[:, :, None])
+    inside = (pixels[None, None, :] > start[:, :, None]) & (
+        pixels[None, None, :] < (start + length)[:, :, None]
+    )
     weights = (1.0 - distance.abs()).clamp_min(0.0) * inside
     return weights / weights.sum(dim=2, keepdim=True)
 
