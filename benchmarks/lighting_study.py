@@ -10,8 +10,9 @@ predictor's MRR beside MRR_shuffled (one-view queries against online encodings; 
 trained, 3-view queries against the EMA target's encodings).
 
 ``--study care``: SimCLR's recipe (900 steps), then CARE's recipe and CARE with equivariance weight 0
-for the same training wall time (``trainer.max_minutes``); linear / kNN top-1 from ``--probe``, and the
-equivariance loss (``loss/equi`` of metrics.jsonl) at the start, middle and end of training.
+for the same training wall time (their step count from a 30-step calibration run of CARE, so that the
+learning-rate schedule spans the run); linear / kNN top-1 from ``--probe``, and the equivariance loss
+(``loss/equi`` of metrics.jsonl) at the start, middle and end of training.
 
     python benchmarks/lighting_study.py --dry-run             # the commands, nothing run
     python benchmarks/lighting_study.py                       # hours on 2 CPU cores; renders first
@@ -183,7 +184,20 @@ def equi_loss_trajectory(run_dir: Path) -> dict:
     }
 
 
+def probe_scores(run_dir: Path) -> dict:
+    """Linear / kNN top-1 (%) that ``--probe`` saved in ``eval/linear_knn.json`` (pretrained, random init)."""
+    path = run_dir / "eval" / "linear_knn.json"
+    return json.loads(path.read_text())["results"] if path.is_file() else {}
+
+
+CARE_RECIPE = "configs/care_resnet18_shapes3d.yaml"
+CALIBRATION_STEPS = 30
+
+
 def care_study(args, env: dict) -> dict:
+    """SimCLR's recipe, then CARE and CARE at weight 0 for the same training time: their step count is
+    SimCLR's training seconds times CARE's steps per second, measured by a short calibration run (so the
+    learning-rate schedule spans the run), with ``trainer.max_minutes`` as a guard."""
     runs: dict[str, dict] = {}
     tiny = ["trainer.max_steps=2", *TINY_DATA, "data.lighting=varied"] if args.tiny else []
     probe = ["probe.epochs=2", "probe.weight_decays=[0.0]"] if args.tiny else []
@@ -199,27 +213,47 @@ def care_study(args, env: dict) -> dict:
         *probe,
     )
     runs["simclr"] = {"command": shown(command), "command_seconds": run(command, env, args.dry_run)}
-    runs["simclr"].update(trained_seconds(simclr_dir) if not args.dry_run else {})
-    minutes = runs["simclr"].get("train_seconds", 60.0) / 60
+    if not args.dry_run:
+        runs["simclr"].update({**trained_seconds(simclr_dir), "top1": probe_scores(simclr_dir)})
+    seconds = runs["simclr"].get("train_seconds", 60.0)
+    calibration_dir = Path(args.runs_dir) / "care_study_calibration"
+    calibration = equissl(
+        "pretrain",
+        "--config",
+        CARE_RECIPE,
+        f"trainer.max_steps={CALIBRATION_STEPS}",
+        *tiny,
+        "name=care_study_calibration",
+        f"trainer.run_dir={calibration_dir}",
+    )
+    runs["calibration"] = {
+        "command": shown(calibration),
+        "command_seconds": run(calibration, env, args.dry_run),
+    }
+    steps = 600
+    if not args.dry_run:
+        measured = trained_seconds(calibration_dir)
+        runs["calibration"].update(measured)
+        steps = max(1, round(seconds * measured["steps"] / measured["train_seconds"]))
     for name, extra in (("care", []), ("care_weight0", ["objective.equivariance_weight=0"])):
         run_dir = Path(args.runs_dir) / f"care_study_{name}"
         command = equissl(
             "pretrain",
             "--config",
-            "configs/care_resnet18_shapes3d.yaml",
+            CARE_RECIPE,
             "--probe",
             *extra,
-            f"trainer.max_minutes={minutes:.2f}",
-            "trainer.max_steps=100000" if not args.tiny else "",
+            f"trainer.max_steps={steps}",
+            f"trainer.max_minutes={1.1 * seconds / 60:.2f}",
             *tiny,
             f"name=care_study_{name}",
             f"trainer.run_dir={run_dir}",
             *probe,
         )
-        command = [part for part in command if part]
         entry = {"command": shown(command), "command_seconds": run(command, env, args.dry_run)}
         if not args.dry_run:
             entry.update(trained_seconds(run_dir))
+            entry["top1"] = probe_scores(run_dir)
             entry["equivariance_loss"] = equi_loss_trajectory(run_dir)
         runs[name] = entry
     return runs

@@ -330,3 +330,26 @@ def test_predict_from_context_is_the_training_prediction():
         recomputed = 1 - F.cosine_similarity(predicted, target, dim=1).mean()
     torch.testing.assert_close(recomputed, loss, atol=1e-5, rtol=1e-5)
     assert objective.prediction_context == M
+
+
+def test_the_trainer_gives_the_objective_its_epoch_length(tiny_shapes3d_root, tmp_path):
+    """cosine_per_epoch counts epochs in optimizer steps: batches per epoch / accumulation, set once."""
+    from equissl.config import build_config
+    from equissl.launch.trainer import Trainer
+    from tests.conftest import TINY_DATA
+
+    overrides = [
+        f"data.root={tiny_shapes3d_root}",
+        *TINY_DATA,
+        "augment.crop_size=32",
+        "backbone.stem=strided",
+        "trainer.batch_size=4",
+        "trainer.grad_accum_steps=2",
+        "trainer.device=cpu",
+        f"trainer.run_dir={tmp_path}/run",
+    ]
+    trainer = Trainer(build_config("configs/seqjepa_resnet18_shapes3d.yaml", overrides))
+    objective = trainer.accelerator.unwrap_model(trainer.model).objective
+    assert len(trainer.dataset) == 20  # 10 classes x 2 training objects, one item per object
+    assert objective.steps_per_epoch == pytest.approx(20 // 4 / 2)
+    assert objective.momentum(0, 10) == objective.momentum(2, 10) < objective.momentum(3, 10)
