@@ -267,9 +267,12 @@ def test_simclr_learns_to_match_positive_pairs():
 def test_essl_official_cifar_options_build_the_official_projector():
     """The documented official CIFAR options give rdangovs/essl's 512-2048-2048 projector with a
     non-affine output BN; without proj_hidden_dim=2048 the hidden layer would keep the backbone's 512."""
-    official = dict(
-        same_view_negatives=False, joint_forward=False, proj_out_dim=2048, proj_last_norm="bn_no_affine"
-    )
+    official = {
+        "same_view_negatives": False,
+        "joint_forward": False,
+        "proj_out_dim": 2048,
+        "proj_last_norm": "bn_no_affine",
+    }
     essl = ESSL(TinyBackbone(512), ESSLConfig(proj_hidden_dim=2048, **official, rotation_hidden_dims=(8,)))
     linears = [m for m in essl.projector.modules() if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(512, 2048), (2048, 2048)]
