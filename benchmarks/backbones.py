@@ -8,7 +8,8 @@ median over timed repeats. ``relative_speed`` = images/s of the equivariant mode
 counterpart. On a shared CPU the figures are noisy: compare within one run, and pin ``--threads``;
 ``--rounds R`` measures every entry R times in alternation (entry by entry, round after round) and reports
 the median images/s and the median of the per-round ratios, which a load that changes during the run
-moves far less than one sequential pass.
+moves far less than one sequential pass. On a machine shared with other jobs ``--clock cpu --threads 1``
+counts images per second of this process's CPU time instead of wall time, which the other jobs hardly move.
 
 Pairs (same input size, same batch):
 - ``poly_vit_<size>``      vs ``timm_vit_<size>`` (timm VisionTransformer, same dims, learned pos. embed.)
@@ -19,6 +20,7 @@ Pairs (same input size, same batch):
 
     python benchmarks/backbones.py                       # small CPU defaults, ~1-2 min
     python benchmarks/backbones.py --families steerable --groups c4 d4 --rounds 5 --repeats 5 --threads 2
+    python benchmarks/backbones.py --families steerable --groups c4 d4 --rounds 5 --clock cpu --threads 1
     python benchmarks/backbones.py --image-size 224 --batch-size 64 --vit-size small --patch-size 16 \
         --steerable-size 65 --device cuda --repeats 20
 """
@@ -123,6 +125,9 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     x = torch.randn(args.batch_size, 3, side, side, device=device)
     params = sum(p.numel() for p in model.parameters())
     cuda = device.type == "cuda"
+    # "cpu": this process's CPU time, which other jobs on a shared machine hardly change (use --threads 1:
+    # with more threads it also counts their spin-waiting)
+    clock = time.process_time if args.clock == "cpu" and not cuda else time.perf_counter
     baseline_rss = current_rss_mb()
 
     def step() -> None:
@@ -136,15 +141,16 @@ def measure(name: str, args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start = clock()
         step()
         if cuda:
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     result = {
         "params": params,
         "input": [args.batch_size, 3, side, side],
         "images_per_s": round(args.batch_size / statistics.median(times), 2),
+        "clock": "process CPU time" if clock is time.process_time else "wall",
     }
     if cuda:
         result["peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -186,6 +192,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--rounds", type=int, default=1, help="alternating passes over all entries")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: images per CPU-second (use --threads 1)",
+    )
     parser.add_argument(
         "--families", nargs="+", choices=FAMILIES, default=list(FAMILIES), help="which pairs to measure"
     )
