@@ -5,7 +5,11 @@ CUDA) so that peak memory is its own: on CUDA ``torch.cuda.max_memory_allocated`
 the peak resident set size (``resource.getrusage``) over the RSS after the model and its input were
 built. Images/s counts forward + backward (sum of outputs) on one batch (train mode), after warm-up,
 median over timed repeats. ``relative_speed`` = images/s of the equivariant model / images/s of the
-counterpart. On a shared CPU the figures are noisy: compare within one run, and pin ``--threads``.
+counterpart. On a shared CPU the figures are noisy: compare within one run, and pin ``--threads``;
+``--rounds R`` measures every entry R times in alternation (entry by entry, round after round) and reports
+the median images/s and the median of the per-round ratios, which a load that changes during the run
+moves far less than one sequential pass. On a machine shared with other jobs ``--clock cpu --threads 1``
+counts images per second of this process's CPU time instead of wall time, which the other jobs hardly move.
 
 Pairs (same input size, same batch):
 - ``poly_vit_<size>``      vs ``timm_vit_<size>`` (timm VisionTransformer, same dims, learned pos. embed.)
@@ -15,6 +19,8 @@ Pairs (same input size, same batch):
 - ``capsnet_resnet18``     vs ``resnet18`` (torchvision, same stem)
 
     python benchmarks/backbones.py                       # small CPU defaults, ~1-2 min
+    python benchmarks/backbones.py --families steerable --groups c4 d4 --rounds 5 --repeats 5 --threads 2
+    python benchmarks/backbones.py --families steerable --groups c4 d4 --rounds 5 --clock cpu --threads 1
     python benchmarks/backbones.py --image-size 224 --batch-size 64 --vit-size small --patch-size 16 \
         --steerable-size 65 --device cuda --repeats 20
 """
@@ -36,6 +42,9 @@ from torch import nn
 
 # Allow ``python benchmarks/backbones.py`` from the repository root without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+FAMILIES = ("vit", "steerable", "capsnet")
 
 
 def plain_cnn(widths: tuple[int, ...], depths: tuple[int, ...], stem_width: int) -> nn.Module:
@@ -116,6 +125,9 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     x = torch.randn(args.batch_size, 3, side, side, device=device)
     params = sum(p.numel() for p in model.parameters())
     cuda = device.type == "cuda"
+    # "cpu": this process's CPU time, which other jobs on a shared machine hardly change (use --threads 1:
+    # with more threads it also counts their spin-waiting)
+    clock = time.process_time if args.clock == "cpu" and not cuda else time.perf_counter
     baseline_rss = current_rss_mb()
 
     def step() -> None:
@@ -129,15 +141,16 @@ def measure(name: str, args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start = clock()
         step()
         if cuda:
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     result = {
         "params": params,
         "input": [args.batch_size, 3, side, side],
         "images_per_s": round(args.batch_size / statistics.median(times), 2),
+        "clock": "process CPU time" if clock is time.process_time else "wall",
     }
     if cuda:
         result["peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -150,12 +163,16 @@ def measure(name: str, args: argparse.Namespace) -> dict:
 
 
 def entries(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(model, its plain counterpart or '') in print order."""
-    out = [(f"poly_vit_{args.vit_size}", ""), (f"timm_vit_{args.vit_size}", f"poly_vit_{args.vit_size}")]
-    for group in args.groups:
-        name = f"steerable_{group}"
-        out += [(name, ""), (f"plain_cnn_for_{name}", name), (f"{name}_exported", name)]
-    out += [("capsnet_resnet18", ""), ("resnet18", "capsnet_resnet18")]
+    """(model, its plain counterpart or '') in print order, for the families in ``args.families``."""
+    out = []
+    if "vit" in args.families:
+        out += [(f"poly_vit_{args.vit_size}", ""), (f"timm_vit_{args.vit_size}", f"poly_vit_{args.vit_size}")]
+    if "steerable" in args.families:
+        for group in args.groups:
+            name = f"steerable_{group}"
+            out += [(name, ""), (f"plain_cnn_for_{name}", name), (f"{name}_exported", name)]
+    if "capsnet" in args.families:
+        out += [("capsnet_resnet18", ""), ("resnet18", "capsnet_resnet18")]
     return out
 
 
@@ -174,19 +191,23 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating passes over all entries")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: images per CPU-second (use --threads 1)",
+    )
+    parser.add_argument(
+        "--families", nargs="+", choices=FAMILIES, default=list(FAMILIES), help="which pairs to measure"
+    )
     args = parser.parse_args()
 
     # Fork keeps the imports (seconds each) out of every measurement; CUDA cannot be forked.
     context = multiprocessing.get_context("spawn" if args.device.startswith("cuda") else "fork")
-    results: dict[str, dict] = {}
-    for name, counterpart in entries(args):
-        results[name] = run_child(context, name, args)
-        if counterpart:
-            results[name]["counterpart_of"] = counterpart
-            if "images_per_s" in results[name] and "images_per_s" in results.get(counterpart, {}):
-                results[counterpart].setdefault("relative_speed", {})[name] = round(
-                    results[counterpart]["images_per_s"] / results[name]["images_per_s"], 3
-                )
+    pairs = entries(args)
+    rounds = [{name: run_child(context, name, args) for name, _ in pairs} for _ in range(max(1, args.rounds))]
+    results = combine_rounds(rounds, pairs)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(
         json.dumps(
@@ -199,6 +220,33 @@ def main() -> None:
             }
         )
     )
+
+
+def combine_rounds(rounds: list[dict[str, dict]], pairs: list[tuple[str, str]]) -> dict[str, dict]:
+    """One result per entry from R rounds: the first round's fields, the median images/s, and for each
+    model with a counterpart ``relative_speed`` = the median over rounds of (counterpart images/s / model
+    images/s) measured in the same round (``per_round`` lists them when R > 1)."""
+    results = {name: dict(rounds[0][name]) for name, _ in pairs}
+    for name, counterpart in pairs:
+        speeds = [r[name]["images_per_s"] for r in rounds if "images_per_s" in r[name]]
+        if speeds:
+            results[name]["images_per_s"] = round(statistics.median(speeds), 2)
+        if not counterpart:
+            continue
+        results[name]["counterpart_of"] = counterpart
+        ratios = [
+            r[counterpart]["images_per_s"] / r[name]["images_per_s"]
+            for r in rounds
+            if "images_per_s" in r[name] and "images_per_s" in r.get(counterpart, {})
+        ]
+        if ratios:
+            relative = results[counterpart].setdefault("relative_speed", {})
+            relative[name] = round(statistics.median(ratios), 3)
+            if len(ratios) > 1:
+                results[counterpart].setdefault("relative_speed_per_round", {})[name] = [
+                    round(value, 3) for value in ratios
+                ]
+    return results
 
 
 def _child(name: str, args: argparse.Namespace, conn) -> None:

@@ -126,6 +126,9 @@ class AugmentConfig:
     grayscale_prob: Probability = 0.2
     blur_prob: Probability = 0.0
     blur_sigma: tuple[PositiveFloat, PositiveFloat] = (0.1, 2.0)
+    # Resample shrunk crops with an antialiasing (area-widened) bilinear filter, as PIL's resize in the
+    # torchvision pipelines of the official codes; False: plain bilinear sampling (aliases when shrinking).
+    antialias: bool = True
     # How views of source="object" are augmented: "none" keeps the rendered view (only resized and
     # normalised, as SIE does on 3DIEBench); "full" applies the same pipeline as image views.
     object_views: Literal["none", "full"] = "none"

@@ -9,8 +9,8 @@ reach every process's own samples. :func:`gather_with_grad` does that; everythin
 identity / (0, 1) when no process group is initialised, so single-process code needs no branches.
 
 Gradient convention (the same as lightly's ``GatherLayer``, VICReg's ``FullGatherLayer`` and
-solo-learn's ``GatherLayer``, which has all-reduced its gradients since 2022; earlier versions kept only
-the local gradient, dropping the contributions of the other ranks' losses). Rank ``r`` computes a loss
+solo-learn's ``GatherLayer``, which has all-reduced its gradients since March 2022, commit ``f25dc1f``;
+earlier versions kept only the local gradient, dropping the contributions of the other ranks' losses). Rank ``r`` computes a loss
 ``L_r`` on its local anchors against the gathered batch; DDP then *averages* parameter gradients.
 The backward of the gather therefore *sums* the incoming gradients over ranks and returns this
 rank's slice: ``dx_r = sum_q dL_q/dx_r``. After DDP's average, the parameter gradient is that of

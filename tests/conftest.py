@@ -26,6 +26,7 @@ TINY_DATA = [
     "data.image_size=32",
     "data.num_workers=0",
     "data.rotations=so3",  # recipes that draw 3DIEBench's poses must still read this one shared render
+    "data.lighting=varied",  # likewise recipes that render with fixed lighting
 ]
 
 

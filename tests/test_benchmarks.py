@@ -21,3 +21,39 @@ def test_throughput_measures_full_step_forward_backward_and_augmentation(tiny_ov
     for name in ("full_step", "forward_backward", "data_and_augmentation"):
         assert figures[f"{name}_images_per_s"] > 0 and figures[f"{name}_ms_per_step"] > 0
     assert figures["augmentation_overhead_fraction"] < 1
+
+
+def test_backbones_rounds_take_the_median_of_per_round_ratios():
+    combine = _load("backbones").combine_rounds
+    pairs = [("steer", ""), ("steer_exported", "steer")]
+    rounds = [
+        {"steer": {"images_per_s": 10.0}, "steer_exported": {"images_per_s": 20.0}},  # ratio 0.5
+        {"steer": {"images_per_s": 30.0}, "steer_exported": {"images_per_s": 40.0}},  # ratio 0.75
+        {"steer": {"images_per_s": 9.0}, "steer_exported": {"images_per_s": 10.0}},  # ratio 0.9
+    ]
+    results = combine(rounds, pairs)
+    assert results["steer"]["images_per_s"] == 10.0 and results["steer_exported"]["images_per_s"] == 20.0
+    assert results["steer"]["relative_speed"] == {"steer_exported": 0.75}  # not 10 / 20 of the medians
+    assert results["steer"]["relative_speed_per_round"] == {"steer_exported": [0.5, 0.75, 0.9]}
+    assert results["steer_exported"]["counterpart_of"] == "steer"
+
+
+def test_lighting_study_commands_are_valid_recipes_with_fixed_or_varied_lighting(tmp_path):
+    """Every training of the study parses as a config (keys and values checked), on the render it names,
+    with the 2x budget; the tiny variant keeps the lighting and shrinks the budget."""
+    study = _load("lighting_study")
+    for method, (recipe, _, steps, _) in study.METHODS.items():
+        for lighting in study.LIGHTINGS:
+            arguments = study.pretrain_arguments(method, lighting, tmp_path / f"{method}_{lighting}")
+            assert arguments[:3] == ["pretrain", "--config", recipe]
+            config = build_config(recipe, arguments[3:])
+            assert config.data.lighting == lighting and config.trainer.max_steps == steps
+            assert (config.data.rotations, config.data.objects_per_class) == ("3diebench", 100)
+            assert config.trainer.precision == "bf16"
+            assert f"data.lighting={lighting}" in study.render_arguments(lighting)
+            tiny = build_config(
+                recipe, study.pretrain_arguments(method, lighting, tmp_path / "t", tiny=True)[3:]
+            )
+            assert tiny.trainer.max_steps == 2 and tiny.data.lighting == lighting
+    recipe, overrides, _, part = study.METHODS["simclr_obj"]
+    assert build_config(recipe, overrides).objective.views == "object" and part == "full"

@@ -16,13 +16,16 @@ Parameters (``params`` dict; every tensor has the batch size B as its first dime
                   coordinates: the box covers columns ``x0 .. x1 - 1`` and rows ``y0 .. y1 - 1`` of the
                   input (integers, as torchvision's RandomResizedCrop draws them), so its width is
                   ``x1 - x0``. The box is resampled bilinearly to the output size with half-pixel
-                  centres (``F.interpolate(..., align_corners=False, antialias=False)`` of the cropped
-                  patch).
-``antialias``     (B,) float32, optional (absent = all 0): 1 where the crop box was resampled with an
-                  antialiasing filter (``F.interpolate(..., antialias=True)`` of the cropped patch: the
-                  box is the crop in the *original* image's pixels, cut and resized in the data workers,
-                  :mod:`equissl.augmentations.crops`), 0 for the plain bilinear resampling above. The two
-                  agree wherever the box is no larger than the output (upsampling).
+                  centres: with ``augment.antialias`` (default) as ``F.interpolate(..., mode="bilinear",
+                  antialias=True)`` of the cropped patch, which is PIL's bilinear resize (the filter
+                  widened by the shrink factor, so a shrunk crop averages every input pixel it covers),
+                  what the official codes' torchvision-on-PIL ``RandomResizedCrop`` does; without,
+                  ``antialias=False`` (each output pixel samples 2 x 2 input pixels).
+``antialias``     (B,) float32, optional: 1 where the crop box was resampled with the antialiasing filter
+                  whatever ``augment.antialias`` says: views cut from the full image in the data workers
+                  (:mod:`equissl.augmentations.crops`), whose box is the crop in the *original* image's
+                  pixels. Absent or 0: ``augment.antialias`` decides. The two filters agree wherever the
+                  box is no larger than the output (upsampling).
 ``flip``          (B,) float32: 1 where the view is mirrored left-right (after the crop), else 0.
 ``jitter``        (B, 4) float32: brightness, contrast, saturation factors (multiplicative, 1 = identity,
                   torchvision's definitions) and hue shift as a fraction of a full turn in [-0.5, 0.5]
@@ -237,11 +240,12 @@ def _on_subset(x: Tensor, mask: Tensor, op, *args: Tensor) -> Tensor:
     return x.index_copy(0, index, op(x.index_select(0, index), *(a.index_select(0, index) for a in args)))
 
 
-def resized_crop(x: Tensor, crop: Tensor, out_size: Size) -> Tensor:
+def resized_crop(x: Tensor, crop: Tensor, out_size: Size, antialias: bool = False) -> Tensor:
     """Crop every image to its box (B, 4; x0, y0, x1, y1 in input pixel edges) and resize bilinearly.
 
-    Equivalent to ``F.interpolate(x[:, :, y0:y1, x0:x1], out_size, mode="bilinear", align_corners=False)``
-    per sample, done as one batched bilinear remap.
+    Equivalent to ``F.interpolate(x[:, :, y0:y1, x0:x1], out_size, mode="bilinear", align_corners=False,
+    antialias=antialias)`` per sample, done as one batched operation: a bilinear remap without
+    antialiasing, two batched matrix products with antialiasing (:func:`_resampling_matrix`).
     """
     out_h, out_w = _pair(out_size)
     height, width = x.shape[-2:]
@@ -250,6 +254,10 @@ def resized_crop(x: Tensor, crop: Tensor, out_size: Size) -> Tensor:
     if (out_h, out_w) == (height, width) and bool((crop == full).all()):
         return x
     x0, y0, x1, y1 = (c[:, None] for c in crop.unbind(1))
+    if antialias:
+        rows = _resampling_matrix(y0, y1 - y0, height, out_h).to(x.dtype)  # (B, out_h, H)
+        cols = _resampling_matrix(x0, x1 - x0, width, out_w).to(x.dtype)  # (B, out_w, W)
+        return torch.einsum("boh,bchw,bpw->bcop", rows, x, cols)
     # Output pixel centre j samples input coordinate x0 + (j + 0.5) * w / out_w - 0.5 (pixel-centre units),
     # clamped to the box's outer pixel centres as interpolate clamps to the cropped patch.
     cols = torch.arange(out_w, device=x.device, dtype=torch.float64)
@@ -262,6 +270,26 @@ def resized_crop(x: Tensor, crop: Tensor, out_size: Size) -> Tensor:
     return kornia.geometry.transform.remap(
         x, map_x, map_y, mode="bilinear", padding_mode="border", align_corners=True
     )
+
+
+def _resampling_matrix(start: Tensor, length: Tensor, in_size: int, out_size: int) -> Tensor:
+    """(B, out_size, in_size) float64 weights resampling the span [start, start + length) of B rows.
+
+    PIL's (and ``F.interpolate(antialias=True)``'s) bilinear filter: output pixel i is centred at
+    ``start + (i + 0.5) * s`` with ``s = length / out_size``; input pixel j (centre j + 0.5) weighs
+    ``max(0, 1 - |j + 0.5 - centre| / max(s, 1))``, pixels outside the span weigh 0, and the weights are
+    normalised to sum to 1 (so the border renormalises, as both libraries do). For ``s <= 1`` this is
+    plain bilinear interpolation.
+    """
+    scale = length / out_size  # (B, 1)
+    centres = start + (torch.arange(out_size, device=start.device, dtype=torch.float64) + 0.5) * scale
+    pixels = torch.arange(in_size, device=start.device, dtype=torch.float64) + 0.5
+    distance = (pixels[None, None, :] - centres[:, :, None]) / scale.clamp_min(1.0)[:, :, None]
+    inside = (pixels[None, None, :] > start[:, :, None]) & (
+        pixels[None, None, :] < (start + length)[:, :, None]
+    )
+    weights = (1.0 - distance.abs()).clamp_min(0.0) * inside
+    return weights / weights.sum(dim=2, keepdim=True)
 
 
 def horizontal_flip(x: Tensor, flip: Tensor) -> Tensor:
@@ -337,10 +365,13 @@ def crop_resize_antialiased(image: Tensor, box: Tensor, out_size: Size) -> Tenso
     )[0]
 
 
-def crop_views(x: Tensor, params: dict[str, Tensor], out_size: Size) -> Tensor:
-    """The crop step of :func:`apply_params`: plain bilinear for samples whose ``antialias`` is 0 (one
-    batched remap), antialiased per sample where it is 1."""
+def crop_views(x: Tensor, params: dict[str, Tensor], out_size: Size, antialias_all: bool = False) -> Tensor:
+    """The crop step of :func:`apply_params`: every sample antialiased with ``antialias_all``
+    (``augment.antialias``; one batched operation), else plain bilinear for samples whose ``antialias``
+    parameter is 0 (one batched remap) and antialiased per sample where it is 1."""
     antialias = params.get("antialias")
+    if antialias_all:
+        return resized_crop(x, params["crop"], out_size, antialias=True)
     if antialias is None or not bool((antialias > 0).any()):
         return resized_crop(x, params["crop"], out_size)
     out = torch.empty(x.shape[0], x.shape[1], *_pair(out_size), dtype=x.dtype, device=x.device)
@@ -377,7 +408,7 @@ def apply_params(x: Tensor, params: dict[str, Tensor], cfg: AugmentConfig, out_s
     if missing:
         raise ValueError(f"params lack {missing}")
     x = to_float_image(x)
-    return finish_view(crop_views(x, params, out_size), params, cfg, out_size)
+    return finish_view(crop_views(x, params, out_size, cfg.antialias), params, cfg, out_size)
 
 
 class ImageAugment(nn.Module):

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from equissl.backbones.resnet import ResNet, ResNetConfig
+from equissl.config import NonNegativeFloat
 from equissl.heads.capsules import SelfRoutingCapsules
 from equissl.registry import BACKBONES
 
@@ -34,6 +35,7 @@ class CapsNetConfig(ResNetConfig):
     num_primary: int = 32  # primary capsule types per position
     map_size: int = 0  # 0: routing weights shared over positions; s > 0: per-position, map must be s x s
     readout: Literal["trunk+capsules", "capsules", "activations", "trunk"] = "trunk+capsules"
+    vote_init_std: NonNegativeFloat = 0.0  # 0: the official EquiCaps std (heads/capsules.py); > 0: this std
 
     tiny_input_size: ClassVar[int] = 32
 
@@ -59,6 +61,7 @@ class CapsNetResNet(ResNet):
         num_primary: int = 32,
         map_size: int | None = None,
         readout: str = "trunk+capsules",
+        vote_init_std: float = 0.0,
     ) -> None:
         super().__init__(arch, stem=stem, zero_init_residual=zero_init_residual)
         if readout not in READOUTS:
@@ -66,7 +69,7 @@ class CapsNetResNet(ResNet):
         self.trunk_features = self.num_features
         self.readout = readout
         self.capsules = SelfRoutingCapsules(
-            self.trunk_features, num_capsules, pose_dim, num_primary, map_size
+            self.trunk_features, num_capsules, pose_dim, num_primary, map_size, vote_init_std=vote_init_std
         )
         self.num_features = {
             "trunk+capsules": self.trunk_features + 2 * num_capsules,
@@ -119,4 +122,5 @@ def build_capsnet_resnet18(cfg: CapsNetConfig) -> CapsNetResNet:
         num_primary=cfg.num_primary,
         map_size=cfg.map_size or None,
         readout=cfg.readout,
+        vote_init_std=cfg.vote_init_std,
     )

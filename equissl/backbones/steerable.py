@@ -12,11 +12,17 @@ and group element. The network is built from
 - :class:`SteerableResNet` -- a small group-equivariant ResNet; ``forward`` pools over the group axis
   (max or mean) and then over space, giving invariant features.
 
-Both convolutions materialise an ordinary ``Conv2d`` weight of shape (C_out|G|, C_in|G|, k, k) on every
-call, with channel index ``c * |G| + g``. :meth:`SteerableResNet.export` returns a plain module of
-``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.ReLU`` / pooling that computes the same function (in eval
-mode: the exported BN has per-channel statistics, so in train mode it would normalise each (c, g)
-separately and stop being equivariant).
+Both convolutions materialise an ordinary ``Conv2d`` weight of shape (C_out|G|, C_in|G|, k, k), with
+channel index ``c * |G| + g`` (the *filter expansion*). For C4 / D4 (and their subgroups) the expanded
+weight is a permutation-with-repetition of the base weight's entries, computed once at construction as an
+index: the expansion is one ``index_select`` (its backward one ``index_add``); other groups rotate the
+filters by interpolation on every expansion. The expansion is cached (:meth:`_FilterBank.expanded_weight`):
+without gradient (eval, EMA targets) it is recomputed only when the weights change, and with gradient one
+expansion serves every forward pass until its backward has run or the weights change, i.e. once per
+optimizer step in training. :meth:`SteerableResNet.export` returns a plain module of ``nn.Conv2d`` /
+``nn.BatchNorm2d`` / ``nn.ReLU`` / pooling that computes the same function (in eval mode: the exported BN
+has per-channel statistics, so in train mode it would normalise each (c, g) separately and stop being
+equivariant).
 
 Group elements are indexed ``m * N + k`` for ``r^k f^m`` (rotation by ``k * 360/N`` degrees
 counter-clockwise as displayed, after a left-right mirror ``f`` when ``m = 1``); C_N uses only m = 0.
@@ -30,10 +36,17 @@ approximately equivariant; such filters are restricted to a disk and default to 
 4 the C4 subgroup stays exact because rotations are composed as ``rot90^q`` after an interpolated
 residual rotation of less than 90 degrees.
 
-Input-size condition. Rotating a square pixel grid maps the sampling grid of a stride-2 convolution onto
-itself only when the side is odd. With ``s`` stride-2 stages the network is exactly equivariant for
-square inputs whose side ``S`` satisfies ``(S - 1) % 2**s == 0`` (e.g. 17, 33, 65 for s = 2); see
-:meth:`SteerableResNet.is_equivariant_size`. Other sizes work but are only approximately equivariant.
+Input sides. A stride-2 convolution samples its input at rows and columns 0, 2, 4, ...; a quarter turn or
+a mirror maps that grid onto itself only when the side is odd (index i goes to S - 1 - i). On an even side
+every stride-2 stage therefore first averages each 2 x 2 neighbourhood at stride 1
+(:class:`OddSides`, side S -> S - 1): the windows of an even grid map onto windows under the group, so
+the average is equivariant, and the side it leaves is odd. With this (``exact_downsampling=True``, the
+default) the network is exactly equivariant at every square input side; odd sides are computed exactly as
+without it. Cost: one 2 x 2 average of the stage's input per stride-2 stage at even sides (a box filter of
+one pixel, which also low-passes what the stride then subsamples), and one row and column fewer on that
+stage's input. ``exact_downsampling=False`` subsamples even sides directly, the earlier behaviour: exact
+only for sides with ``(S - 1) % 2**s == 0`` (17, 33, 65 for s = 2 stride-2 stages), see
+:meth:`SteerableResNet.is_equivariant_size`. Measured cost and errors: docs/backbones.md.
 """
 
 from __future__ import annotations
@@ -59,20 +72,91 @@ def _disk_mask(kernel_size: int) -> Tensor:
     return ((t[:, None] ** 2 + t[None, :] ** 2).sqrt() <= (kernel_size - 1) / 2 + 0.5).float()
 
 
+class _Expansion:
+    """One cached filter expansion: the tensor, the weight state it was computed from, and whether its
+    autograd graph can still be used (False once its backward has run, or if it was built without one)."""
+
+    __slots__ = ("key", "live", "tensor")
+
+    def __init__(self, key: tuple, tensor: Tensor, live: list[bool]) -> None:
+        self.key, self.tensor, self.live = key, tensor, live
+
+
 class _FilterBank(nn.Module):
-    """Shared by the two convolutions: a base filter, and its masking for interpolated rotations.
+    """Shared by the two convolutions: a base filter, its expansion over the group, and the expansion cache.
 
     When some group elements rotate by interpolation (N not in 1, 2, 4), filters are restricted to a disk
     before and after the rotation, so that no tap is lost to or gained from the square's corners (a
-    rotation-invariant support; it commutes with the exact 90-degree rotations and mirrors).
+    rotation-invariant support; it commutes with the exact 90-degree rotations and mirrors). When every
+    element acts by a pixel permutation, ``expansion_index`` holds, for every entry of the expanded weight,
+    the base-weight entry it copies (found by expanding a tensor of entry numbers with the same code).
     """
 
-    def _init_mask(self, group: Group, kernel_size: int) -> None:
+    weight: nn.Parameter
+
+    def _init_filters(self, group: Group, kernel_size: int) -> None:
         mask = None if group.all_exact else _disk_mask(kernel_size)
         self.register_buffer("mask", mask, persistent=False)
+        index = None
+        if group.all_exact:
+            entries = torch.arange(self.weight.numel()).view(self.weight.shape)
+            index = self._transform(entries).reshape(-1)
+        self.register_buffer("expansion_index", index, persistent=False)
+        self._expansion: _Expansion | None = None
+
+    def __getstate__(self) -> dict:
+        # A cached expansion is a non-leaf tensor, which deepcopy (EMA targets) and pickling refuse.
+        state = super().__getstate__()
+        state["_expansion"] = None
+        return state
 
     def _masked(self, weight: Tensor) -> Tensor:
         return weight if self.mask is None else weight * self.mask
+
+    def _transform(self, weight: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """The expanded weight computed from ``weight`` (or a tensor of its entry numbers) by the group."""
+        raise NotImplementedError
+
+    def _expanded_shape(self) -> tuple[int, ...]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _compute_expansion(self) -> Tensor:
+        if self.expansion_index is None:
+            return self._transform(self.weight)
+        return self.weight.reshape(-1).index_select(0, self.expansion_index).view(self._expanded_shape())
+
+    def expanded_weight(self) -> Tensor:
+        """The expanded Conv2d weight, cached (module docstring).
+
+        Reused while the weight is unchanged (same storage, same in-place version, dtype and device) and,
+        when gradients are recorded, only while the cached tensor's graph is unused by a backward pass.
+        """
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        recording = torch.is_grad_enabled() and weight.requires_grad
+        cached = self._expansion
+        if cached is not None and cached.key == key and (cached.live[0] or not recording):
+            return cached.tensor
+        tensor = self._compute_expansion()
+        live = [recording]
+        if recording:
+            # A flag list, not the entry: the hook must not hold the tensor (no reference cycle).
+            tensor.register_hook(lambda grad: live.__setitem__(0, False))
+        self._expansion = _Expansion(key, tensor, live)
+        return tensor
+
+    def to_conv2d(self) -> nn.Conv2d:
+        w = self._compute_expansion().detach()
+        conv = nn.Conv2d(
+            w.shape[1], w.shape[0], w.shape[-1], self.stride, self.padding, bias=self.bias is not None
+        )
+        conv.weight.data.copy_(w)
+        if self.bias is not None:
+            conv.bias.data.copy_(self.expanded_bias().detach())
+        return conv
+
+    def expanded_bias(self) -> Tensor | None:
+        return None if self.bias is None else self.bias.repeat_interleave(self.group.order)
 
 
 def _transform_stack(weight: Tensor, group: Group) -> Tensor:
@@ -103,30 +187,20 @@ class LiftingConv2d(_FilterBank):
         # Fan-in equals that of the expanded Conv2d, so the usual ResNet initialisation carries over.
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         self.bias = nn.Parameter(torch.zeros(out_fields)) if bias else None
-        self._init_mask(group, kernel_size)
+        self._init_filters(group, kernel_size)
 
-    def expanded_weight(self) -> Tensor:
+    def _expanded_shape(self) -> tuple[int, ...]:
+        return (self.out_fields * self.group.order, *self.weight.shape[1:])
+
+    def _transform(self, weight: Tensor) -> Tensor:
         """(C_out |G|, C_in, k, k), output channel ``c * |G| + g``."""
-        w = self._masked(_transform_stack(self._masked(self.weight), self.group))
-        return w.reshape(-1, *self.weight.shape[1:])
-
-    def expanded_bias(self) -> Tensor | None:
-        return None if self.bias is None else self.bias.repeat_interleave(self.group.order)
+        w = self._masked(_transform_stack(self._masked(weight), self.group))
+        return w.reshape(self._expanded_shape())
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) -> (B, C_out, |G|, H', W')."""
         y = F.conv2d(x, self.expanded_weight(), self.expanded_bias(), self.stride, self.padding)
         return y.view(y.shape[0], self.out_fields, self.group.order, *y.shape[-2:])
-
-    def to_conv2d(self) -> nn.Conv2d:
-        w = self.expanded_weight().detach()
-        conv = nn.Conv2d(
-            w.shape[1], w.shape[0], w.shape[-1], self.stride, self.padding, bias=self.bias is not None
-        )
-        conv.weight.data.copy_(w)
-        if self.bias is not None:
-            conv.bias.data.copy_(self.expanded_bias().detach())
-        return conv
 
 
 class GroupConv2d(_FilterBank):
@@ -153,21 +227,21 @@ class GroupConv2d(_FilterBank):
             self.weight.view(out_fields, -1, kernel_size, kernel_size), mode="fan_out", nonlinearity="relu"
         )
         self.bias = nn.Parameter(torch.zeros(out_fields)) if bias else None
-        self._init_mask(group, kernel_size)
+        self._init_filters(group, kernel_size)
 
-    def expanded_weight(self) -> Tensor:
-        """(C_out |G|, C_in |G|, k, k), channels ``c * |G| + g`` on both sides."""
+    def _expanded_shape(self) -> tuple[int, ...]:
         order, k = self.group.order, self.weight.shape[-1]
-        spatial = self._masked(
-            _transform_stack(self._masked(self.weight), self.group)
-        )  # (C_out, G, C_in, G, k, k)
-        gather = self.group.regular_permutation.to(self.weight.device)  # [g, h] = g^-1 h
-        index = gather.view(1, order, 1, order, 1, 1).expand(spatial.shape)
-        permuted = torch.gather(spatial, 3, index)
-        return permuted.reshape(self.out_fields * order, self.in_fields * order, k, k)
+        return (self.out_fields * order, self.in_fields * order, k, k)
 
-    def expanded_bias(self) -> Tensor | None:
-        return None if self.bias is None else self.bias.repeat_interleave(self.group.order)
+    def _transform(self, weight: Tensor) -> Tensor:
+        """(C_out |G|, C_in |G|, k, k), channels ``c * |G| + g`` on both sides."""
+        order = self.group.order
+        spatial = self._masked(
+            _transform_stack(self._masked(weight), self.group)
+        )  # (C_out, G, C_in, G, k, k)
+        gather = self.group.regular_permutation.to(weight.device)  # [g, h] = g^-1 h
+        index = gather.view(1, order, 1, order, 1, 1).expand(spatial.shape)
+        return torch.gather(spatial, 3, index).reshape(self._expanded_shape())
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, |G|, H, W) -> (B, C_out, |G|, H', W')."""
@@ -181,15 +255,22 @@ class GroupConv2d(_FilterBank):
         )
         return y.view(b, self.out_fields, self.group.order, *y.shape[-2:])
 
-    def to_conv2d(self) -> nn.Conv2d:
-        w = self.expanded_weight().detach()
-        conv = nn.Conv2d(
-            w.shape[1], w.shape[0], w.shape[-1], self.stride, self.padding, bias=self.bias is not None
-        )
-        conv.weight.data.copy_(w)
-        if self.bias is not None:
-            conv.bias.data.copy_(self.expanded_bias().detach())
-        return conv
+
+class OddSides(nn.Module):
+    """Makes even spatial sides odd, equivariantly: a 2 x 2 average at stride 1 along each even axis
+    (side S -> S - 1); odd axes pass unchanged. Input (B, ..., H, W) with any leading dims; no parameters.
+
+    Before a stride-2 stage it keeps C4 / D4 networks exact at even sides (module docstring).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        kernel = (2 - height % 2, 2 - width % 2)
+        if kernel == (1, 1):
+            return x
+        lead = x.shape[:-2]
+        out = F.avg_pool2d(x.reshape(-1, 1, height, width), kernel, stride=1)
+        return out.view(*lead, *out.shape[-2:])
 
 
 class GroupBatchNorm(nn.BatchNorm3d):
@@ -214,9 +295,17 @@ class GroupBasicBlock(nn.Module):
     """ResNet basic block on regular fields; the shortcut is a 1x1 group conv + BN when shapes change."""
 
     def __init__(
-        self, in_fields: int, out_fields: int, group: Group, stride: int = 1, kernel_size: int = 3
+        self,
+        in_fields: int,
+        out_fields: int,
+        group: Group,
+        stride: int = 1,
+        kernel_size: int = 3,
+        exact_downsampling: bool = True,
     ) -> None:
         super().__init__()
+        # A strided block sees odd sides only (module docstring, "Input sides"); no parameters.
+        self.odd_sides = OddSides() if stride != 1 and exact_downsampling else None
         self.conv1 = GroupConv2d(in_fields, out_fields, group, kernel_size, stride)
         self.bn1 = GroupBatchNorm(out_fields)
         self.conv2 = GroupConv2d(out_fields, out_fields, group, kernel_size, 1)
@@ -228,6 +317,8 @@ class GroupBasicBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.odd_sides is not None:
+            x = self.odd_sides(x)
         identity = x if self.downsample is None else self.downsample(x)
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + identity)
@@ -244,11 +335,13 @@ class GroupBasicBlock(nn.Module):
             self.conv2.to_conv2d(),
             self.bn2.to_batchnorm2d(order),
             downsample,
+            OddSides() if self.odd_sides is not None else None,
         )
 
 
 class PlainBasicBlock(nn.Module):
-    """The exported block: ordinary Conv2d / BatchNorm2d / ReLU with a residual connection."""
+    """The exported block: ordinary Conv2d / BatchNorm2d / ReLU with a residual connection (and, in a
+    strided block, the parameter-free :class:`OddSides` before it)."""
 
     def __init__(
         self,
@@ -257,13 +350,17 @@ class PlainBasicBlock(nn.Module):
         conv2: nn.Conv2d,
         bn2: nn.BatchNorm2d,
         downsample: nn.Module | None,
+        odd_sides: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.conv1, self.bn1, self.conv2, self.bn2 = conv1, bn1, conv2, bn2
         self.relu = nn.ReLU()
         self.downsample = downsample
+        self.odd_sides = odd_sides
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.odd_sides is not None:
+            x = self.odd_sides(x)
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(out)) + identity)
@@ -319,8 +416,11 @@ class SteerableConfig(BackboneConfig):
     stem_kernel: int = 0  # lifting conv
     kernel_size: int = 0  # group convs in the blocks
     group_pool: Literal["max", "mean"] = "max"
+    # True: even sides are averaged 2 x 2 before each stride-2 stage, exact at every side; False: the
+    # earlier direct subsampling, exact only when (side - 1) % 2**stride2_stages == 0 (module docstring).
+    exact_downsampling: bool = True
 
-    tiny_input_size: ClassVar[int] = 17  # (17 - 1) % 2**1 == 0 for the tiny setting's one stride-2 stage
+    tiny_input_size: ClassVar[int] = 17
 
     @classmethod
     def tiny(cls) -> SteerableConfig:
@@ -345,6 +445,7 @@ class SteerableResNet(nn.Module):
         stem_kernel: int = 0,
         kernel_size: int = 0,
         group_pool: Literal["max", "mean"] = "max",
+        exact_downsampling: bool = True,
     ) -> None:
         super().__init__()
         if len(widths) != len(depths) or not widths:
@@ -353,6 +454,7 @@ class SteerableResNet(nn.Module):
             raise ValueError(f"group_pool must be 'max' or 'mean', got {group_pool!r}")
         self.group = group
         self.group_pool = group_pool
+        self.exact_downsampling = exact_downsampling
         self.num_features = widths[-1]
         self.num_stride2 = len(widths) - 1
         default_kernel = 3 if group.all_exact else 5
@@ -364,7 +466,12 @@ class SteerableResNet(nn.Module):
         for i, (width, depth) in enumerate(zip(widths, depths)):
             blocks = [
                 GroupBasicBlock(
-                    in_fields if j == 0 else width, width, group, 2 if i > 0 and j == 0 else 1, kernel_size
+                    in_fields if j == 0 else width,
+                    width,
+                    group,
+                    2 if i > 0 and j == 0 else 1,
+                    kernel_size,
+                    exact_downsampling,
                 )
                 for j in range(depth)
             ]
@@ -372,8 +479,11 @@ class SteerableResNet(nn.Module):
             in_fields = width
 
     def is_equivariant_size(self, height: int, width: int) -> bool:
-        """Whether a (height, width) input gives exact equivariance to 90-degree rotations."""
-        return height == width and (height - 1) % (2**self.num_stride2) == 0
+        """Whether a (height, width) input gives exact equivariance to 90-degree rotations: every square
+        side with ``exact_downsampling``, else sides with ``(S - 1) % 2**stride2_stages == 0``."""
+        if height != width:
+            return False
+        return self.exact_downsampling or (height - 1) % (2**self.num_stride2) == 0
 
     def forward_group_features(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) -> regular fields (B, C, |G|, h, w)."""
@@ -414,7 +524,10 @@ class SteerableResNet(nn.Module):
         return plain.train(self.training)
 
     export_formats = ("safetensors",)
-    export_note = ""
+    export_note = (
+        "safetensors only: the equivalent plain-conv network's weights (ONNX has no rot90); its strided "
+        "blocks first average even input sides 2 x 2 (PlainBasicBlock.odd_sides)"
+    )
 
     def export_state_dict(self) -> dict[str, Tensor]:
         """State dict of :meth:`export` (expanded plain-conv weights; ``conv1.weight``, ``layer1.0.bn1.*``...)."""
@@ -435,6 +548,7 @@ def _register(name: str, default_group: str) -> None:
             cfg.stem_kernel,
             cfg.kernel_size,
             cfg.group_pool,
+            cfg.exact_downsampling,
         )
 
 
@@ -446,6 +560,7 @@ __all__ = [
     "GroupBatchNorm",
     "GroupConv2d",
     "LiftingConv2d",
+    "OddSides",
     "PlainGroupResNet",
     "SteerableConfig",
     "SteerableResNet",

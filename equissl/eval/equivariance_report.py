@@ -13,6 +13,13 @@ and, for objectives with a predictor, PRE, MRR and Hits@k on train -> train and 
 ``eval_prediction_errors.py`` / ``eval_MRR_Hk.py`` modes): each object's first view is pushed through the
 predictor with the action to each of its views; ``MRR_shuffled`` repeats the MRR with each query given
 another query's action, so that a predictor which ignores its action shows as MRR == MRR_shuffled.
+Objectives whose predictor is trained against other embeddings, or from several views (seq-JEPA: from M
+views to the EMA target's encodings), are also measured that way (``prediction_target``): each object's
+first M views are the context, the action goes from the last of them to each of the object's views, and
+the candidates are the ``target_embedding`` of every view.
+
+Colour R^2 is skipped (reported as ``None`` with the reason) when the colour latents do not vary in the
+training split (a ``data.lighting=fixed`` render), where it is undefined.
 
 The objective contract this module relies on is declared in :mod:`equissl.ssl.base`: every objective's
 ``representations(images)`` gives at least the ``full`` representation; an
@@ -37,7 +44,7 @@ from equissl.build import build_dataset
 from equissl.config import Config, ConfigError, ProbeConfig
 from equissl.eval import rotation_metrics as rm
 from equissl.eval.features import preprocess
-from equissl.latents import absolute_quat
+from equissl.latents import COLOUR_LATENTS, absolute_quat
 from equissl.runs import checkpoint_step, load_objective, load_run
 from equissl.ssl.base import EquivariantObjective, Objective
 
@@ -172,6 +179,64 @@ def _predictions(
     return torch.cat(predicted)
 
 
+def _context_predictions(
+    objective: EquivariantObjective,
+    data: dict[str, Tensor],
+    context: Tensor,
+    action_from: Tensor,
+    action_to: Tensor,
+    device: str | torch.device,
+    batch_size: int,
+) -> Tensor:
+    """Predictions from the (Q, M) context rows with the actions ``action_from[i] -> action_to[i]``."""
+    embeddings, latents = data["equi_embedding"], data["latents"]
+    predicted = []
+    for rows in torch.arange(len(context)).split(batch_size):
+        action = objective.action_from_latents(
+            latents[action_from[rows]].to(device), latents[action_to[rows]].to(device)
+        )
+        predicted.append(
+            objective.predict_from_context(
+                embeddings[context[rows]].to(device), latents[context[rows]].to(device), action
+            )
+            .float()
+            .cpu()
+        )
+    return torch.cat(predicted)
+
+
+def _retrieval_scores(
+    predicted: Tensor,
+    shuffled: Tensor,
+    candidates: Tensor,
+    data: dict[str, Tensor],
+    target: Tensor,
+    settings: EquivarianceEvalConfig,
+) -> dict[str, float]:
+    """PRE, MRR, H@k of ``predicted`` and the MRR of ``shuffled`` against ``candidates`` (one per row)."""
+    quats = absolute_quat(data["latents"])
+    scores = {
+        "PRE": rm.prediction_retrieval_error(
+            predicted, candidates, quats, quats[target], settings.normalize_predictions
+        )
+    }
+
+    def ranks_of(prediction: Tensor) -> Tensor:  # rank of each query's true target among its object's views
+        return rm.target_ranks(
+            prediction,
+            candidates,
+            data["objects"],
+            data["objects"][target],
+            target,
+            settings.normalize_predictions,
+        )
+
+    scores.update(rm.mrr_hits_at_k(ranks_of(predicted), settings.hits_at))
+    scores["MRR_shuffled"] = rm.mrr_hits_at_k(ranks_of(shuffled), ())["MRR"]
+    scores["queries"] = len(predicted)
+    return scores
+
+
 @torch.no_grad()
 def predictor_metrics(
     objective: EquivariantObjective,
@@ -187,31 +252,32 @@ def predictor_metrics(
     source, target = rm.predictor_queries(data["objects"])
     embeddings, latents = data["equi_embedding"], data["latents"]
     predicted = _predictions(objective, embeddings, latents, source, source, target, device, batch_size)
-    quats = absolute_quat(latents)
-    scores = {
-        "PRE": rm.prediction_retrieval_error(
-            predicted, embeddings, quats, quats[target], settings.normalize_predictions
-        )
-    }
-
-    def ranks_of(prediction: Tensor) -> Tensor:  # rank of each query's true target among its object's views
-        return rm.target_ranks(
-            prediction,
-            embeddings,
-            data["objects"],
-            data["objects"][target],
-            target,
-            settings.normalize_predictions,
-        )
-
-    scores.update(rm.mrr_hits_at_k(ranks_of(predicted), settings.hits_at))
     other = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))
     shuffled = _predictions(
         objective, embeddings, latents, source, source[other], target[other], device, batch_size
     )
-    scores["MRR_shuffled"] = rm.mrr_hits_at_k(ranks_of(shuffled), ())["MRR"]
-    scores["queries"] = len(predicted)
-    return scores
+    return _retrieval_scores(predicted, shuffled, embeddings, data, target, settings)
+
+
+@torch.no_grad()
+def context_predictor_metrics(
+    objective: EquivariantObjective,
+    data: dict[str, Tensor],
+    settings: EquivarianceEvalConfig,
+    device: str | torch.device = "cpu",
+    batch_size: int = 1024,
+    seed: int = 0,
+) -> dict[str, float]:
+    """As :func:`predictor_metrics`, for the predictor as trained: each object's first
+    ``objective.prediction_context`` views as the context (:func:`rotation_metrics.context_queries`), the
+    action from the last of them to each view, candidates ``data["target_embedding"]``."""
+    context, target = rm.context_queries(data["objects"], objective.prediction_context)
+    last = context[:, -1]
+    predicted = _context_predictions(objective, data, context, last, target, device, batch_size)
+    other = torch.randperm(len(target), generator=torch.Generator().manual_seed(seed))
+    shuffled = _context_predictions(objective, data, context, last[other], target[other], device, batch_size)
+    scores = _retrieval_scores(predicted, shuffled, data["target_embedding"], data, target, settings)
+    return {**scores, "context_views": context.shape[1]}
 
 
 def _pair_data(data: dict[str, Tensor], part: str) -> rm.PairData:
@@ -230,6 +296,7 @@ def evaluate_parts(
     """Every metric on the extracted representations of the two splits (see the module docstring)."""
     parts = [part for part in PARTS if part in train]
     results: dict = {"parts": parts, "classification_top1": {}, "rotation_r2": {}, "colour_r2": {}}
+    colour_varies = bool(train["latents"][:, list(COLOUR_LATENTS)].std(0).max() > 0)
     for part in parts:
         if settings.classification:
             results["classification_top1"][part] = rm.linear_classification(
@@ -238,10 +305,12 @@ def evaluate_parts(
         results["rotation_r2"][part] = rm.rotation_prediction_r2(
             _pair_data(train, part), _pair_data(val, part), settings.regression, device
         )
-        if settings.colour:
+        if settings.colour and colour_varies:
             results["colour_r2"][part] = rm.colour_prediction_r2(
                 _pair_data(train, part), _pair_data(val, part), settings.regression, device
             )
+        elif settings.colour:
+            results["colour_r2"][part] = {"r2": None, "skipped": "the colour latents are constant"}
     if settings.predictor and isinstance(objective, EquivariantObjective) and "equi_embedding" in train:
         results["prediction"] = {
             name: predictor_metrics(objective, data, settings, device, seed=seed)
@@ -249,6 +318,12 @@ def evaluate_parts(
         }
     else:
         results["prediction"] = None
+    results["prediction_target"] = None
+    if results["prediction"] is not None and "target_embedding" in train:
+        results["prediction_target"] = {
+            name: context_predictor_metrics(objective, data, settings, device, seed=seed)
+            for name, data in (("train", train), ("val", val))
+        }
     return results
 
 
@@ -301,6 +376,14 @@ def _cell(value: float | None, percent: bool = False) -> str:
     return f"{value:.1f}" if percent else f"{value:.3f}"
 
 
+def _prediction_lines(lines: list[str], prediction: dict, title: str) -> None:
+    keys = [key for key in prediction["val"] if key not in ("queries", "context_views")]
+    lines.append(title)
+    lines.append(f"{'split':<6} " + " ".join(f"{key:>7}" for key in keys))
+    for split, scores in prediction.items():
+        lines.append(f"{split:<6} " + " ".join(f"{scores[key]:>7.3f}" for key in keys))
+
+
 def format_equivariance(report: dict) -> str:
     """The report as a table: one row per representation part, then the predictor's metrics."""
     results = report["results"]
@@ -313,10 +396,11 @@ def format_equivariance(report: dict) -> str:
         lines.append(f"{part:<6} {_cell(top1, True):>8} {_cell(rotation):>8} {_cell(colour):>10}")
     prediction = results.get("prediction")
     if prediction:
-        keys = [key for key in prediction["val"] if key != "queries"]
-        lines.append(f"{'split':<6} " + " ".join(f"{key:>7}" for key in keys))
-        for split, scores in prediction.items():
-            lines.append(f"{split:<6} " + " ".join(f"{scores[key]:>7.3f}" for key in keys))
+        _prediction_lines(lines, prediction, "predictor, one view -> online encodings")
+        target = results.get("prediction_target")
+        if target:
+            views = target["val"]["context_views"]
+            _prediction_lines(lines, target, f"predictor as trained, {views} views -> target encodings")
     else:
         lines.append("predictor: none (PRE / MRR / H@k not applicable)")
     lines.append(f"saved: {report.get('json', '-')}  ({report['seconds']} s)")

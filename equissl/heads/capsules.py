@@ -22,6 +22,16 @@ routing weights are shared over positions (any map size works); with ``map_size=
 positions has its own weights, as SR-CapsNet's final layer (kernel = whole map), and the map must be
 s x s. The pose aggregation is contracted without materialising the (B, h*w*A, num_capsules, d, d) votes.
 
+Initialisation. Routing weights start at zero (uniform routing), as SR-CapsNet and EquiCaps. The vote
+transformations ``T_ij`` are drawn with the official EquiCaps code's standard deviation by default: its
+votes are a learned (d^2 x d^2) linear map per (i, j), stored as a (kkA, J d^2, d^2) tensor and drawn
+with ``nn.init.kaiming_normal_`` (fan-in ``J d^4``), std ``sqrt(2 / (J d^4))`` -- 0.028 for 32 capsules
+of 3x3 poses (:func:`official_vote_std`). Our T_ij are d x d, so at that std the votes start smaller
+than the code's (by sqrt(d)) and much smaller than the poses; the loss reads Frobenius-normalised poses,
+so only the parameters' own scale matters, which under Adam sets how fast they move relative to their
+size. ``vote_init_std > 0`` draws another std (``1 / sqrt(d)``, 0.58 for 3x3, keeps vote entries at the
+pose's scale: the earlier default).
+
 A head: it reads any backbone's spatial map (EquiCaps puts it on any backbone; the ``capsnet_resnet18``
 backbone, :mod:`equissl.backbones.capsules`, builds one into its readout).
 """
@@ -32,6 +42,12 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+
+def official_vote_std(num_capsules: int, pose_dim: int) -> float:
+    """Std of the official EquiCaps vote weights: ``kaiming_normal_`` (fan-in mode, ReLU gain) of a
+    (kkA, num_capsules * d^2, d^2) tensor, whose fan-in is ``num_capsules * d^4``."""
+    return math.sqrt(2.0 / (num_capsules * pose_dim**4))
 
 
 class SelfRoutingCapsules(nn.Module):
@@ -45,12 +61,17 @@ class SelfRoutingCapsules(nn.Module):
         num_primary: int = 32,
         map_size: int | None = None,
         eps: float = 1e-8,
+        vote_init_std: float = 0.0,
     ) -> None:
         super().__init__()
         if pose_dim < 1 or num_capsules < 1 or num_primary < 1:
             raise ValueError("pose_dim, num_capsules and num_primary must be positive")
         if map_size is not None and map_size < 1:
             raise ValueError(f"map_size must be None or positive, got {map_size}")
+        if vote_init_std < 0:
+            raise ValueError(
+                f"vote_init_std must be >= 0 (0: the official initialisation), got {vote_init_std}"
+            )
         self.num_capsules, self.pose_dim, self.num_primary = num_capsules, pose_dim, num_primary
         self.map_size, self.eps = map_size, eps
         d2 = pose_dim * pose_dim
@@ -59,9 +80,10 @@ class SelfRoutingCapsules(nn.Module):
         self.conv_pose = nn.Conv2d(in_channels, num_primary * d2, 3, padding=1, bias=False)
         self.bn_pose = nn.BatchNorm2d(num_primary * d2)
         positions = 1 if map_size is None else map_size * map_size
-        # (L, A, J, d, d) transformation matrices; std 1/sqrt(d) keeps vote entries at the pose's scale.
+        # (L, A, J, d, d) transformation matrices, the official code's std unless given (module docstring)
+        std = vote_init_std or official_vote_std(num_capsules, pose_dim)
         self.transform = nn.Parameter(
-            torch.randn(positions, num_primary, num_capsules, pose_dim, pose_dim) / math.sqrt(pose_dim)
+            torch.randn(positions, num_primary, num_capsules, pose_dim, pose_dim) * std
         )
         self.route_weight = nn.Parameter(torch.zeros(positions, num_primary, d2, num_capsules))
         self.route_bias = nn.Parameter(torch.zeros(positions, num_primary, num_capsules))

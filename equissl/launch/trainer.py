@@ -147,6 +147,7 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, config.optim, tc.max_steps)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.sampler = ResumableSampler(len(self.dataset), tc.batch_size, tc.seed, self.rank, self.world_size)
+        objective.set_steps_per_epoch(self.sampler.batches_per_epoch / tc.grad_accum_steps)
         self.view_maker = build_view_maker(config, self.spec)
         self.generators = {
             "augment": torch.Generator(device=self.accelerator.device).manual_seed(tc.seed + 7919 * self.rank)

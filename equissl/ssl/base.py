@@ -25,10 +25,18 @@ class Objective(nn.Module):
     """
 
     required_views: ViewSpec = ViewSpec()
+    steps_per_epoch: float = 0.0  # optimizer steps in one epoch of the training data; 0 until set
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
+
+    def set_steps_per_epoch(self, steps: float) -> None:
+        """The trainer tells the objective how many optimizer steps make one epoch (before training), for
+        schedules that count epochs (seq-JEPA's per-epoch EMA momentum)."""
+        if steps <= 0:
+            raise ValueError(f"steps per epoch must be > 0, got {steps}")
+        self.steps_per_epoch = float(steps)
 
     def forward(self, views: Views) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -74,7 +82,19 @@ class EquivariantObjective(Objective):
         the representations of the V views of one object (latents (V, 7)) rewritten with context from
         the object's other views (seq-JEPA: ``inv`` aggregates a sequence of views, as in training).
         Default: unchanged.
+
+    Optionally, for a predictor trained on other embeddings or from several views (seq-JEPA):
+
+    ``representations(images)["target_embedding"]`` (B, E)
+        the embedding the predictor is trained to match, where it is not ``equi_embedding`` (seq-JEPA:
+        the EMA target encoder's output); the report then also ranks predictions against these.
+    ``prediction_context`` (int, default 1) and ``predict_from_context(equi_embeddings, latents, action)``
+        the prediction from M = ``prediction_context`` views, as in training: (B, M, E) embeddings of the
+        views, their (B, M, 7) latents (for the actions between them) and the (B, A) action from the last
+        of them to the target -> (B, E). Default (M = 1): :meth:`predict_equivariant` of the one view.
     """
+
+    prediction_context: int = 1
 
     def representations(self, images: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -87,3 +107,10 @@ class EquivariantObjective(Objective):
 
     def object_representations(self, reps: dict[str, Tensor], latents: Tensor) -> dict[str, Tensor]:
         return reps
+
+    def predict_from_context(self, equi_embeddings: Tensor, latents: Tensor, action: Tensor) -> Tensor:
+        if equi_embeddings.shape[1] != 1:
+            raise ValueError(
+                f"{type(self).__name__} predicts from one view; got {equi_embeddings.shape[1]} context views"
+            )
+        return self.predict_equivariant(equi_embeddings[:, 0], action)

@@ -7,8 +7,10 @@ L2-normalised embeddings of the images of a batch must be the same in the two vi
 augmentation ``a`` (and every image of view 2 through the same ``a'``), a zero loss means ``a`` and ``a'``
 act on the embedding sphere as one orthogonal map for the whole group (the paper's Proposition: equal
 Gram matrices <=> related by an orthogonal transformation). The batch is split into ``num_chunks``
-contiguous chunks, each with its own shared augmentation draw (the augmentation API's batch-shared mode,
-``ViewSpec(shared_chunks=num_chunks)``); ``L_equi`` is the mean over chunks of the per-chunk loss.
+contiguous chunks and ``L_equi`` is the mean over chunks of the per-chunk loss. Within a chunk every image
+shares one augmentation draw per view (the augmentation API's batch-shared mode): ``chunk_pairs=
+"per_chunk"`` draws one pair per chunk (``ViewSpec(shared_chunks=num_chunks)``), ``"shared"`` one pair for
+the whole batch (``ViewSpec(shared_chunks=1)``), as the official code does.
 
 Fidelity notes (paper vs Sharut/CARE, ``cifar10_cifar100_stl10/main.py`` and ``utils.py``):
 
@@ -22,6 +24,14 @@ Fidelity notes (paper vs Sharut/CARE, ``cifar10_cifar100_stl10/main.py`` and ``u
   ``L_equi`` on two *further* views of the same images augmented with chunk-shared parameters (four
   forward passes). Our view pipeline gives an objective one set of views, so both terms use the same
   chunk-shared pair (two forward passes); InfoNCE's negatives within a chunk then share augmentations.
+- One pair per chunk or per batch: the official code draws the ``L_equi`` pair inside
+  ``vmap(process, randomness="same")`` over the stacked chunks (``cifar10_cifar100_stl10/main.py``; the
+  ImageNet-100 code likewise per GPU), so every chunk of a step gets the *same* pair -- the chunks only
+  decide which Gram entries are compared. The paper's figures come from that code: ``chunk_pairs=
+  "shared"``. Our default is ``"per_chunk"`` (one pair per chunk), because here InfoNCE reads the same
+  views: ``"shared"`` would give it one augmentation pair per step for the whole batch, where the official
+  InfoNCE sees per-sample pairs; ``"per_chunk"`` keeps ``num_chunks`` pairs a step for InfoNCE while each
+  chunk's ``L_equi`` still compares images that share their augmentations.
 - Projector: the official CIFAR/STL model's ``Linear(512, 512, no bias) -> BN -> ReLU -> Linear(512, 128)``
   (output bias kept), embeddings L2-normalised; temperature 0.5; InfoNCE with 2N - 2 negatives per anchor
   (SimCLR's NT-Xent, mean over the 2N anchors; :func:`equissl.ssl.losses.nt_xent`).
@@ -54,6 +64,7 @@ from equissl.ssl.simclr import global_pair
 from equissl.types import StepOutput, Views, ViewSpec
 
 EquivarianceScale = Literal["pair_mean", "official"]
+ChunkPairs = Literal["per_chunk", "shared"]
 
 
 def orthogonal_equivariance_loss(
@@ -105,6 +116,8 @@ class CAREConfig(ObjectiveConfig):
     equivariance_weight: float = 0.01  # w (README / STL-10; the CIFAR-10 script uses 0.03 with 16 chunks)
     num_chunks: int = 8  # batch chunks with shared augmentation parameters (official --equiv-splits)
     equivariance_scale: EquivarianceScale = "pair_mean"  # "official": the code's 2 (n - 1) x larger scale
+    # one augmentation pair per chunk, or one for the whole batch as the official code (module docstring)
+    chunk_pairs: ChunkPairs = "per_chunk"
 
 
 class CARE(Objective):
@@ -119,8 +132,13 @@ class CARE(Objective):
             raise ConfigError(f"objective.num_chunks must be >= 1, got {cfg.num_chunks}")
         if cfg.equivariance_weight < 0:
             raise ConfigError(f"objective.equivariance_weight must be >= 0, got {cfg.equivariance_weight}")
+        if cfg.chunk_pairs not in ("per_chunk", "shared"):
+            raise ConfigError(
+                f"objective.chunk_pairs must be 'per_chunk' or 'shared', got {cfg.chunk_pairs!r}"
+            )
         self.cfg = cfg
-        self.required_views = ViewSpec(source="image", num_views=2, shared_chunks=cfg.num_chunks)
+        draws = cfg.num_chunks if cfg.chunk_pairs == "per_chunk" else 1
+        self.required_views = ViewSpec(source="image", num_views=2, shared_chunks=draws)
         self.projector = projection_mlp(
             backbone.num_features,
             cfg.proj_hidden_dims,
@@ -131,19 +149,21 @@ class CARE(Objective):
         )
 
     def _check_shared(self, views: Views) -> None:
-        """The equivariance term is only meaningful when augmentations are shared within each chunk."""
-        index = chunk_index(views.batch_size, self.cfg.num_chunks)
+        """The equivariance term is only meaningful when augmentations are shared within each chunk (and,
+        with ``chunk_pairs="shared"``, across the batch)."""
+        draws = self.required_views.shared_chunks
+        index = chunk_index(views.batch_size, draws)
         for params in views.params[:2]:
             crop = params.get("crop")
             if crop is None:
                 continue
             crop = crop.detach().cpu()
-            for chunk in range(self.cfg.num_chunks):
+            for chunk in range(draws):
                 rows = crop[index == chunk]
                 if not bool((rows == rows[0]).all()):
                     raise ValueError(
-                        "CARE needs augmentation parameters shared within each of the "
-                        f"{self.cfg.num_chunks} batch chunks (ViewSpec.shared_chunks)"
+                        f"CARE (chunk_pairs={self.cfg.chunk_pairs}) needs augmentation parameters shared "
+                        f"within each of {draws} batch chunk(s) (ViewSpec.shared_chunks)"
                     )
 
     def forward(self, views: Views) -> StepOutput:

@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from equissl.config import ObjectiveConfig
+from equissl.config import NonNegativeFloat, ObjectiveConfig
 from equissl.distributed import gather_with_grad
 from equissl.errors import ConfigError
 from equissl.heads.capsules import SelfRoutingCapsules
@@ -87,6 +87,9 @@ class EquiCapsConfig(ObjectiveConfig):
     memax_coeff: float = 1.0
     variance_average_branches: bool = True  # the code's [v(Z_1) + v(Z_2)] / 2
     log_eps: float = 1e-8  # logs of activations are taken of clamp(a, log_eps)
+    # std of the vote transformations of the objective's own capsule layer; 0: the official code's,
+    # sqrt(2 / (num_capsules pose_dim^4)) = 0.028 (equissl/heads/capsules.py)
+    vote_init_std: NonNegativeFloat = 0.0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -239,6 +242,7 @@ class EquiCaps(EquivariantObjective):
                 cfg.pose_dim,
                 cfg.num_primary,
                 cfg.capsule_map_size or None,
+                vote_init_std=cfg.vote_init_std,
             )
 
     def capsules_of(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -13,13 +13,15 @@ Fidelity notes (rdangovs/essl, which the paper points to for its details):
 - Rotation crop: official CIFAR-10 code, ``RandomResizedCrop(16, scale=(0.2, 1.0))`` (half the
   32 px resolution, same scale range, same flip / colour jitter / grayscale); ImageNet code
   ``RandomResizedCrop(96, scale=(0.05, 0.14))``. Set by ``augment.small_crop_size`` /
-  ``augment.small_crop_scale``.
+  ``augment.small_crop_scale`` (default 0.05-0.4; the shapes3d recipe sets the CIFAR 0.2-1.0, the range
+  its measurement used).
 - Rotation head: official CIFAR code 512-2048-2048-4 with LayerNorm + ReLU (our default,
   ``rotation_hidden_dims``); ImageNet code adds a 128-d LayerNorm bottleneck
   (``rotation_bottleneck_dim=128``).
 - SimCLR part: the official code uses only other-view negatives (``same_view_negatives=False``),
-  runs the views separately (``joint_forward=False``) and, on CIFAR, a 2048-2048 projector with a
-  non-affine output BN (``proj_out_dim=2048, proj_last_norm="bn_no_affine"``, temperature 0.5;
+  runs the views separately (``joint_forward=False``) and, on CIFAR, a 512-2048-2048 projector with a
+  non-affine output BN (``proj_hidden_dim=2048, proj_out_dim=2048, proj_last_norm="bn_no_affine"``;
+  without ``proj_hidden_dim`` the hidden layer keeps the backbone's 512, giving 512-512-2048; temperature 0.5;
   ImageNet: 2048-2048-128 with affine output BN, temperature 0.2). Our defaults are SimCLR's
   (E-SSL = SimCLR + rotation prediction), so that ``essl`` vs ``simclr`` isolates the rotation term.
 """

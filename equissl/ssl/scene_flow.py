@@ -20,6 +20,10 @@ point lies in the t+1 view. Three terms, each weighted and switched off by a zer
 
 The target (``target_backbone`` + ``target_projector``) follows the online network by EMA with BYOL's
 cosine schedule of the momentum, updated in :meth:`ESSL3D.on_step_end`.
+
+Departures from the paper: it pretrains the voxel backbones of SECOND and Voxel R-CNN; equissl's encoder is
+PointPillars. Only simulated sweeps (``lidar_sim``) carry per-point flow; the KITTI readers give zero flow
+(static world), so on real KITTI the flow term sees the ego motion alone (docs/lidar.md, "E-SSL3D").
 """
 
 from __future__ import annotations

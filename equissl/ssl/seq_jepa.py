@@ -13,15 +13,20 @@ One step, for M observed views ``x_0 .. x_{M-1}`` of an input and one target vie
 4. the predictor maps ``[z_agg, e(a_{M-1})]`` to ``p`` (B, D); the target is the EMA ("target") encoder's
    ``f_ema(x_M)``, without gradient; loss ``1 - cos(p, f_ema(x_M))``, the batch mean;
 5. after each optimizer step (:meth:`SeqJEPA.on_step_end`) the target encoder's parameters move towards
-   the online ones, ``w_ema <- m w_ema + (1 - m) w``, with ``m`` on BYOL's cosine schedule from 0.996
-   to 1 (:func:`ema_momentum`).
+   the online ones, ``w_ema <- m w_ema + (1 - m) w``, with ``m`` on a cosine schedule from the base
+   (0.996) to 1 (:func:`ema_momentum`): per step (``ema_schedule="cosine"``, BYOL's) or per epoch
+   (``"cosine_per_epoch"``, the official code's). ``ema_time_constant > 0`` replaces the base by the one
+   whose time constant ``1 / (1 - m)`` is that fraction of the run (:func:`base_from_time_constant`).
 
 Representations: invariant = ``z_agg``, equivariant = the per-view encoder output ``z`` (see
 :meth:`SeqJEPA.representations`; ``equissl equivariance`` takes ``z_agg`` of M views of the object,
 :meth:`SeqJEPA.object_representations`, as the official code's probes read ``z_agg`` of training-length
 sequences). ``StepOutput.features`` (the trainer's online probe, which needs
 ``backbone.num_features``-wide inputs) is the first observed view's ``z``; the official code's online
-classifier reads ``z_agg``.
+classifier reads ``z_agg``. For PRE / MRR the predictor is measured twice by ``equissl equivariance``: as
+SIE's protocol does, from one view's online encoding to the online encodings (:meth:`predict_equivariant`),
+and as it is trained, from M views (:meth:`predict_from_context`) to the EMA target's encodings
+(``target_embedding`` in :meth:`SeqJEPA.representations`).
 
 Actions (``actions``):
 
@@ -48,8 +53,14 @@ Fidelity notes (paper vs hafezgh/seq-jepa, ``src/models.py: SeqJEPA_Transforms``
   ``Linear(bias=False) -> BN``.
 - EMA: parameters only (the target's BatchNorm statistics come from its own forward passes, in train
   mode, as in the code). The code updates ``m`` once per *epoch*, ``m_e = 1 - (1 - m0) (cos(pi e / E) +
-  1) / 2``; we apply the same formula per optimizer step (BYOL's schedule): the update after step k
-  (k = 0 .. K-1) uses ``m_k``, so the first update uses exactly 0.996 and ``m`` reaches 1 at the end.
+  1) / 2`` (``ema_schedule="cosine_per_epoch"``; the code's first update of epoch e still uses
+  ``m_{e-1}``, set after the previous step, a one-step lag we do not copy). The default applies the same
+  formula per optimizer step (BYOL's schedule): the update after step k (k = 0 .. K-1) uses ``m_k``, so
+  the first update uses exactly 0.996 and ``m`` reaches 1 at the end. Either way a short run keeps much of
+  the target's random initialisation, ``prod_k m_k`` (:func:`~equissl.ssl.ema.initial_weight_fraction`):
+  0.36 after 505 steps and 0.13 after 1,010 from 0.996, against ``e^-162`` in the official 81,000-step
+  run. ``ema_time_constant`` sets the base from the run's length instead (the official run's 250-step
+  time constant is 0.0031 of it), which the shapes3d recipe uses.
 - Relative rotations: the code uses scipy's ``as_quat()`` without fixing the sign; we use the canonical
   quaternion (w >= 0) so that q and -q, the same rotation, embed identically.
 - Augmentation actions, normalisation axis: the code calls ``F.normalize(params, dim=1)`` on the
@@ -63,12 +74,19 @@ Fidelity notes (paper vs hafezgh/seq-jepa, ``src/models.py: SeqJEPA_Transforms``
 - The code draws the target view of the augmentation setting from a slightly different pipeline (blur
   probability 0.1 and solarisation 0.2, vs blur 1.0 for the observed views); our view maker draws every
   view from the same ``augment`` pipeline.
-- Optimiser of the script: AdamW, lr 4e-4, weight decay 1e-3, 20 warmup epochs from 1e-5, cosine to
-  1e-5, batch 512, 1000 epochs on 3DIEBench at 128 px (see ``equissl/recipes/seqjepa_resnet18_3diebench.yaml``).
+- Optimiser of the official training (``main_transformed_views.py``; ``scripts/script_transformed_views.sh``
+  runs it on 3DIEBench at 128 px, batch 512, 1000 epochs): ``torch.optim.Adam(lr=0.001, weight_decay=0)``
+  over every parameter, then per epoch a linear warm-up over the first 20 epochs from 1e-5 to 4e-4, then
+  a constant 4e-4. The script's ``--optimizer AdamW --weight-decay 0.001`` are read only by the
+  evaluation branch (``--is-eval``, the probes), and its ``--scheduler`` cosine (to 1e-5) is overwritten:
+  every epoch after the warm-up first sets the rate back to 4e-4, so training never decays. Our recipes
+  use Adam, weight decay 0, a per-step linear warm-up from ``lr / warmup_steps``, then a constant 4e-4
+  (``optim.min_lr_ratio=1``; see ``equissl/recipes/seqjepa_resnet18_3diebench.yaml``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -76,13 +94,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from equissl.config import ObjectiveConfig
+from equissl.config import NonNegativeFloat, ObjectiveConfig
 from equissl.errors import ConfigError
 from equissl.heads.mlp import projection_mlp
 from equissl.latents import ACTION_DIMS, relative_action, sequence_actions
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import EquivariantObjective
-from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy
+from equissl.ssl.ema import (
+    MomentumSchedule,
+    base_from_time_constant,
+    ema_momentum,
+    ema_update,
+    frozen_copy,
+)
 from equissl.ssl.losses import negative_cosine_loss
 from equissl.types import StepOutput, Views, ViewSpec
 
@@ -107,7 +131,10 @@ class SeqJEPAConfig(ObjectiveConfig):
     dropout: float = 0.1  # nn.TransformerEncoderLayer's default, as in the official code
     predictor_hidden_dim: int = 1024  # 0: Linear(bias=False) -> BN, the code's linear predictor
     ema_base: float = 0.996
-    ema_schedule: MomentumSchedule = "cosine"
+    ema_schedule: MomentumSchedule = "cosine"  # per step; "cosine_per_epoch": the official code's
+    # > 0: the base momentum from the run's length, 1 - 1 / (ema_time_constant * max_steps), replacing
+    # ema_base (the official 3DIEBench run: 250 / 81,000 = 0.0031)
+    ema_time_constant: NonNegativeFloat = 0.0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -276,26 +303,59 @@ class SeqJEPA(EquivariantObjective):
         metrics = {"loss/jepa": loss.detach(), "ema_momentum": self.current_momentum}
         return StepOutput(loss=loss, metrics=metrics, features=encodings[:, 0].detach())
 
+    def momentum(self, step: int, total_steps: int) -> float:
+        """The EMA momentum of the update after optimizer step ``step`` (0-based) of ``total_steps``."""
+        cfg = self.cfg
+        base = cfg.ema_base
+        if cfg.ema_time_constant > 0:
+            base = base_from_time_constant(cfg.ema_time_constant, total_steps)
+        if cfg.ema_schedule == "cosine_per_epoch" and self.steps_per_epoch <= 0:
+            raise ValueError(
+                "objective.ema_schedule=cosine_per_epoch needs the epoch's length: the trainer sets it "
+                "with set_steps_per_epoch()"
+            )
+        return ema_momentum(step, total_steps, base, cfg.ema_schedule, self.steps_per_epoch)
+
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
         """EMA update of the target encoder after optimizer step ``step`` (1-based count of steps done)."""
-        momentum = ema_momentum(step - 1, total_steps, self.cfg.ema_base, self.cfg.ema_schedule)
-        ema_update(self.target_backbone, self.backbone, momentum)
+        ema_update(self.target_backbone, self.backbone, self.momentum(step - 1, total_steps))
         # The momentum the *next* update will use, for the logs.
-        self.current_momentum = ema_momentum(step, total_steps, self.cfg.ema_base, self.cfg.ema_schedule)
+        self.current_momentum = self.momentum(step, total_steps)
 
     # -- evaluation interface (the same as SIE's) --------------------------------------------------
+    @property
+    def prediction_context(self) -> int:
+        """Views a prediction conditions on in training: M = ``num_observed``."""
+        return self.cfg.num_observed
+
     def representations(self, images: Tensor) -> dict[str, Tensor]:
-        """(B, 3, H, W) -> ``inv`` (B, D+E), ``equi`` (B, D), ``full`` (B, 2D+E), ``equi_embedding`` (B, D).
+        """(B, 3, H, W) -> ``inv`` (B, D+E), ``equi`` (B, D), ``full`` (B, 2D+E), ``equi_embedding`` (B, D),
+        ``target_embedding`` (B, D).
 
         equi: the online encoder output ``z``; inv: ``z_agg`` of the one-view sequence ``[z, 0]`` (the
         observed slot carries no action, as the last observed slot in training); full: ``[inv, equi]``;
-        equi_embedding: ``z`` again, the space the predictor predicts in. For ``z_agg`` of longer
-        sequences use :meth:`aggregate` with encodings and actions.
+        equi_embedding: ``z`` again, the space the predictor predicts in; target_embedding: the EMA target
+        encoder's output, what the predictor is trained to match. For ``z_agg`` of longer sequences use
+        :meth:`aggregate` with encodings and actions.
         """
         equi = self.backbone(images)
         inv = self.aggregate(equi[:, None])
-        return {"inv": inv, "equi": equi, "full": torch.cat([inv, equi], dim=1), "equi_embedding": equi}
+        return {
+            "inv": inv,
+            "equi": equi,
+            "full": torch.cat([inv, equi], dim=1),
+            "equi_embedding": equi,
+            "target_embedding": self.target_backbone(images),
+        }
+
+    def context_actions(self, latents: Tensor) -> Tensor | None:
+        """(B, M, 7) latents of M views in sequence order -> (B, M, A) actions of their tokens: slot j the
+        action from view j to view j + 1, the last slot zero (as in training); None for M = 1."""
+        if latents.shape[1] < 2:
+            return None
+        steps = sequence_actions([latents[:, j].float() for j in range(latents.shape[1])], self.cfg.actions)
+        return torch.cat([steps, steps.new_zeros(steps.shape[0], 1, steps.shape[2])], dim=1)
 
     def object_representations(self, reps: dict[str, Tensor], latents: Tensor) -> dict[str, Tensor]:
         """The paper's invariant representation for the V views of one object: ``inv`` of view i becomes
@@ -312,13 +372,8 @@ class SeqJEPA(EquivariantObjective):
         m = min(self.cfg.num_observed, views)
         order = (torch.arange(views)[:, None] + torch.arange(m)[None, :]) % views  # (V, M) view indices
         encodings = reps["equi"][order.to(reps["equi"].device)]
-        actions = None
-        if m > 1:
-            steps = sequence_actions([latents[order[:, j]].float() for j in range(m)], self.cfg.actions)
-            # the last observed slot carries no action (it is zeroed in tokens() anyway)
-            actions = torch.cat([steps, steps.new_zeros(views, 1, steps.shape[2])], dim=1)
-            actions = actions.to(encodings.device)
-        inv = self.aggregate(encodings, actions)
+        actions = self.context_actions(latents[order])
+        inv = self.aggregate(encodings, None if actions is None else actions.to(encodings.device))
         return {**reps, "inv": inv, "full": torch.cat([inv, reps["equi"]], dim=1)}
 
     def action_from_latents(self, latents_1: Tensor, latents_2: Tensor) -> Tensor:
@@ -327,6 +382,15 @@ class SeqJEPA(EquivariantObjective):
         if self.cfg.actions == "augment":
             raise ValueError("this seq-JEPA was trained with augmentation actions, which latents do not give")
         return relative_action(latents_1.float(), latents_2.float(), self.cfg.actions)
+
+    def predict_from_context(self, equi_embeddings: Tensor, latents: Tensor, action: Tensor) -> Tensor:
+        """The prediction as trained: (B, M, D) encodings ``z`` of M views in sequence order, their
+        (B, M, 7) latents and the (B, A) action from the last of them to the target -> (B, D) predicted
+        target encoding (compare with ``target_embedding``)."""
+        actions = self.context_actions(latents)
+        if actions is not None:
+            actions = actions.to(equi_embeddings.device)
+        return self.predict(self.aggregate(equi_embeddings, actions), action.to(equi_embeddings.dtype))
 
     def predict_equivariant(self, equi_embedding: Tensor, action: Tensor) -> Tensor:
         """(B, D) encoding ``z`` of a view and (B, A) action to another view -> (B, D) predicted ``z`` of it:
@@ -346,6 +410,8 @@ def _validate(cfg: SeqJEPAConfig) -> None:
         raise ConfigError(f"objective.dropout must be in [0, 1), got {cfg.dropout}")
     if not 0.0 <= cfg.ema_base <= 1.0:
         raise ConfigError(f"objective.ema_base must be in [0, 1], got {cfg.ema_base}")
+    if not (cfg.ema_time_constant >= 0 and math.isfinite(cfg.ema_time_constant)):  # direct construction
+        raise ConfigError(f"objective.ema_time_constant must be >= 0 (0: off), got {cfg.ema_time_constant}")
     if cfg.actions == "augment":
         unknown = [k for k in cfg.aug_action_params if k not in AUG_PARAM_WIDTHS]
         if unknown or not cfg.aug_action_params:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from equissl.backbones.capsules import CapsNetConfig, CapsNetResNet
-from equissl.heads.capsules import SelfRoutingCapsules
+from equissl.heads.capsules import SelfRoutingCapsules, official_vote_std
 from equissl.registry import BACKBONES
 
 
@@ -98,3 +98,19 @@ def test_capsnet_backbone(readout: str, width: int) -> None:
     assert net.forward_poses(x).shape == (2, 8, 3, 3)
     keys = net.export_state_dict()
     assert "conv1.weight" in keys and "layer4.1.bn2.running_var" in keys and "capsules.transform" in keys
+
+
+def test_vote_transforms_start_with_the_official_std() -> None:
+    """The default draws T_ij with the std the official EquiCaps code's kaiming_normal_ gives its vote
+    weights (a (kkA, J d^2, d^2) tensor): reproduced here with torch's own initialiser on that shape."""
+    torch.manual_seed(0)
+    official = torch.empty(64, 32 * 9, 9)  # kernel 8x8 x 32 primary types, 32 capsules of 3x3 poses
+    torch.nn.init.kaiming_normal_(official)
+    assert official_vote_std(32, 3) == pytest.approx(0.0278, abs=1e-4)
+    assert official.std().item() == pytest.approx(official_vote_std(32, 3), rel=0.02)
+    caps = SelfRoutingCapsules(16, num_capsules=32, pose_dim=3, num_primary=32, map_size=8)
+    assert caps.transform.std().item() == pytest.approx(official.std().item(), rel=0.02)
+    unit = SelfRoutingCapsules(16, num_capsules=32, pose_dim=3, num_primary=32, vote_init_std=3**-0.5)
+    assert unit.transform.std().item() == pytest.approx(0.577, rel=0.05)  # the earlier default
+    with pytest.raises(ValueError, match="vote_init_std"):
+        SelfRoutingCapsules(16, vote_init_std=-1.0)

@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from equissl.backbones.steerable import GroupConv2d, LiftingConv2d, SteerableConfig, SteerableResNet
+from equissl.backbones.steerable import (
+    GroupConv2d,
+    LiftingConv2d,
+    OddSides,
+    SteerableConfig,
+    SteerableResNet,
+)
 from equissl.eval.equivariance import (
     equivariance_error,
     image_action,
@@ -125,14 +131,132 @@ def kind_name(group: Group) -> str:
     return f"{group.kind}{group.n}"
 
 
-def test_wrong_size_breaks_exactness() -> None:
-    """The documented input-size condition matters: an even side with a stride-2 stage is not exact."""
+def test_wrong_size_breaks_exactness_without_exact_downsampling() -> None:
+    """The check can fail: subsampling an even side directly (the earlier behaviour) is not exact."""
     group = Group("C", 4)
-    net = tiny_net(group).eval()
-    assert not net.is_equivariant_size(16, 16)
+    torch.manual_seed(0)
+    net = SteerableResNet(group, stem_width=4, widths=(4, 8), depths=(1, 1), exact_downsampling=False).eval()
+    assert not net.is_equivariant_size(16, 16) and net.is_equivariant_size(17, 17)
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
     err = equivariance_error(net.forward_group_features, x, image_action(group, 1), regular_action(group, 1))
     assert err > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["C", "D"])
+def test_pooled_features_invariant_at_every_side(kind: str) -> None:
+    """C4 / D4 nets with the default's two stride-2 stages: pooled features invariant to 1e-5 at input
+    sides drawn at random from 16 to 80 (odd and even), under random non-identity group elements, in
+    train and eval mode."""
+    g = torch.Generator().manual_seed(11 if kind == "C" else 12)
+    group = Group(kind, 4)
+    torch.manual_seed(0)
+    net = SteerableResNet(group, stem_width=4, widths=(4, 8, 8), depths=(1, 1, 1))  # default stage layout
+    with torch.no_grad():
+        net.train()
+        net(torch.randn(4, 3, 33, 33, generator=g) * 2 + 0.5)  # non-trivial running statistics
+    sides = torch.randint(16, 81, (6,), generator=g).tolist()
+    sides[:2] = [2 * (sides[0] // 2), 2 * (sides[1] // 2) + 1]  # at least one even and one odd side
+    for mode in ("train", "eval"):
+        getattr(net, mode)()
+        for side in sides:
+            assert net.is_equivariant_size(side, side)
+            x = torch.randn(3, 3, side, side, generator=g)
+            element = random_group_element(group, g, exclude_identity=True)
+            err = equivariance_error(net, x, image_action(group, element), invariant_action())
+            assert err < EXACT_TOL, (mode, side, element, err)
+
+
+def test_odd_sides_is_the_two_by_two_mean_and_leaves_odd_sides_alone() -> None:
+    x = torch.randn(2, 3, 4, 6, 5)
+    out = OddSides()(x)
+    assert out.shape == (2, 3, 4, 5, 5)  # the even height shrinks by one, the odd width is kept
+    assert torch.allclose(out, (x[..., :-1, :] + x[..., 1:, :]) / 2, atol=1e-6)
+    even = torch.randn(2, 4, 4)
+    expected = (even[:, :-1, :-1] + even[:, 1:, :-1] + even[:, :-1, 1:] + even[:, 1:, 1:]) / 4
+    assert torch.allclose(OddSides()(even), expected, atol=1e-6)
+    odd = torch.randn(1, 2, 7, 9)
+    assert OddSides()(odd) is odd
+
+
+@pytest.mark.parametrize("name", ["c4", "d4", "c8"])
+def test_expansion_index_matches_the_transforms(name: str) -> None:
+    """The one-gather expansion of exact groups equals the transform-and-stack expansion, gradients too."""
+    torch.manual_seed(1)
+    group = parse_group(name)
+    for layer in (LiftingConv2d(3, 4, group), GroupConv2d(3, 2, group, stride=2)):
+        assert (layer.expansion_index is not None) == group.all_exact
+        fast = layer.expanded_weight()
+        slow = layer._transform(layer.weight)
+        assert torch.equal(fast, slow)
+        upstream = torch.randn_like(fast)
+        (grad_fast,) = torch.autograd.grad(fast, layer.weight, upstream)
+        (grad_slow,) = torch.autograd.grad(slow, layer.weight, upstream)
+        assert torch.allclose(grad_fast, grad_slow, atol=1e-6)
+
+
+def test_expansion_once_per_step_and_cached_in_eval(monkeypatch) -> None:
+    """Training: one expansion per layer serves every forward pass of a step (two calls, then backward);
+    a new one after the optimizer step. Eval: expanded once while the weights stay the same. Gradients
+    equal those of uncached expansions, and gradient accumulation (backward twice, no step) works."""
+    calls = {"n": 0}
+    original = GroupConv2d._compute_expansion
+
+    def counting(self):
+        calls["n"] += 1
+        return original(self)
+
+    monkeypatch.setattr(GroupConv2d, "_compute_expansion", counting)
+    g = torch.Generator().manual_seed(13)
+    net = tiny_net(Group("D", 4))
+    layers = sum(isinstance(m, GroupConv2d) for m in net.modules())
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    x1, x2 = torch.randn(2, 3, 17, 17, generator=g), torch.randn(2, 3, 17, 17, generator=g)
+
+    net.train()
+    loss = net(x1).square().sum() + net(x2).square().sum()
+    assert calls["n"] == layers  # the second forward pass reused the expansions
+    loss.backward()
+    cached = {name: p.grad.clone() for name, p in net.named_parameters()}
+    net.zero_grad()
+    for layer in net.modules():
+        if isinstance(layer, GroupConv2d):
+            layer._expansion = None
+    (net(x1).square().sum() + net(x2).square().sum()).backward()  # fresh expansion per call path
+    for name, p in net.named_parameters():
+        assert torch.allclose(p.grad, cached[name], atol=1e-5), name
+
+    calls["n"] = 0
+    net.zero_grad()
+    net(x1).square().sum().backward()  # its graph was consumed by the backward above: recomputed
+    net(x2).square().sum().backward()  # accumulation without a step: recomputed, no stale graph
+    assert calls["n"] == 2 * layers
+    optimizer.step()
+    net(x1).square().sum().backward()
+    assert calls["n"] == 3 * layers  # the step changed the weights
+    optimizer.step()
+
+    net.eval()
+    calls["n"] = 0
+    with torch.no_grad():
+        first = net(x1)
+        second = net(x1)
+    assert calls["n"] == layers and torch.equal(first, second)
+    with torch.no_grad():
+        net.layer1[0].conv1.weight.add_(1.0)  # in place: the version changes, the cache is stale
+        net(x1)
+    assert calls["n"] == layers + 1
+
+
+def test_deepcopy_with_a_cached_expansion() -> None:
+    """EMA targets deep-copy the backbone: a cached (non-leaf) expansion must not get in the way."""
+    import copy
+
+    net = tiny_net(Group("C", 4)).train()
+    net(torch.randn(2, 3, 17, 17)).sum()  # caches expansions with autograd graphs
+    twin = copy.deepcopy(net)
+    x = torch.randn(2, 3, 17, 17)
+    with torch.no_grad():
+        assert torch.allclose(twin.eval()(x), net.eval()(x), atol=1e-6)
 
 
 def test_non_equivariant_control_fails() -> None:
@@ -163,11 +287,13 @@ def test_export_matches(name: str) -> None:
         "AdaptiveAvgPool3d",
         "Flatten",
         "AdaptiveAvgPool2d",
+        "OddSides",
     }, kinds
-    x = torch.randn(3, 3, 17, 17, generator=g)
-    with torch.no_grad():
-        assert torch.allclose(plain(x), net(x), atol=1e-5, rtol=1e-5)
-        assert torch.allclose(plain.forward_features(x), net.forward_features(x), atol=1e-5, rtol=1e-5)
+    for side in (17, 16):  # odd, and even (the strided blocks' 2 x 2 average)
+        x = torch.randn(3, 3, side, side, generator=g)
+        with torch.no_grad():
+            assert torch.allclose(plain(x), net(x), atol=1e-5, rtol=1e-5)
+            assert torch.allclose(plain.forward_features(x), net.forward_features(x), atol=1e-5, rtol=1e-5)
     state = net.export_state_dict()
     assert "conv1.weight" in state and "layer1.0.bn1.running_mean" in state
     assert state["conv1.weight"].shape[0] == 4 * net.group.order

@@ -337,3 +337,36 @@ def test_a_3diebench_render_stores_the_drawn_angles(tmp_path):
     latents = np.concatenate([np.load(root / f"all_latents_{s}.npy") for s in ("train", "val")])
     assert latents.shape == (2 * 2 * 3, 7) and np.all(np.abs(latents[:, :3]) <= np.pi / 2 + 1e-6)
     assert json.loads((root / MARKER_NAME).read_text())["params"]["rotations"] == "3diebench"
+
+
+def test_fixed_lighting_holds_every_lighting_latent_and_keeps_the_poses(tmp_path):
+    """data.lighting=fixed: floor hue, light direction and light hue are FIXED_LIGHTING in every view, the
+    poses are those of the varied render with the same seed, and it renders to its own cache folder while
+    the default's generation parameters (hence its folder and bytes) are unchanged."""
+    varied = shapes3d.sample_latents(np.random.default_rng(5), 50, "3diebench")
+    fixed = shapes3d.sample_latents(np.random.default_rng(5), 50, "3diebench", "fixed")
+    np.testing.assert_array_equal(fixed[:, :3], varied[:, :3])
+    np.testing.assert_allclose(fixed[:, 3:], np.tile(shapes3d.FIXED_LIGHTING, (50, 1)), atol=1e-6)
+    assert varied[:, 3:].std(axis=0).min() > 0.1  # the default still varies every lighting latent
+    with pytest.raises(ValueError, match="data.lighting"):
+        shapes3d.generation_params(Shapes3DConfig(lighting="dim"))
+
+    default = shapes3d.generation_params(Shapes3DConfig())
+    assert "lighting" not in default  # the default render's key (and so its cache folder) is unchanged
+    assert shapes3d.params_hash(default) == (
+        "8bd67083d5ab9b76743666ea578ee1a0053ad67e588487ce0ddfe268082ec134"
+    )
+    fixed_params = shapes3d.generation_params(Shapes3DConfig(lighting="fixed"))
+    assert fixed_params == {**default, "lighting": "fixed"}
+    cache_root = tmp_path / "cache" / "shapes3d"
+    assert shapes3d.keyed_root(cache_root, fixed_params, default) != cache_root
+
+    cfg = tiny(num_classes=2, views_per_object=3, render_size=16, lighting="fixed")
+    root = render_shapes3d(tmp_path / "f", cfg, progress=False)
+    latents = np.load(root / "all_latents_train.npy")
+    np.testing.assert_allclose(latents[:, 3:], np.tile(shapes3d.FIXED_LIGHTING, (len(latents), 1)), atol=1e-6)
+    reference = render_shapes3d(
+        tmp_path / "v", tiny(num_classes=2, views_per_object=3, render_size=16), progress=False
+    )
+    np.testing.assert_array_equal(latents[:, :3], np.load(reference / "all_latents_train.npy")[:, :3])
+    assert json.loads((root / MARKER_NAME).read_text())["params"]["lighting"] == "fixed"

@@ -200,8 +200,12 @@ def test_pair_regression_learns_from_informative_features_only():
 @pytest.fixture
 def tiny_3diebench(tmp_path):
     """4 train and 2 val objects of 3 views (16 px), two classes, random rotations and colours."""
+    return write_tiny_3diebench(tmp_path / "3DIEBench")
+
+
+def write_tiny_3diebench(root, fixed_lighting: bool = False):
+    """The ``tiny_3diebench`` files; ``fixed_lighting``: every view's lighting latents are equal."""
     rng = np.random.default_rng(0)
-    root = tmp_path / "3DIEBench"
     paths, labels = [], []
     for obj in range(6):
         synset, name = f"0{obj % 2}000000", f"{obj:032x}"
@@ -211,6 +215,8 @@ def tiny_3diebench(tmp_path):
             pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(folder / f"image_{view}.jpg", quality=95)
             latent = np.concatenate([rng.uniform(-np.pi / 2, np.pi / 2, 3), rng.uniform(0, 1, 4)])
+            if fixed_lighting:
+                latent[3:] = (0.5, np.pi / 8, np.pi, 0.5)
             np.save(folder / f"latent_{view}.npy", latent)
         paths.append(f"/{synset}/{name}")
         labels.append(obj % 2)
@@ -430,3 +436,117 @@ def test_mrr_with_shuffled_actions_tells_a_predictor_that_uses_its_action_from_o
     blind = predictor_metrics(_RotatingPredictor(uses_action=False), data, settings)
     assert blind["MRR"] == pytest.approx(blind["MRR_shuffled"])  # the source view itself, whatever the action
     assert blind["queries"] == exact["queries"] == 48
+
+
+def test_context_predictor_metrics_with_a_perfect_predictor_and_an_action_blind_one():
+    """M-view queries against target embeddings: a predictor that composes the last context view's pose
+    with the action retrieves every target (MRR 1, PRE 0) and loses it with shuffled actions; one that
+    ignores its action scores MRR == MRR_shuffled. Contexts are each object's first M views."""
+    from torch import nn
+
+    from equissl.errors import UserError
+    from equissl.eval.equivariance_report import EquivarianceEvalConfig, context_predictor_metrics
+    from equissl.rotations import euler_xyz_to_matrix, quat_to_matrix
+    from equissl.ssl.base import EquivariantObjective
+
+    class PoseOracle(EquivariantObjective):
+        prediction_context = 3
+
+        def __init__(self, blind: bool = False):
+            super().__init__(nn.Identity())
+            self.blind, self.context_shapes = blind, []
+
+        def action_from_latents(self, latents_1, latents_2):
+            return relative_action(latents_1, latents_2)
+
+        def predict_from_context(self, equi_embeddings, latents, action):
+            self.context_shapes.append(tuple(equi_embeddings.shape))
+            last = euler_xyz_to_matrix(latents[:, -1, :3].double())
+            moved = last if self.blind else last @ quat_to_matrix(action.double())
+            return moved.flatten(1).float()
+
+    g = torch.Generator().manual_seed(3)
+    objects, views = 6, 8
+    latents = torch.cat(
+        [(torch.rand(objects * views, 3, generator=g) - 0.5) * math.pi, torch.rand(48, 4, generator=g)], 1
+    )
+    poses = euler_xyz_to_matrix(latents[:, :3].double()).flatten(1).float()  # (N, 9): one per pose
+    data = {
+        "objects": torch.arange(objects).repeat_interleave(views),
+        "latents": latents,
+        "equi_embedding": torch.randn(objects * views, 5, generator=g),
+        "target_embedding": poses,
+    }
+    settings = EquivarianceEvalConfig()
+    oracle = PoseOracle()
+    scores = context_predictor_metrics(oracle, data, settings)
+    assert scores["queries"] == objects * views and scores["context_views"] == 3
+    assert scores["MRR"] == pytest.approx(1.0) and scores["PRE"] == pytest.approx(0.0, abs=1e-9)
+    assert scores["MRR_shuffled"] < 0.6 and oracle.context_shapes[0][1:] == (3, 5)
+    blind = context_predictor_metrics(PoseOracle(blind=True), data, settings)
+    assert blind["MRR"] == pytest.approx(blind["MRR_shuffled"]) and blind["MRR"] < 0.6
+    with pytest.raises(UserError):
+        context_predictor_metrics(PoseOracle(), {**data, "objects": torch.arange(48)}, settings)
+
+
+def test_seqjepa_report_adds_the_predictor_as_trained_and_skips_constant_colours(tmp_path):
+    """seq-JEPA's report: the one-view figures against online encodings and the M-view figures against
+    the EMA target's (``prediction_target``); on a render whose lighting never changes, colour R^2 is
+    skipped with its reason instead of dividing by a zero variance."""
+    from equissl.config import build_config, parse_settings
+    from equissl.eval.equivariance_report import (
+        EquivarianceEvalConfig,
+        evaluate_equivariance,
+        format_equivariance,
+    )
+    from equissl.launch.trainer import pretrain
+
+    root = write_tiny_3diebench(tmp_path / "3DIEBench", fixed_lighting=True)
+    run_dir = tmp_path / "run"
+    overrides = [
+        "data.name=3diebench",
+        f"data.root={root}",
+        "data.views_per_object=3",
+        "data.image_size=16",
+        "data.num_workers=0",
+        "augment.crop_size=16",
+        "augment.object_views=none",
+        "backbone.stem=strided",
+        "objective.name=seqjepa",
+        "objective.num_observed=2",
+        "objective.predictor_hidden_dim=16",
+        "trainer.max_steps=2",
+        "trainer.batch_size=4",
+        "trainer.progress=false",
+        f"trainer.run_dir={run_dir}",
+        "trainer.device=cpu",
+    ]
+    pretrain(build_config(overrides=overrides))
+    quick = ["regression.epochs=2", "regression.hidden_dims=[8]", "probe.epochs=2", "num_workers=0"]
+    report = evaluate_equivariance(
+        run_dir, settings=parse_settings(EquivarianceEvalConfig, quick), device="cpu"
+    )
+    results = report["results"]
+    assert results["colour_r2"]["equi"] == {"r2": None, "skipped": "the colour latents are constant"}
+    online, trained = results["prediction"], results["prediction_target"]
+    assert online["val"]["queries"] == 6 and trained["val"]["queries"] == 6
+    assert trained["val"]["context_views"] == 2 and 1 / 3 <= trained["val"]["MRR"] <= 1
+    table = format_equivariance(report)
+    assert "2 views -> target encodings" in table and "one view -> online encodings" in table
+
+
+def test_sie_r2_of_a_constant_predictor_is_the_published_floor():
+    """SIE's / EquiCaps' r2_score (one mean over all entries) on their targets, scipy's as_quat() of
+    R1^-1 R2 for 3DIEBench's poses: predicting each component's mean scores 0.229 (the documented floor),
+    0.244 on canonical targets, and 0 with our variance-weighted average."""
+    rng = np.random.default_rng(0)
+    first, second = (rng.uniform(-np.pi / 2, np.pi / 2, (40000, 3)) for _ in range(2))
+    quats = (Rotation.from_euler("xyz", first).inv() * Rotation.from_euler("xyz", second)).as_quat()
+    targets = torch.from_numpy(quats)
+    constant = targets.mean(0, keepdim=True).expand_as(targets)
+    assert rm.r2_score(constant, targets, "sie") == pytest.approx(0.229, abs=0.005)
+    assert rm.r2_score(constant, targets, "variance_weighted") == pytest.approx(0.0, abs=1e-9)
+    canonical = torch.where(targets[:, 3:] < 0, -targets, targets)
+    assert rm.r2_score(
+        canonical.mean(0, keepdim=True).expand_as(canonical), canonical, "sie"
+    ) == pytest.approx(0.244, abs=0.005)

@@ -135,3 +135,33 @@ def test_objective_on_batch_shared_views():
     )
     with pytest.raises(ValueError, match="shared"):
         care(per_sample)
+
+
+def test_chunk_pairs_shared_draws_one_pair_for_the_batch_and_keeps_the_chunked_loss():
+    """chunk_pairs=shared (the official vmap(..., randomness="same")): every chunk gets the same
+    augmentation pair, the loss still compares Gram entries within each of the num_chunks chunks;
+    per_chunk views (different pairs per chunk) are refused by a shared-pair objective."""
+    torch.manual_seed(0)
+    shared = CARE(
+        TinyBackbone(24),
+        CAREConfig(proj_hidden_dims=(16,), proj_out_dim=8, num_chunks=4, chunk_pairs="shared"),
+    )
+    assert shared.required_views == ViewSpec(source="image", num_views=2, shared_chunks=1)
+    g = torch.Generator().manual_seed(6)
+    batch = {"image": torch.randint(0, 256, (16, 3, 20, 20), generator=g, dtype=torch.uint8)}
+    cfg = AugmentConfig(crop_size=12)
+    views = make_views(cfg, shared.required_views, batch, torch.Generator().manual_seed(7))
+    for params in views.params:
+        for value in params.values():
+            assert bool((value == value[:1]).all())  # one draw for all 16 images
+    out = shared(views)
+    with torch.no_grad():
+        z_a, z_b = (shared.projector(shared.backbone(x)) for x in views.images)
+    expected = nt_xent(z_a, z_b, 0.5) + 0.01 * orthogonal_equivariance_loss(z_a, z_b, 4)
+    assert torch.allclose(out.loss, expected, rtol=1e-5)
+    per_chunk = make_views(cfg, ViewSpec(source="image", num_views=2, shared_chunks=4), batch, g)
+    with pytest.raises(ValueError, match="chunk_pairs=shared"):
+        shared(per_chunk)
+    assert CAREConfig().chunk_pairs == "per_chunk"
+    with pytest.raises(ValueError, match="chunk_pairs"):
+        CARE(TinyBackbone(24), CAREConfig(chunk_pairs="all"))

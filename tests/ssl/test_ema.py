@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from equissl.ssl.ema import ema_momentum, ema_update, frozen_copy
+from equissl.ssl.ema import (
+    base_from_time_constant,
+    ema_momentum,
+    ema_update,
+    frozen_copy,
+    initial_weight_fraction,
+)
 
 
 def test_ema_momentum_cosine_schedule_values():
@@ -44,3 +50,35 @@ def test_ema_update_moves_parameters_only_and_frozen_copy_gets_no_gradient():
     assert torch.equal(target[1].running_mean, torch.zeros(4))  # buffers are the target's own
     target(torch.randn(6, 3)).sum()  # a forward of the target builds no graph to its parameters
     assert all(p.grad is None for p in target.parameters())
+
+
+def test_per_epoch_schedule_holds_the_momentum_through_each_epoch():
+    """The official seq-JEPA code: m_e = 1 - (1 - base) (cos(pi e / E) + 1) / 2 for every step of epoch e."""
+    total, per_epoch = 100, 10  # E = 10 epochs
+    for step in range(total):
+        epoch = step // per_epoch
+        expected = 1 - 0.004 * (math.cos(math.pi * epoch / 10) + 1) / 2
+        assert ema_momentum(step, total, 0.996, "cosine_per_epoch", per_epoch) == pytest.approx(expected)
+    # a fractional epoch length (accumulation across epochs) still steps once per epoch
+    epoch_1 = 1 - 0.004 * (math.cos(math.pi * 7.5 / 100) + 1) / 2  # epoch 1 starts at step 7.5
+    assert ema_momentum(14, 100, 0.996, "cosine_per_epoch", 7.5) == pytest.approx(epoch_1)
+    assert ema_momentum(15, 100, 0.996, "cosine_per_epoch", 7.5) > epoch_1  # epoch 2
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        ema_momentum(3, 100, 0.996, "cosine_per_epoch")
+
+
+def test_time_constant_base_and_the_fraction_of_initial_weights_kept():
+    assert base_from_time_constant(0.01, 1000) == pytest.approx(0.9)  # time constant 10 steps
+    assert base_from_time_constant(0.0031, 100) == 0.0  # under one step: the target is the online net
+    with pytest.raises(ValueError):
+        base_from_time_constant(0.0, 100)
+    # prod_k m_k against an explicit loop, and the figures the seq-JEPA docs quote
+    momenta = [ema_momentum(k, 50, 0.99) for k in range(50)]
+    assert initial_weight_fraction(50, 0.99) == pytest.approx(math.prod(momenta), rel=1e-12)
+    assert initial_weight_fraction(505, 0.996) == pytest.approx(0.363, abs=0.001)
+    assert initial_weight_fraction(1010, 0.996) == pytest.approx(0.132, abs=0.001)
+    assert initial_weight_fraction(600, 0.996, "constant") == pytest.approx(0.996**600)
+    official = initial_weight_fraction(81000, 0.996, "cosine_per_epoch", 81)
+    assert math.log(official) == pytest.approx(-162.0, rel=0.01)  # e^-162: nothing of the init is left
+    short = initial_weight_fraction(1010, base_from_time_constant(250 / 81000, 1010))
+    assert short < 1e-60

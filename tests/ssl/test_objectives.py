@@ -262,3 +262,21 @@ def test_simclr_learns_to_match_positive_pairs():
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, (first, last)
     assert after > 0.8 and after > before + 0.3, (before, after)
+
+
+def test_essl_official_cifar_options_build_the_official_projector():
+    """The documented official CIFAR options give rdangovs/essl's 512-2048-2048 projector with a
+    non-affine output BN; without proj_hidden_dim=2048 the hidden layer would keep the backbone's 512."""
+    official = {
+        "same_view_negatives": False,
+        "joint_forward": False,
+        "proj_out_dim": 2048,
+        "proj_last_norm": "bn_no_affine",
+    }
+    essl = ESSL(TinyBackbone(512), ESSLConfig(proj_hidden_dim=2048, **official, rotation_hidden_dims=(8,)))
+    linears = [m for m in essl.projector.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(512, 2048), (2048, 2048)]
+    norms = [m for m in essl.projector.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert not norms[-1].affine
+    narrow = ESSL(TinyBackbone(512), ESSLConfig(**official, rotation_hidden_dims=(8,)))
+    assert [m.out_features for m in narrow.projector.modules() if isinstance(m, nn.Linear)] == [512, 2048]

@@ -286,3 +286,70 @@ def test_configuration_errors():
         build()(Views(images=views.images, params=views.params))
     with pytest.raises(ValueError, match="views"):
         build()(Views(images=views.images[:M], params=views.params[:M], latents=views.latents[:M]))
+
+
+def test_ema_options_per_epoch_and_time_constant():
+    """cosine_per_epoch holds m through an epoch (the trainer gives the epoch's length); ema_time_constant
+    replaces the base by 1 - 1 / (fraction * total); a per-epoch schedule without the length is refused."""
+    per_epoch = build(ema_schedule="cosine_per_epoch")
+    with pytest.raises(ValueError, match="epoch's length"):
+        per_epoch.on_step_end(1, 100)
+    per_epoch.set_steps_per_epoch(10)
+    assert [per_epoch.momentum(k, 100) for k in (0, 9)] == [pytest.approx(0.996)] * 2
+    assert per_epoch.momentum(10, 100) == pytest.approx(1 - 0.004 * (math.cos(math.pi / 10) + 1) / 2)
+
+    fast = build(ema_time_constant=0.01)  # time constant 10 steps of 1000: base 0.9
+    assert fast.momentum(0, 1000) == pytest.approx(0.9)
+    with torch.no_grad():
+        for p in fast.backbone.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in fast.target_backbone.parameters()]
+    fast.on_step_end(1, 1000)
+    for new, old, w in zip(fast.target_backbone.parameters(), before, fast.backbone.parameters()):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * w)
+    with pytest.raises(ValueError, match="ema_time_constant"):
+        build(ema_time_constant=-1.0)
+
+
+def test_predict_from_context_is_the_training_prediction():
+    """The evaluation's M-view prediction, compared with the EMA target's encoding, gives the training
+    loss exactly (eval mode: no dropout, BatchNorm from running statistics)."""
+    objective = build().eval()
+    with torch.no_grad():
+        for p in objective.target_backbone.parameters():
+            p.mul_(0.7).add_(0.05)
+    views = object_views(seed=11)
+    with torch.no_grad():
+        loss = objective(views).loss
+        context = torch.stack([objective.representations(x)["equi_embedding"] for x in views.images[:M]], 1)
+        latents = torch.stack(views.latents[:M], dim=1)
+        action = objective.action_from_latents(views.latents[M - 1], views.latents[M])
+        predicted = objective.predict_from_context(context, latents, action)
+        target = objective.representations(views.images[M])["target_embedding"]
+        torch.testing.assert_close(target, objective.target_backbone(views.images[M]))
+        recomputed = 1 - F.cosine_similarity(predicted, target, dim=1).mean()
+    torch.testing.assert_close(recomputed, loss, atol=1e-5, rtol=1e-5)
+    assert objective.prediction_context == M
+
+
+def test_the_trainer_gives_the_objective_its_epoch_length(tiny_shapes3d_root, tmp_path):
+    """cosine_per_epoch counts epochs in optimizer steps: batches per epoch / accumulation, set once."""
+    from equissl.config import build_config
+    from equissl.launch.trainer import Trainer
+    from tests.conftest import TINY_DATA
+
+    overrides = [
+        f"data.root={tiny_shapes3d_root}",
+        *TINY_DATA,
+        "augment.crop_size=32",
+        "backbone.stem=strided",
+        "trainer.batch_size=4",
+        "trainer.grad_accum_steps=2",
+        "trainer.device=cpu",
+        f"trainer.run_dir={tmp_path}/run",
+    ]
+    trainer = Trainer(build_config("configs/seqjepa_resnet18_shapes3d.yaml", overrides))
+    objective = trainer.accelerator.unwrap_model(trainer.model).objective
+    assert len(trainer.dataset) == 20  # 10 classes x 2 training objects, one item per object
+    assert objective.steps_per_epoch == pytest.approx(20 // 4 / 2)
+    assert objective.momentum(0, 10) == objective.momentum(2, 10) < objective.momentum(3, 10)

@@ -16,6 +16,11 @@ SO(3) and store ``Rotation.as_euler("xyz")``, so x and z lie in [-pi, pi] and y 
 the object's up axis then never points below the horizon, the distribution SIE, seq-JEPA and EquiCaps
 were measured on. Lighting and synset ids differ too (see the renderer and the writer).
 
+``lighting: fixed`` holds the floor hue, the light direction and the light hue at the centre of their
+ranges (``renderer.FIXED_LIGHTING``) for every view, so that an object's views differ by pose alone; the
+lighting latents are still drawn, so the poses are those of the ``varied`` render with the same seed. It
+renders to its own cache folder, as every other generation setting does.
+
 ``render_shapes3d(root, cfg)`` is idempotent: it renders into a temporary folder, writes the marker
 ``shapes3d.json`` (holding the hash of the generation parameters) last and renames the folder into
 place, so a killed render never looks complete; a folder holding anything else, a render with other
@@ -37,6 +42,7 @@ from equissl.datasets.shapes3d.catalogue import CLASS_NAMES, Mesh, build_object,
 from equissl.datasets.shapes3d.renderer import (
     CAMERA_FOV,
     CAMERA_POSITION,
+    FIXED_LIGHTING,
     LATENT_RANGES,
     euler_sampler,
     render_view,
@@ -58,6 +64,7 @@ __all__ = [
     "CAMERA_FOV",
     "CAMERA_POSITION",
     "CLASS_NAMES",
+    "FIXED_LIGHTING",
     "LATENT_RANGES",
     "MARKER_NAME",
     "RENDERER_VERSION",
@@ -97,6 +104,7 @@ class Shapes3DConfig(DataConfig):
     supersample: int = 2  # rays per pixel side (anti-aliasing)
     seed: int = 0
     rotations: Literal["so3", "3diebench"] = "so3"  # pose distribution (module docstring)
+    lighting: Literal["varied", "fixed"] = "varied"  # fixed: one lighting for every view (module docstring)
     render_workers: int = 2  # processes; the output does not depend on it
 
 

@@ -9,7 +9,8 @@ coloured HSV (floor hue, 0.6, 0.6); a spot light at distance 4 in direction (the
 Where we differ, on purpose: our light is directional (from direction (theta, phi)) with a softer colour
 (saturation ``LIGHT_SATURATION``), plus a white ambient and sky term; shading is Lambertian with
 ray-traced shadows. A latent holds the 7 values of ``equissl.latents.LATENT_NAMES``; :func:`sample_latents` draws them
-(poses by ``data.rotations``: see :mod:`equissl.datasets.shapes3d`).
+(poses by ``data.rotations``: see :mod:`equissl.datasets.shapes3d`; lighting by ``data.lighting``: drawn
+per view, or ``FIXED_LIGHTING`` for every view).
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ FLOOR_SATURATION, FLOOR_VALUE = 0.6, 0.6
 LIGHT_SATURATION = 0.6
 AMBIENT, SKY, KEY = 0.12, 0.35, 1.1  # linear-light weights of the three lighting terms
 GAMMA = 2.2
+
+LIGHTINGS = ("varied", "fixed")  # data.lighting
+# data.lighting=fixed: floor hue, light theta, light phi and light hue held at the centre of their ranges
+# (latents 3 to 6), so that only the pose varies between an object's views.
+FIXED_LIGHTING = (0.5, np.pi / 8, np.pi, 0.5)
 
 LATENT_RANGES = (  # closed bounds of each latent, in LATENT_NAMES order
     (-np.pi, np.pi),
@@ -70,10 +76,19 @@ def euler_sampler(rotations: str) -> Callable[[np.random.Generator, int], np.nda
     return EULER_SAMPLERS[rotations]
 
 
-def sample_latents(rng: np.random.Generator, count: int, rotations: str = "so3") -> np.ndarray:
+def check_lighting(lighting: str) -> None:
+    if lighting not in LIGHTINGS:
+        raise ConfigError(f"data.lighting must be one of {list(LIGHTINGS)}, got {lighting!r}")
+
+
+def sample_latents(
+    rng: np.random.Generator, count: int, rotations: str = "so3", lighting: str = "varied"
+) -> np.ndarray:
     """(count, 7) float32 latents (``LATENT_NAMES``): xyz Euler angles of a rotation uniform on SO(3)
     (``rotations="so3"``) or each uniform in [-pi/2, pi/2] (``"3diebench"``), the rest uniform in
-    ``LATENT_RANGES``."""
+    ``LATENT_RANGES`` (``lighting="varied"``) or ``FIXED_LIGHTING`` (``"fixed"``). The lighting values are
+    drawn either way, so a fixed-lighting render has the poses of the varied render with the same seed."""
+    check_lighting(lighting)
     euler = euler_sampler(rotations)(rng, count)
     rest = np.stack(
         [
@@ -84,6 +99,8 @@ def sample_latents(rng: np.random.Generator, count: int, rotations: str = "so3")
         ],
         axis=1,
     )
+    if lighting == "fixed":
+        rest = np.broadcast_to(np.asarray(FIXED_LIGHTING), rest.shape)
     return np.concatenate([euler, rest], axis=1).astype(np.float32)
 
 

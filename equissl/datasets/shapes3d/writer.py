@@ -38,7 +38,7 @@ from PIL import Image
 from equissl.datasets import materialise
 from equissl.datasets.open3d_extra import open3d
 from equissl.datasets.shapes3d.catalogue import CLASS_NAMES, Mesh, build_object
-from equissl.datasets.shapes3d.renderer import euler_sampler, render_view, sample_latents
+from equissl.datasets.shapes3d.renderer import check_lighting, euler_sampler, render_view, sample_latents
 from equissl.errors import ConfigError
 from equissl.latents import LATENT_NAMES
 
@@ -75,10 +75,10 @@ def object_mesh(seed: int, class_index: int, number: int) -> Mesh:
 
 def _render_object(task: tuple) -> np.ndarray:
     """Render and write one object's views; returns its (views, 7) latents. Runs in worker processes."""
-    folder, seed, class_index, number, views, size, supersample, rotations = task
+    folder, seed, class_index, number, views, size, supersample, rotations, lighting = task
     shape_rng, view_rng = _object_rngs(seed, class_index, number)
     mesh = build_object(class_index, shape_rng)
-    latents = sample_latents(view_rng, views, rotations)
+    latents = sample_latents(view_rng, views, rotations, lighting)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for k, latent in enumerate(latents):
@@ -98,8 +98,11 @@ def generation_params(cfg: Shapes3DConfig) -> dict:
     if cfg.val_objects_per_class < 0 or cfg.seed < 0:
         raise ConfigError("data.val_objects_per_class and data.seed must be >= 0")
     euler_sampler(cfg.rotations)  # refuse an unknown pose distribution before any rendering
-    # the pose distribution enters only when not the default, so existing so3 renders stay valid
+    check_lighting(cfg.lighting)
+    # the pose distribution and the lighting enter only when not the default, so existing renders (and
+    # the default cache folder) stay valid
     pose = {} if cfg.rotations == "so3" else {"rotations": cfg.rotations}
+    light = {} if cfg.lighting == "varied" else {"lighting": cfg.lighting}
     return {
         "renderer_version": RENDERER_VERSION,
         "classes": list(CLASS_NAMES[: cfg.num_classes]),
@@ -110,6 +113,7 @@ def generation_params(cfg: Shapes3DConfig) -> dict:
         "supersample": cfg.supersample,
         "seed": cfg.seed,
         **pose,
+        **light,
     }
 
 
@@ -138,6 +142,7 @@ def _write_tree(tmp: Path, cfg: Shapes3DConfig, progress: bool) -> dict:
                     cfg.render_size,
                     cfg.supersample,
                     cfg.rotations,
+                    cfg.lighting,
                 )
             )
             splits.append(("train" if number < cfg.objects_per_class else "val", class_index, folder))
