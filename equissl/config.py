@@ -177,6 +177,10 @@ class TrainerConfig:
     # A non-finite loss or gradient norm stops the run (the batch is saved under nonfinite/); with
     # N > 0 up to N such optimizer steps are skipped (counted) before stopping.
     skip_nonfinite_steps: NonNegativeInt = 0
+    # Online val kNN (launch/online_eval.py): every eval_every optimizer steps (0: off), the frozen
+    # backbone's kNN top-1 on eval_samples fixed val images against eval_samples fixed train images.
+    eval_every: NonNegativeInt = 0
+    eval_samples: PositiveInt = 1000
 
 
 @dataclass

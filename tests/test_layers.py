@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "equissl"
-LEAVES = ("types", "errors", "distributed", "groups", "rotations", "latents", "config", "registry")
+LEAVES = ("types", "errors", "distributed", "groups", "rotations", "latents", "config", "registry", "knn")
 BLOCKS = ("ssl", "backbones", "heads", "augmentations", "datasets")
 # module prefix -> what it must never import
 FORBIDDEN = {

@@ -29,6 +29,7 @@ from equissl.errors import BadDataError, NonFiniteLossError
 from equissl.launch import checkpoint as ckpt
 from equissl.launch.data import GuardedCollate, GuardedDataset
 from equissl.launch.logging import MetricLogger
+from equissl.launch.online_eval import build_online_eval, due
 from equissl.launch.optim import build_optimizer, build_scheduler, scaled_lr
 from equissl.launch.sampler import ResumableSampler
 from equissl.launch.sync_bn import convert_to_global_batchnorm
@@ -143,6 +144,7 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.sampler = ResumableSampler(len(self.dataset), tc.batch_size, tc.seed, self.rank, self.world_size)
         self.view_maker = build_view_maker(config, self.spec)
+        self.online_eval = build_online_eval(config, self.accelerator.is_main_process)  # trainer.eval_every
         self.generators = {
             "augment": torch.Generator(device=self.accelerator.device).manual_seed(tc.seed + 7919 * self.rank)
         }
@@ -413,6 +415,9 @@ class Trainer:
             logger.advance()
             if self.state.step % tc.log_every == 0 or self.state.step == tc.max_steps:
                 metrics = logger.log(self.state.step, dict(out.detached_metrics(), **self._fault_metrics()))
+            if self.online_eval is not None and due(self.config, self.state.step):
+                backbone = self.accelerator.unwrap_model(self.model).objective.backbone
+                logger.log_eval(self.state.step, self.online_eval(backbone))
             out_of_time = tc.max_minutes > 0 and self.state.elapsed_seconds >= tc.max_minutes * 60
             if self.state.step == tc.max_steps or out_of_time:
                 self.state.finished = True
