@@ -49,3 +49,43 @@ def test_a_run_retrained_to_the_same_step_gets_fresh_features(tiny_overrides, tm
     val_x, val_y = features_module.extract_features(backbone, config, "val")
     expected = knn_top1(train_x, train_y, val_x, val_y, config.probe.knn_k, config.probe.knn_temperature)
     assert report["results"]["pretrained"]["knn"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_equivariance_cache_is_keyed_by_weights_and_settings(monkeypatch, tmp_path):
+    import torch
+
+    import equissl.eval.equivariance_report as report_module
+    from equissl.eval.equivariance_report import EquivarianceEvalConfig, cached_split
+
+    calls = []
+
+    def fake_extract(objective, config, split, settings, device):
+        calls.append((split, settings.max_objects))
+        return {"full": torch.full((2, 3), float(len(calls))), "objects": torch.tensor([0, 0])}
+
+    monkeypatch.setattr(report_module, "extract_split", fake_extract)
+    config = build_config(None, [])
+    settings = EquivarianceEvalConfig()
+    first = cached_split(None, config, "val", settings, tmp_path, "sha256:aaa")
+    again = cached_split(None, config, "val", settings, tmp_path, "sha256:aaa")
+    assert len(calls) == 1 and torch.equal(first["full"], again["full"])
+    retrained = cached_split(None, config, "val", settings, tmp_path, "sha256:bbb")  # same path, new weights
+    assert len(calls) == 2 and float(retrained["full"][0, 0]) == 2.0
+    cached_split(None, config, "val", EquivarianceEvalConfig(max_objects=5), tmp_path, "sha256:aaa")
+    cached_split(
+        None, build_config(None, ["augment.mean=[0.5,0.5,0.5]"]), "val", settings, tmp_path, "sha256:aaa"
+    )
+    assert calls == [("val", 0), ("val", 0), ("val", 5), ("val", 0)]  # other settings: extracted again
+
+
+def test_checkpoint_digest_follows_content_not_path(tmp_path):
+    from equissl.eval.features import checkpoint_digest
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, payload in ((a, b"weights-1"), (b, b"weights-1")):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(payload)
+        (folder / "optimizer.pt").write_bytes(folder.name.encode())  # not weights: ignored
+    assert checkpoint_digest(a) == checkpoint_digest(b)
+    (b / "model.safetensors").write_bytes(b"weights-2")
+    assert checkpoint_digest(a) != checkpoint_digest(b)
