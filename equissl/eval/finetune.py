@@ -42,7 +42,13 @@ from torch.utils.data import Dataset, Subset
 from equissl.augmentations.eval_views import random_resized_view
 from equissl.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Range
 from equissl.eval.features import checkpoint_digest, labelled_dataset
-from equissl.eval.linear_standard import ImageSource, UnitOpenLow, ViewSettings, evaluate_classifier
+from equissl.eval.linear_standard import (
+    ImageSource,
+    UnitOpenLow,
+    ViewSettings,
+    cosine_factor,
+    evaluate_classifier,
+)
 from equissl.eval.records import write_report
 from equissl.runs import checkpoint_step, load_backbone, load_run
 
@@ -100,10 +106,6 @@ def labelled_fraction(labels: Tensor, fraction: float, seed: int = 0) -> Tensor:
     return torch.sort(torch.cat(chosen)).values
 
 
-def _cosine(step: int, total: int) -> float:
-    return 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
-
-
 def finetune_classifier(
     backbone: nn.Module,
     train_set: Dataset,
@@ -134,7 +136,7 @@ def finetune_classifier(
     optimizer = torch.optim.SGD(groups, lr=cfg.lr_head, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     train = ImageSource(train_set, cfg.image_cache_mib, num_workers)
     total = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _cosine(step, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total))
     order_generator = torch.Generator().manual_seed(seed)
     augment_generator = torch.Generator(device=device).manual_seed(seed + 1)
     loss_sum = correct = seen = 0

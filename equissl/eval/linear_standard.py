@@ -112,7 +112,8 @@ class ImageSource:
             yield batch["image"], batch["label"].long()
 
 
-def _cosine(step: int, total: int) -> float:
+def cosine_factor(step: int, total: int) -> float:
+    """Learning-rate factor of a cosine from 1 (step 0) to 0 (step ``total``)."""
     return 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
 
 
@@ -155,7 +156,7 @@ def standard_linear_probe(
     )
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _cosine(step, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total))
     order_generator = torch.Generator().manual_seed(seed)
     augment_generator = torch.Generator(device=device).manual_seed(seed + 1)
     epoch_loss, correct, seen = [], 0, 0
