@@ -185,8 +185,8 @@ def equi_loss_trajectory(run_dir: Path) -> dict:
 
 
 def probe_scores(run_dir: Path) -> dict:
-    """Linear / kNN top-1 (%) that ``--probe`` saved in ``eval/linear_knn.json`` (pretrained, random init)."""
-    path = run_dir / "eval" / "linear_knn.json"
+    """Linear / kNN top-1 (%) that ``--probe`` saved in ``eval/probe_fast.json`` (pretrained, random init)."""
+    path = run_dir / "eval" / "probe_fast.json"
     return json.loads(path.read_text())["results"] if path.is_file() else {}
 
 

@@ -1,5 +1,7 @@
-"""The ``equissl`` command: pretrain | probe | knn | export | finetune-det | data | launch | equivariance |
-list | config.
+"""The ``equissl`` command: pretraining, evaluations, export, data and launching.
+
+Subcommands: pretrain | probe | knn | finetune | embed | compare | export | finetune-det | data | launch |
+equivariance | list | config.
 
 Exit status (:mod:`equissl.errors`):
 
@@ -54,6 +56,14 @@ def _add_eval(sub, name: str, help_text: str) -> None:
         help="a labelled image folder to probe on instead of the run's data: FOLDER/train/<class>/ "
         "(and val/<class>/), or FOLDER/<class>/ with a held-out part",
     )
+    if name == "probe":
+        p.add_argument(
+            "--protocol",
+            choices=("fast", "standard"),
+            default="fast",
+            help="fast: AdamW on cached, unaugmented features, plus kNN (default); standard: the papers' "
+            "SGD linear probe on augmented views of the frozen backbone (docs/evaluation.md)",
+        )
     p.add_argument("--checkpoint", help="a checkpoint directory; default: the newest complete one")
     p.add_argument(
         "--compare-random", action="store_true", help="also evaluate a randomly initialised backbone"
@@ -61,6 +71,41 @@ def _add_eval(sub, name: str, help_text: str) -> None:
     p.add_argument(
         "overrides", nargs="*", help="probe.* overrides, e.g. probe.epochs=50 (LiDAR runs: the BEV probe's)"
     )
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser(
+        "finetune", help="fine-tune the whole network on a labelled fraction: pretrained vs random init"
+    )
+    p.add_argument("--run", required=True, help="run directory (holds checkpoints/)")
+    p.add_argument("--checkpoint", help="a checkpoint directory; default: the newest complete one")
+    p.add_argument(
+        "--fraction",
+        type=float,
+        help="labelled fraction of every class's train images, e.g. 0.01, 0.1 or 1.0 (default 0.1)",
+    )
+    p.add_argument("--no-random", action="store_true", help="skip the random-initialisation baseline")
+    p.add_argument("overrides", nargs="*", help="settings key=value, e.g. epochs=30 lr_backbone=0.01")
+
+
+def _add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="save val embeddings and draw them in 2-D coloured by class")
+    p.add_argument("--run", required=True, help="run directory (holds checkpoints/)")
+    p.add_argument("--checkpoint", help="a checkpoint directory; default: the newest complete one")
+    p.add_argument(
+        "--plot",
+        choices=("umap", "tsne", "pca"),
+        default="tsne",
+        help="the 2-D map: tsne (scikit-learn), umap (umap-learn) or pca; default tsne",
+    )
+    p.add_argument("--compare-random", action="store_true", help="also embed a randomly initialised backbone")
+    p.add_argument("overrides", nargs="*", help="settings key=value, e.g. max_points=2000 perplexity=50")
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="every evaluation of several runs in one table, CSV and bar plot")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", default="compare", help="folder for compare.md, compare.csv, compare.png")
 
 
 def _add_export(sub) -> None:
@@ -82,7 +127,8 @@ def _add_export(sub) -> None:
 
 def _add_finetune_det(sub) -> None:
     p = sub.add_parser(
-        "finetune-det", help="short Faster R-CNN fine-tune on shapes3d_det: pretrained vs random"
+        "finetune-det",
+        help="short Faster R-CNN fine-tune on shapes3d_det or a COCO-format set: pretrained vs random",
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--weights", help="a `equissl export --format torchvision` file (.pth/.safetensors)")
@@ -93,6 +139,16 @@ def _add_finetune_det(sub) -> None:
     p.add_argument("--no-random", action="store_true", help="skip the random-initialisation baseline")
     p.add_argument(
         "--out", help="write the report as JSON here (with --run: default <run>/eval/detection.json)"
+    )
+    p.add_argument(
+        "--data",
+        default="shapes3d_det",
+        help="shapes3d_det (embedded, the default) or coco:ANNOTATIONS.json:IMAGES_DIR (your own data)",
+    )
+    p.add_argument(
+        "--val-data",
+        help="with --data coco:...: a second coco:ANNOTATIONS.json:IMAGES_DIR for val; default: "
+        "val_fraction of --data's images held out",
     )
     p.add_argument(
         "--cache-dir", help="where the detection set is cached; default $EQUISSL_DATA/shapes3d_det"
@@ -167,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_eval(sub, "probe", "offline linear probe (and kNN) on frozen features")
     _add_eval(sub, "knn", "weighted kNN on frozen features")
+    _add_finetune(sub)
+    _add_embed(sub)
+    _add_compare(sub)
     _add_export(sub)
     _add_finetune_det(sub)
     _add_data(sub)
@@ -205,7 +264,14 @@ def _unlabelled(config) -> bool:
 
 
 def _probe_report(
-    config, run, checkpoint, methods: tuple[str, ...], compare_random: bool, overrides, data=None
+    config,
+    run,
+    checkpoint,
+    methods: tuple[str, ...],
+    compare_random: bool,
+    overrides,
+    data=None,
+    protocol: str = "fast",
 ) -> str:
     """The probe that fits the run's backbone (registry data): class-label probes on pooled features, or
     the bird's-eye-view occupancy probe of LiDAR encoders; ``probe.*`` overrides apply to it."""
@@ -216,8 +282,8 @@ def _probe_report(
         from equissl.eval.bev_probe import BEVProbeConfig, evaluate_bev_run
         from equissl.eval.bev_probe import format_report as format_bev
 
-        if methods != ("linear", "knn"):
-            raise ConfigError(f"{run} is a LiDAR run: its backbone is probed by `equissl probe` (BEV probe)")
+        if methods != ("linear", "knn") or protocol != "fast":
+            raise ConfigError(f"{run} is a LiDAR run: its backbone is probed by `equissl probe` (BEV probe), without --protocol")
         if data is not None:
             raise ConfigError(
                 f"{run} is a LiDAR run: --data takes an image folder, the BEV probe reads the run's"
@@ -225,21 +291,64 @@ def _probe_report(
         cfg = parse_settings(BEVProbeConfig, overrides, section="probe")
         return format_bev(evaluate_bev_run(run, checkpoint, compare_random=compare_random, cfg=cfg))
     from equissl.config import ProbeConfig
+    from equissl.eval.linear_standard import StandardProbeConfig
     from equissl.eval.report import evaluate_run, format_report
 
-    probe_cfg = parse_settings(ProbeConfig, overrides, base=config.probe, section="probe")
-    return format_report(evaluate_run(run, methods, compare_random, checkpoint, probe_cfg, data=data))
+    if protocol == "standard":
+        probe_cfg = parse_settings(StandardProbeConfig, overrides, section="probe")
+    else:
+        probe_cfg = parse_settings(ProbeConfig, overrides, base=config.probe, section="probe")
+    return format_report(
+        evaluate_run(run, methods, compare_random, checkpoint, probe_cfg, protocol=protocol, data=data)
+    )
 
 
 def cmd_eval(args, methods: tuple[str, ...]) -> int:
     from equissl.runs import load_run
 
     config, _ = load_run(args.run, args.checkpoint)
+    protocol = getattr(args, "protocol", "fast")
     print(
         _probe_report(
-            config, args.run, args.checkpoint, methods, args.compare_random, args.overrides, args.data
+            config,
+            args.run,
+            args.checkpoint,
+            methods,
+            args.compare_random,
+            args.overrides,
+            data=args.data,
+            protocol=protocol,
         )
     )
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from equissl.config import parse_settings
+    from equissl.eval.finetune import FinetuneConfig, finetune_run, format_finetune
+
+    flags = [f"fraction={args.fraction}"] if args.fraction is not None else []
+    flags += ["compare_random=false"] if args.no_random else []
+    cfg = parse_settings(FinetuneConfig, [*args.overrides, *flags])
+    print(format_finetune(finetune_run(args.run, cfg, args.checkpoint)))
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from equissl.config import parse_settings
+    from equissl.eval.embed import EmbedConfig, embed_run, format_embed
+
+    cfg = parse_settings(EmbedConfig, args.overrides)
+    print(format_embed(embed_run(args.run, args.plot, cfg, args.checkpoint, args.compare_random)))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from equissl.eval.compare import compare_runs
+
+    result = compare_runs(args.runs, args.out)
+    print(result["table"])
+    print(f"wrote {result['csv']} and {result['figure']}")
     return 0
 
 
@@ -268,23 +377,38 @@ def cmd_finetune_det(args) -> int:
         format_detection_report,
         require_pycocotools,
     )
+    from equissl.eval.records import write_report
 
     cfg = parse_settings(FinetuneDetConfig, args.overrides)
     require_pycocotools()  # before any export or training
-    weights, out = args.weights, args.out
+    if args.data != "shapes3d_det":
+        from equissl.datasets.coco_det import parse_coco_spec
+
+        parse_coco_spec(args.data)  # a wrong path is refused before the export and the fine-tune
+        if args.val_data:
+            parse_coco_spec(args.val_data)
+    weights = args.weights
     if args.run:
         from equissl.export.formats import export_run
 
-        out = out or str(Path(args.run) / "eval" / "detection.json")
         weights = export_run(
             args.run, Path(args.run) / "export" / "backbone_torchvision.pth", "torchvision", args.checkpoint
         )
-    report = finetune_compare(weights, cfg, compare_random=not args.no_random, cache_dir=args.cache_dir)
+    report = finetune_compare(
+        weights,
+        cfg,
+        compare_random=not args.no_random,
+        cache_dir=args.cache_dir,
+        data=args.data,
+        val_data=args.val_data,
+    )
     print(format_detection_report(report))
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(report, indent=2))
-        print(f"wrote {out}")
+    if args.run:
+        print(f"wrote {write_report(Path(args.run) / 'eval', dict(report, run=str(args.run)))}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -354,6 +478,9 @@ COMMANDS = {
     "pretrain": cmd_pretrain,
     "probe": lambda args: cmd_eval(args, ("linear", "knn")),
     "knn": lambda args: cmd_eval(args, ("knn",)),
+    "finetune": lambda args: cmd_finetune(args),
+    "embed": lambda args: cmd_embed(args),
+    "compare": lambda args: cmd_compare(args),
     "export": lambda args: cmd_export(args),
     "finetune-det": lambda args: cmd_finetune_det(args),
     "data": lambda args: cmd_data(args),

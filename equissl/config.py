@@ -188,6 +188,10 @@ class TrainerConfig:
     # How long a rank waits for the others in a collective before the run stops naming the rank that did
     # not answer (torch's default is 30 minutes; a checkpoint save must fit in it).
     collective_timeout_s: PositiveFloat = 600.0
+    # Online val kNN (launch/online_eval.py): every eval_every optimizer steps (0: off), the frozen
+    # backbone's kNN top-1 on eval_samples fixed val images against eval_samples fixed train images.
+    eval_every: NonNegativeInt = 0
+    eval_samples: PositiveInt = 1000
 
 
 @dataclass

@@ -12,7 +12,18 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "equissl"
-LEAVES = ("types", "errors", "distributed", "groups", "rotations", "latents", "config", "registry", "recipes")
+LEAVES = (
+    "types",
+    "errors",
+    "distributed",
+    "groups",
+    "rotations",
+    "latents",
+    "config",
+    "registry",
+    "recipes",
+    "knn",
+)
 BLOCKS = ("ssl", "backbones", "heads", "augmentations", "datasets")
 # module prefix -> what it must never import
 FORBIDDEN = {

@@ -25,7 +25,9 @@ EXTRAS = {
     "export": ["onnx", "onnxruntime"],
     "det": ["pycocotools"],
     "track": ["wandb", "mlflow"],
+    "viz": ["sklearn", "umap"],
 }
+DISTRIBUTIONS = {"sklearn": "scikit-learn"}  # where the import name is not the package's name
 
 
 def test_licence_and_version(capsys):
@@ -46,7 +48,8 @@ def test_extras_hold_the_optional_packages():
     for extra, modules in EXTRAS.items():
         for module in modules:
             assert module not in core, module
-            assert any(requirement.startswith(module) for requirement in extras[extra]), (extra, module)
+            package = DISTRIBUTIONS.get(module, module)
+            assert any(requirement.startswith(package) for requirement in extras[extra]), (extra, module)
     assert extras["all"] == [f"equissl[{','.join(EXTRAS)}]"]
     assert "equissl[all,docs]" in extras["dev"]
     assert any(requirement.startswith("torch>=") for requirement in PYPROJECT["dependencies"])

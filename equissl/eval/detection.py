@@ -6,13 +6,17 @@ hands to torchvision -- or stays at its random initialisation. Both runs share e
 order, head initialisation, schedule and budget. Every layer is fine-tuned with trainable BatchNorm
 (the MoCo / "Rethinking ImageNet pre-training" protocol, which uses (Sync)BN for pretrained and random
 init alike, since a frozen BN is meaningless for a random backbone). Anchors are scaled to the small
-images (8..128 px over P2..P6). Data: :mod:`equissl.datasets.shapes3d_det`; metric: COCO mAP
+images (8..128 px over P2..P6). Data: the embedded :mod:`equissl.datasets.shapes3d_det` (``--data
+shapes3d_det``, the default) or the user's own COCO-format set (``--data coco:ANNOTATIONS.json:IMAGES_DIR``,
+:mod:`equissl.datasets.coco_det`; its categories set the number of classes); metric: COCO mAP
 (pycocotools' ``COCOeval``, AP@[.5:.95], AP50, AP75).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -23,13 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
+from equissl.config import Fraction
+from equissl.datasets.coco_det import coco_splits
 from equissl.datasets.shapes3d_det import DetectionSetSpec, Shapes3DDetection, default_cache_dir
 from equissl.errors import UserError, import_extra
+
+SHAPES3D_DET = "shapes3d_det"
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -50,6 +58,7 @@ class FinetuneDetConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     threads: int = 2
+    val_fraction: Fraction = 0.2  # COCO data without --val-data: this share of its images is held out for val
 
 
 def load_torchvision_export(path: str | Path) -> tuple[dict[str, Tensor], dict]:
@@ -144,8 +153,11 @@ def train_detector(
     return losses
 
 
-def coco_ground_truth(dataset: Shapes3DDetection) -> dict:
-    """The split as a COCO annotation dict (bbox ``[x, y, w, h]``, category ids 1..num_classes)."""
+def coco_ground_truth(dataset) -> dict:
+    """The split as a COCO annotation dict (bbox ``[x, y, w, h]``, category ids 1..num_classes, image ids
+    the item indices); a COCO-format set gives its own (:meth:`CocoDetection.coco_ground_truth`)."""
+    if hasattr(dataset, "coco_ground_truth"):
+        return dataset.coco_ground_truth()
     images, annotations = [], []
     size = dataset.spec.image_size
     for index in range(len(dataset)):
@@ -245,14 +257,39 @@ def finetune_once(
     return result
 
 
+def detection_data(
+    cfg: FinetuneDetConfig, data: str = SHAPES3D_DET, val_data: str | None = None, cache_dir=None
+) -> tuple[Dataset, Dataset, dict, FinetuneDetConfig]:
+    """(train, val, description, cfg): the embedded set, or a COCO-format one (``coco:ANN:IMAGES``), whose
+    category count replaces ``cfg.num_classes``."""
+    if data == SHAPES3D_DET:
+        if val_data:
+            raise UserError("--val-data goes with --data coco:...; shapes3d_det makes its own val split")
+        train, val = detection_splits(cfg, cache_dir)
+        return train, val, {"name": SHAPES3D_DET}, cfg
+    train, val = coco_splits(data, val_data, cfg.val_fraction, cfg.seed)
+    where = hashlib.sha256(str(train.annotations_file.resolve()).encode()).hexdigest()[:8]
+    description = {
+        "name": f"coco-{train.annotations_file.stem}-{where}",  # the path's digest tells same-named files apart
+        "annotations": str(train.annotations_file.resolve()),
+        "images_dir": str(train.images_dir.resolve()),
+        "val_annotations": str(val.annotations_file.resolve()) if val_data else None,
+        "classes": train.class_names,
+    }
+    return train, val, description, dataclasses.replace(cfg, num_classes=train.num_classes)
+
+
 def finetune_compare(
     weights: str | Path,
     cfg: FinetuneDetConfig,
     compare_random: bool = True,
     cache_dir: str | Path | None = None,
     log=print,
+    data: str = SHAPES3D_DET,
+    val_data: str | None = None,
 ) -> dict:
-    """Fine-tune from the export at ``weights`` (and from random init); the report as a dict."""
+    """Fine-tune from the export at ``weights`` (and from random init) on ``data`` (``shapes3d_det`` or
+    ``coco:ANNOTATIONS.json:IMAGES_DIR``, val from ``val_data`` or held out); the report as a dict."""
     require_pycocotools()
     torch.set_num_threads(cfg.threads)
     state, metadata = load_torchvision_export(weights)
@@ -265,15 +302,23 @@ def finetune_compare(
     norm = metadata.get("normalization", {})
     mean, std = norm.get("mean", IMAGENET_MEAN), norm.get("std", IMAGENET_STD)
     start = time.time()
-    train, val = detection_splits(cfg, cache_dir)
+    train, val, description, cfg = detection_data(cfg, data, val_data, cache_dir)
+    description.update(train_images=len(train), val_images=len(val))
     report = {
+        "evaluation": "detection",
+        "protocol": SHAPES3D_DET if data == SHAPES3D_DET else description["name"],
+        "data": description,
         "config": asdict(cfg),
+        "settings": asdict(cfg),
         "weights": str(Path(weights).resolve()),
         "source": {k: metadata.get(k) for k in ("objective", "source_checkpoint", "config_hash")},
         "data_seconds": round(time.time() - start, 1),
         "results": {},
     }
-    log(f"detection set ready: {len(train)} train / {len(val)} val images ({report['data_seconds']} s)")
+    log(
+        f"detection set {description['name']} ready: {len(train)} train / {len(val)} val images "
+        f"({report['data_seconds']} s)"
+    )
     runs = [("pretrained", state)] + ([("random init", None)] if compare_random else [])
     for name, backbone_state in runs:
         report["results"][name] = finetune_once(cfg, backbone_state, train, val, mean, std, log)
@@ -285,7 +330,8 @@ def format_detection_report(report: dict) -> str:
     lines = [
         (
             f"Faster R-CNN {report['config']['arch']} FPN, {report['config']['iterations']} iterations x "
-            f"{report['config']['batch_size']} images, shapes3d_det val ({report['config']['val_images']} images)"
+            f"{report['config']['batch_size']} images, {report.get('data', {}).get('name', SHAPES3D_DET)} val "
+            f"({report.get('data', {}).get('val_images', report['config']['val_images'])} images)"
         ),
         f"{'backbone':<14}{'AP':>7}{'AP50':>7}{'AP75':>7}{'seconds':>9}",
     ]

@@ -31,7 +31,6 @@ The objective contract this module relies on is declared in :mod:`equissl.ssl.ba
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +40,18 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from equissl.build import build_dataset
-from equissl.config import Config, ConfigError, ProbeConfig
+from equissl.config import Config, ConfigError, ProbeConfig, to_dict
 from equissl.eval import rotation_metrics as rm
-from equissl.eval.features import preprocess
+from equissl.eval.equivariance_plots import angle_figure, pair_angles, retrieval_examples, retrieval_figure
+from equissl.eval.features import (
+    checkpoint_digest,
+    feature_key,
+    load_cache,
+    preprocess,
+    save_cache,
+    weights_identity,
+)
+from equissl.eval.records import write_report
 from equissl.latents import COLOUR_LATENTS, absolute_quat
 from equissl.runs import checkpoint_step, load_objective, load_run
 from equissl.ssl.base import EquivariantObjective, Objective
@@ -73,7 +81,7 @@ class EquivarianceEvalConfig:
 
 class _ObjectViews(Dataset):
     """Item i = every readable view of object ``objects[i]``:
-    ``(object index, images uint8 (V, 3, H, W), latents (V, 7), label)``."""
+    ``(object index, images uint8 (V, 3, H, W), latents (V, 7), label, view numbers (V,))``."""
 
     def __init__(self, dataset, objects: list[int]) -> None:
         self.dataset, self.objects = dataset, objects
@@ -83,7 +91,7 @@ class _ObjectViews(Dataset):
 
     def __getitem__(self, index: int):
         item = self.dataset.object_views(self.objects[index])
-        return self.objects[index], item["images"], item["latents"], item["label"]
+        return self.objects[index], item["images"], item["latents"], item["label"], item["views"]
 
 
 def chosen_objects(num_objects: int, max_objects: int) -> list[int]:
@@ -119,7 +127,8 @@ def extract_split(
     device: str | torch.device = "cpu",
 ) -> dict[str, Tensor]:
     """Representations of every view of every object of ``split``, on the CPU:
-    ``{part: (N, D_part), "objects": (N,), "latents": (N, 7), "labels": (N,)}``, object-major."""
+    ``{part: (N, D_part), "objects": (N,), "latents": (N, 7), "labels": (N,), "views": (N,)}``, object-major
+    (``views``: each row's view number within its object)."""
     dataset = build_dataset(config, split)
     if not hasattr(dataset, "object_views"):
         raise ConfigError(
@@ -145,12 +154,40 @@ def extract_split(
             "objects": torch.cat([torch.full((len(item[1]),), item[0], dtype=torch.long) for item in batch]),
             "latents": torch.cat([item[2].float() for item in batch]),
             "labels": torch.cat([item[3].reshape(1).expand(len(item[1])) for item in batch]).long(),
+            "views": torch.cat([item[4] for item in batch]).long(),
         }
         for key, value in {**out, **extra}.items():
             collected.setdefault(key, []).append(
                 value.detach().float().cpu() if value.is_floating_point() else value.cpu()
             )
     return {key: torch.cat(values) for key, values in collected.items()}
+
+
+def cached_split(
+    objective: Objective,
+    config: Config,
+    split: str,
+    settings: EquivarianceEvalConfig,
+    cache_dir: Path,
+    weights: str,
+    device: str | torch.device = "cpu",
+) -> dict[str, Tensor]:
+    """:func:`extract_split` memoised in ``cache_dir``, keyed by the weights' content (``weights``, see
+    :func:`equissl.eval.features.weights_identity`), the objective's, backbone's and data settings, the
+    split, the view and ``max_objects`` -- never by the checkpoint's path."""
+    extra = {
+        "kind": "equivariance",
+        "objective": to_dict(config.objective),
+        "max_objects": settings.max_objects,
+    }
+    key = feature_key(weights, config, split, extra)
+    path = Path(cache_dir) / f"equivariance-{split}-{key[:16]}.pt"
+    cached = load_cache(path, key)
+    if cached is not None:
+        return {name: value for name, value in cached.items() if name != "key"}
+    data = extract_split(objective, config, split, settings, device)
+    save_cache(path, {"key": key, **data})
+    return data
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -292,8 +329,10 @@ def evaluate_parts(
     probe: ProbeConfig,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    angles: dict[str, tuple[Tensor, Tensor]] | None = None,
 ) -> dict:
-    """Every metric on the extracted representations of the two splits (see the module docstring)."""
+    """Every metric on the extracted representations of the two splits (see the module docstring);
+    ``angles`` (a dict), when given, receives each part's (true, predicted) val-pair rotation angles."""
     parts = [part for part in PARTS if part in train]
     results: dict = {"parts": parts, "classification_top1": {}, "rotation_r2": {}, "colour_r2": {}}
     colour_varies = bool(train["latents"][:, list(COLOUR_LATENTS)].std(0).max() > 0)
@@ -302,9 +341,12 @@ def evaluate_parts(
             results["classification_top1"][part] = rm.linear_classification(
                 train[part], train["labels"], val[part], val["labels"], probe, seed
             )
+        predictions: dict[str, Tensor] = {}
         results["rotation_r2"][part] = rm.rotation_prediction_r2(
-            _pair_data(train, part), _pair_data(val, part), settings.regression, device
+            _pair_data(train, part), _pair_data(val, part), settings.regression, device, predictions
         )
+        if angles is not None:
+            angles[part] = pair_angles(predictions)
         if settings.colour and colour_varies:
             results["colour_r2"][part] = rm.colour_prediction_r2(
                 _pair_data(train, part), _pair_data(val, part), settings.regression, device
@@ -337,8 +379,9 @@ def evaluate_equivariance(
 
     run_dir: a pretraining run (holds ``checkpoints/``); checkpoint: a checkpoint directory (default: the
     newest complete one); settings: protocol (:class:`EquivarianceEvalConfig`); device: default CUDA when
-    available. Returns ``{"run", "checkpoint", "step", "objective", "dataset", "results", "settings",
-    "seconds", "json"}`` with ``results`` as :func:`evaluate_parts`; :func:`format_equivariance` prints it.
+    available. Also draws ``equivariance_angles.png`` and, with a predictor, ``equivariance_retrieval.png``
+    (:mod:`equissl.eval.equivariance_plots`). Returns ``{"evaluation", "protocol", "run", "checkpoint",
+    "checkpoint_sha256", "step", "objective", "dataset", "results", "settings", "figures", "seconds", "json"}`` with ``results`` as :func:`evaluate_parts`; :func:`format_equivariance` prints it.
     """
     start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -346,15 +389,38 @@ def evaluate_equivariance(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     config, path = load_run(run_dir, checkpoint)
     objective = load_objective(config, path, device)
-    train = extract_split(objective, config, "train", settings, device)
-    val = extract_split(objective, config, "val", settings, device)
-    probe = settings.probe or config.probe
-    results = evaluate_parts(objective, train, val, settings, probe, config.trainer.seed, device)
     out_dir = run_dir / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = weights_identity(path, config.trainer.seed)
+    train = cached_split(objective, config, "train", settings, out_dir, weights, device)
+    val = cached_split(objective, config, "val", settings, out_dir, weights, device)
+    probe = settings.probe or config.probe
+    angles: dict[str, tuple[Tensor, Tensor]] = {}
+    results = evaluate_parts(objective, train, val, settings, probe, config.trainer.seed, device, angles)
+    title = f"{config.objective.name} / {config.backbone.name} on {config.data.name}, step {checkpoint_step(path)}"
+    figures = {
+        "angles": str(angle_figure(angles, out_dir / "equivariance_angles.png", f"{title}: val pairs"))
+    }
+    if results["prediction"] is not None:
+        examples = retrieval_examples(
+            objective, val, normalize=settings.normalize_predictions, seed=config.trainer.seed, device=device
+        )
+        if examples:
+            figures["retrieval"] = str(
+                retrieval_figure(
+                    examples,
+                    val,
+                    build_dataset(config, "val"),
+                    out_dir / "equivariance_retrieval.png",
+                    f"{title}: predictor retrieval on val",
+                )
+            )
+        results["retrieval_examples"] = examples
     report = {
+        "evaluation": "equivariance",
+        "protocol": "sie",
         "run": str(run_dir),
         "checkpoint": str(path),
+        "checkpoint_sha256": checkpoint_digest(path),
         "step": checkpoint_step(path),
         "objective": config.objective.name,
         "backbone": config.backbone.name,
@@ -362,11 +428,10 @@ def evaluate_equivariance(
         "views": {"train": len(train["objects"]), "val": len(val["objects"])},
         "results": results,
         "settings": dataclasses.asdict(settings),
+        "figures": figures,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    json_path = out_dir / "equivariance.json"
-    json_path.write_text(json.dumps(report, indent=2))
-    report["json"] = str(json_path)
+    report["json"] = str(write_report(out_dir, report))
     return report
 
 

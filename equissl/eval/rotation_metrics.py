@@ -215,10 +215,12 @@ def pair_regression(
     score_fn: Callable[[Tensor, Tensor, str], float],
     protocol: RegressionProtocol | None = None,
     device: str | torch.device = "cpu",
+    predictions: dict[str, Tensor] | None = None,
 ) -> dict[str, float]:
     """Fit ``MLP([f(view1), f(view2)]) -> target_fn(latents1, latents2)`` on train pairs; score val pairs.
 
-    Returns ``{"r2": score on val pairs, "train_r2": score on the last epoch's train pairs, "val_pairs": P}``.
+    Returns ``{"r2": score on val pairs, "train_r2": score on the last epoch's train pairs, "val_pairs": P}``;
+    with ``predictions`` (a dict), also fills it with ``val_pred`` and ``val_target`` (P, K) for plots.
     """
     protocol = protocol or RegressionProtocol()
     if protocol.epochs < 1 or protocol.batch_size < 1 or protocol.pairs_per_object < 1:
@@ -256,6 +258,8 @@ def pair_regression(
         inputs = torch.cat([val_features[val_first], val_features[val_second]], dim=1)
         val_pred = head(inputs).cpu()
     val_targets = target_fn(val.latents[val_first], val.latents[val_second])
+    if predictions is not None:
+        predictions.update(val_pred=val_pred, val_target=val_targets)
     average = protocol.r2_average
     return {
         "r2": score_fn(val_pred, val_targets, average),
@@ -269,11 +273,20 @@ def rotation_prediction_r2(
     val: PairData,
     protocol: RegressionProtocol | None = None,
     device: str | torch.device = "cpu",
+    predictions: dict[str, Tensor] | None = None,
 ) -> dict[str, float]:
-    """R^2 of the relative-rotation quaternion predicted from two views' features (q ~ -q handled)."""
+    """R^2 of the relative-rotation quaternion predicted from two views' features (q ~ -q handled);
+    ``predictions``: see :func:`pair_regression`."""
     return pair_regression(
-        train, val, relative_action, sign_invariant_quat_mse, quat_r2_score, protocol, device
+        train, val, relative_action, sign_invariant_quat_mse, quat_r2_score, protocol, device, predictions
     )
+
+
+def rotation_angle(quats: Tensor) -> Tensor:
+    """(N, 4) quaternions (x, y, z, w; any norm, any sign) -> (N,) rotation angle in radians, in [0, pi]:
+    ``2 atan2(|(x, y, z)|, |w|)`` of the normalised quaternion."""
+    quats = quats.double()
+    return 2 * torch.atan2(quats[:, :3].norm(dim=1), quats[:, 3].abs())
 
 
 def colour_prediction_r2(

@@ -103,6 +103,8 @@ class MetricLogger:
         self.trackers: list[Any] = []
         self._last_time = time.perf_counter()
         self._images_since = 0
+        self._train_postfix: dict[str, str] = {}  # loss and images/s of the latest log
+        self._eval_postfix: dict[str, str] = {}  # the latest online evaluation, kept on the progress bar
         if not enabled:  # other ranks count nothing and write nothing
             return
         loggers = tuple(loggers)
@@ -141,10 +143,28 @@ class MetricLogger:
             )
             tracker.log(values, step=step)
         if self.bar is not None:
-            self.bar.set_postfix(
-                loss=f"{metrics.get('loss', float('nan')):.4f}", img_s=f"{metrics['images_per_s']:.0f}"
-            )
+            self._train_postfix = {
+                "loss": f"{metrics.get('loss', float('nan')):.4f}",
+                "img_s": f"{metrics['images_per_s']:.0f}",
+            }
+            self.bar.set_postfix(**self._train_postfix, **self._eval_postfix)
         return metrics
+
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """Write an online evaluation's ``metrics`` (e.g. ``val/knn_top1``, ``val/knn_seconds``) at ``step``
+        as their own JSONL row and TensorBoard scalars, and keep ``val/knn_top1`` on the progress bar. Its
+        ``val/knn_seconds`` are left out of the next images/s figure."""
+        if not self.enabled:
+            return
+        self._last_time += metrics.get("val/knn_seconds", 0.0)
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, step)
+        if self.bar is not None and "val/knn_top1" in metrics:
+            self._eval_postfix = {"val_knn": f"{metrics['val/knn_top1']:.1f}"}
+            self.bar.set_postfix(**self._train_postfix, **self._eval_postfix)
 
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:

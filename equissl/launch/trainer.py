@@ -36,6 +36,7 @@ from equissl.errors import BadDataError, NonFiniteLossError, RunStopped, UserErr
 from equissl.launch import checkpoint as ckpt
 from equissl.launch.data import GuardedCollate, GuardedDataset
 from equissl.launch.logging import MetricLogger, check_loggers
+from equissl.launch.online_eval import build_online_eval, due
 from equissl.launch.optim import build_optimizer, build_scheduler, scaled_lr
 from equissl.launch.resume import check_resume, truncate_metrics
 from equissl.launch.sampler import ResumableSampler
@@ -149,6 +150,7 @@ class Trainer:
         self.sampler = ResumableSampler(len(self.dataset), tc.batch_size, tc.seed, self.rank, self.world_size)
         objective.set_steps_per_epoch(self.sampler.batches_per_epoch / tc.grad_accum_steps)
         self.view_maker = build_view_maker(config, self.spec)
+        self.online_eval = build_online_eval(config, self.accelerator.is_main_process)  # trainer.eval_every
         self.generators = {
             "augment": torch.Generator(device=self.accelerator.device).manual_seed(tc.seed + 7919 * self.rank)
         }
@@ -582,6 +584,9 @@ class Trainer:
             logger.advance()
             if self.state.step % tc.log_every == 0 or self.state.step == tc.max_steps:
                 metrics = logger.log(self.state.step, dict(out.detached_metrics(), **self._fault_metrics()))
+            if self.online_eval is not None and due(self.config, self.state.step):
+                backbone = self.accelerator.unwrap_model(self.model).objective.backbone
+                logger.log_eval(self.state.step, self.online_eval(backbone))
             if self._done():
                 self.state.finished = True
                 self.save()

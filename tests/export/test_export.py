@@ -48,10 +48,10 @@ def test_probe_cli_reports_pretrained_and_random(tiny_overrides, tmp_path, capsy
     assert main(["probe", "--run", str(tmp_path / "run"), "--compare-random", "probe.epochs=3"]) == 0
     printed = capsys.readouterr().out
     assert "pretrained" in printed and "random init" in printed
-    report = json.loads((tmp_path / "run" / "eval" / "linear_knn.json").read_text())
+    report = json.loads((tmp_path / "run" / "eval" / "probe_fast.json").read_text())
     for model in ("pretrained", "random init"):
         assert 0.0 <= report["results"][model]["linear"] <= 100.0
-    assert (tmp_path / "run" / "eval" / "linear_knn.png").stat().st_size > 10_000
+    assert (tmp_path / "run" / "eval" / "probe_fast.png").stat().st_size > 10_000
 
 
 def test_eval_of_a_run_without_checkpoint_is_a_clear_error(tmp_path, capsys):
@@ -64,7 +64,7 @@ def test_probe_of_an_essl_run_reports_rotation_accuracy(tiny_overrides, tmp_path
     pretrain(build_config("essl_resnet18_shapes3d", overrides))
     assert main(["probe", "--run", str(tmp_path / "run"), "probe.epochs=2"]) == 0
     assert "rotation_acc (val, whole image at 16 px)" in capsys.readouterr().out  # the small-crop size
-    report = json.loads((tmp_path / "run" / "eval" / "linear_knn.json").read_text())
+    report = json.loads((tmp_path / "run" / "eval" / "probe_fast.json").read_text())
     accuracy = report["objective_metrics_val"]["rotation_acc"]
     assert 0.0 <= accuracy <= 100.0
     assert abs(accuracy * 160 / 100 - round(accuracy * 160 / 100)) < 1e-6  # 40 val images x 4 rotations

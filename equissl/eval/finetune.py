@@ -1,0 +1,239 @@
+"""``equissl finetune``: fine-tune the whole network for classification on a labelled fraction of the
+train split, beside a randomly initialised backbone fine-tuned on the same budget (low-label evaluation).
+
+Protocol (also in docs/evaluation.md, "Fine-tune and low-label"), with the settings of :class:`FinetuneConfig`:
+
+- the labelled fraction: :func:`labelled_fraction` keeps ``max(1, round(fraction * n_c))`` images of every
+  class c (n_c: its train images), drawn with a generator seeded by ``split_seed``: the same images for
+  every run, checkpoint and backbone; ``fraction = 1`` keeps all;
+- the backbone (in train mode: BatchNorm statistics are updated) and a linear head (N(0, 0.01^2), bias 0)
+  are trained together with cross-entropy and SGD (momentum 0.9, ``weight_decay`` 0), the backbone at
+  ``lr_backbone`` 0.005 and the head at ``lr_head`` 0.5, both following a cosine to 0 over every step, for
+  ``epochs`` = 20 epochs of mini-batches of ``batch_size`` = 256 (the last one smaller);
+- views: the standard augmentation of :mod:`equissl.eval.linear_standard` (RandomResizedCrop (0.08, 1) +
+  flip) for training, resized centre views (``val_crop_fraction`` 0.875) for the val top-1 after the last
+  epoch;
+- the random-initialisation baseline (``compare_random``) runs the same protocol, split, seed and budget
+  on the architecture's seeded initialisation.
+
+Source: Barlow Twins' ``evaluate.py --weights finetune --train-perc 1|10`` (used by E-SSL): 20 epochs,
+``--lr-backbone 0.005`` (the README's 1% command; 0.002 in another revision) and ``--lr-classifier 0.5``,
+weight decay 0, SGD momentum 0.9, batch 256, cosine, RandomResizedCrop + flip, Resize + CenterCrop val.
+Where we differ: its subsets are fixed ImageNet file lists (SimCLR's 1% / 10%), ours are drawn per class
+with a fixed seed; the cosine is stepped per mini-batch, not per epoch; the top-1 is the last epoch's,
+not the best over epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+
+from equissl.augmentations.eval_views import random_resized_view
+from equissl.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Range
+from equissl.eval.features import checkpoint_digest, labelled_dataset
+from equissl.eval.linear_standard import (
+    ImageSource,
+    UnitOpenLow,
+    ViewSettings,
+    cosine_factor,
+    evaluate_classifier,
+)
+from equissl.eval.records import write_report
+from equissl.runs import checkpoint_step, load_backbone, load_run
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of ``equissl finetune`` (``KEY=VALUE`` after the command)."""
+
+    fraction: UnitOpenLow = 0.1  # of every class's train images
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 256
+    lr_backbone: NonNegativeFloat = 0.005  # SGD, cosine to 0 over every step
+    lr_head: PositiveFloat = 0.5
+    weight_decay: NonNegativeFloat = 0.0
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+    crop_scale: tuple[UnitOpenLow, UnitOpenLow] = (0.08, 1.0)
+    crop_ratio: tuple[PositiveFloat, PositiveFloat] = (0.75, 4 / 3)
+    hflip_prob: Probability = 0.5
+    val_crop_fraction: UnitOpenLow = 0.875
+    split_seed: NonNegativeInt = 0  # draws the labelled fraction
+    seed: Annotated[int, Range(-1)] = -1  # head initialisation, order, augmentation; -1: trainer.seed
+    compare_random: bool = True
+    image_cache_mib: NonNegativeInt = 2048
+    num_workers: Annotated[int, Range(-1)] = -1  # -1: the run's data.num_workers
+
+
+def item_labels(dataset: Dataset) -> Tensor:
+    """(N,) int64 label of every item of ``dataset``: its ``labels`` array (one per item, or one per object
+    of ``views_per_object`` items for 3DIEBench-format data), else read item by item."""
+    labels = getattr(dataset, "labels", None)
+    if labels is not None:
+        labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        if len(labels) == len(dataset):
+            return labels
+        views = getattr(dataset, "views_per_object", None)
+        if views and len(labels) * views == len(dataset):
+            return labels.repeat_interleave(views)
+    return torch.stack([torch.as_tensor(dataset[i]["label"]) for i in range(len(dataset))]).long()
+
+
+def labelled_fraction(labels: Tensor, fraction: float, seed: int = 0) -> Tensor:
+    """Sorted indices of a per-class labelled subset: ``max(1, floor(fraction * n_c + 1/2))`` of the
+    ``n_c`` items of each class c (classes in increasing order), each class's drawn by ``randperm`` from
+    one generator seeded with ``seed``. ``fraction >= 1``: every index."""
+    if not 0 < fraction:
+        raise ValueError(f"fraction must be > 0, got {fraction}")
+    if fraction >= 1:
+        return torch.arange(len(labels))
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == label).flatten()
+        keep = max(1, math.floor(fraction * len(members) + 0.5))
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:keep]])
+    return torch.sort(torch.cat(chosen)).values
+
+
+def finetune_classifier(
+    backbone: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset,
+    num_classes: int,
+    view: ViewSettings,
+    cfg: FinetuneConfig,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+) -> dict[str, float]:
+    """Fine-tune ``backbone`` and a linear head on every item of ``train_set`` by the module's protocol;
+    returns ``{"top1": val %, "train_top1": last epoch %, "final_train_loss", "seconds"}``."""
+    start = time.perf_counter()
+    backbone = backbone.to(device).train().requires_grad_(True)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        dim = backbone.eval()(torch.zeros(2, 3, view.crop_size, view.crop_size, device=device)).shape[1]
+    backbone.train()
+    head = nn.Linear(dim, num_classes).to(device)
+    nn.init.normal_(head.weight, 0.0, 0.01)
+    nn.init.zeros_(head.bias)
+    groups = [{"params": list(head.parameters()), "lr": cfg.lr_head}]
+    if cfg.lr_backbone > 0:
+        groups.append({"params": list(backbone.parameters()), "lr": cfg.lr_backbone})
+    else:
+        backbone.requires_grad_(False)
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr_head, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    train = ImageSource(train_set, cfg.image_cache_mib, num_workers)
+    total = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total))
+    order_generator = torch.Generator().manual_seed(seed)
+    augment_generator = torch.Generator(device=device).manual_seed(seed + 1)
+    loss_sum = correct = seen = 0
+    with torch.enable_grad():
+        for _ in range(cfg.epochs):
+            loss_sum = correct = seen = 0
+            for images, labels in train.batches(
+                torch.randperm(len(train), generator=order_generator), cfg.batch_size
+            ):
+                labels = labels.to(device)
+                views = random_resized_view(
+                    images.to(device),
+                    view.crop_size,
+                    tuple(cfg.crop_scale),
+                    tuple(cfg.crop_ratio),
+                    cfg.hflip_prob,
+                    view.mean,
+                    view.std,
+                    augment_generator,
+                )
+                logits = head(backbone(views))
+                loss = F.cross_entropy(logits, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += float(loss.detach()) * len(labels)
+                correct += int((logits.argmax(1) == labels).sum())
+                seen += len(labels)
+    backbone.eval()
+    top1 = evaluate_classifier(
+        lambda x: head(backbone(x)), val_set, view, cfg.val_crop_fraction, device, num_workers
+    )
+    return {
+        "top1": top1,
+        "train_top1": 100.0 * correct / max(1, seen),
+        "final_train_loss": loss_sum / max(1, seen),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def finetune_run(
+    run_dir: str | Path, cfg: FinetuneConfig | None = None, checkpoint: str | Path | None = None, log=print
+) -> dict:
+    """Fine-tune the run's backbone (and a random initialisation) on the labelled fraction; write
+    ``<run>/eval/finetune_fraction-<f>.json`` and return the report (with ``json``)."""
+    cfg = cfg or FinetuneConfig()
+    run_dir = Path(run_dir)
+    config, path = load_run(run_dir, checkpoint)
+    seed = config.trainer.seed if cfg.seed < 0 else cfg.seed
+    train_all, val = labelled_dataset(config, "train"), labelled_dataset(config, "val")
+    labels = item_labels(train_all)
+    subset = labelled_fraction(labels, cfg.fraction, cfg.split_seed)
+    num_classes = max(getattr(train_all, "num_classes", 0), int(labels.max()) + 1)
+    workers = config.data.num_workers if cfg.num_workers < 0 else cfg.num_workers
+    view = ViewSettings(config.augment.crop_size, tuple(config.augment.mean), tuple(config.augment.std))
+    train = Subset(train_all, subset.tolist())
+    log(
+        f"fine-tune on {len(subset)} of {len(labels)} train images ({cfg.fraction:g} per class), {cfg.epochs} epochs"
+    )
+    models = [("pretrained", path)] + ([("random init", None)] if cfg.compare_random else [])
+    results = {}
+    for name, weights in models:
+        backbone = load_backbone(config, weights, seed=config.trainer.seed)
+        results[name] = finetune_classifier(
+            backbone, train, val, num_classes, view, cfg, seed, _device(), workers
+        )
+        log(f"{name}: val top-1 {results[name]['top1']:.1f}% ({results[name]['seconds']:.0f} s)")
+    report = {
+        "evaluation": "finetune",
+        "protocol": f"fraction={cfg.fraction:g}",
+        "settings": dataclasses.asdict(cfg),
+        "view": dataclasses.asdict(view),
+        "run": str(run_dir),
+        "checkpoint": str(path),
+        "checkpoint_sha256": checkpoint_digest(path),
+        "step": checkpoint_step(path),
+        "labelled_images": len(subset),
+        "labelled_per_class": torch.bincount(labels[subset], minlength=num_classes).tolist(),
+        "train_images": len(labels),
+        "results": results,
+    }
+    report["json"] = str(write_report(run_dir / "eval", report))
+    return report
+
+
+def format_finetune(report: dict) -> str:
+    head = (
+        f"{report['run']} (step {report['step']}): fine-tune on {report['labelled_images']} of "
+        f"{report['train_images']} train images ({report['protocol']}), val top-1 %"
+    )
+    lines = [head]
+    for name, result in report["results"].items():
+        lines.append(f"  {name:<12} top-1 {result['top1']:5.1f}  ({result['seconds']:.0f} s)")
+    lines.append(f"  saved: {report['json']}")
+    return "\n".join(lines)
