@@ -283,7 +283,9 @@ def _probe_report(
         from equissl.eval.bev_probe import format_report as format_bev
 
         if methods != ("linear", "knn") or protocol != "fast":
-            raise ConfigError(f"{run} is a LiDAR run: its backbone is probed by `equissl probe` (BEV probe), without --protocol")
+            raise ConfigError(
+                f"{run} is a LiDAR run: its backbone is probed by `equissl probe` (BEV probe), without --protocol"
+            )
         if data is not None:
             raise ConfigError(
                 f"{run} is a LiDAR run: --data takes an image folder, the BEV probe reads the run's"
