@@ -43,6 +43,7 @@ from equissl.errors import ConfigError
 from equissl.runs import load_backbone, load_run
 
 FORMATS = IMAGE_FORMATS
+ONNX_OPSET = 17
 
 
 def export_metadata(config: Config, checkpoint: Path) -> dict:
@@ -118,13 +119,19 @@ def _write_torchvision(backbone: nn.Module, metadata: dict, out: Path) -> dict:
     else:
         torch.save(state, out)
         load = "torch.load(path, weights_only=True)"
-    arch = backbone.torchvision_builder()
+    arch, classifier = backbone.torchvision_builder(), backbone.torchvision_classifier()
+    kwargs = backbone.torchvision_kwargs()
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    detector = ", or the .backbone.body of a Faster R-CNN FPN model" if classifier == "fc" else ""
     return {
+        "torchvision_model": arch,
+        "torchvision_kwargs": kwargs,
+        "torchvision_classifier": classifier,
         "consumer": {
             "library": "torchvision",
-            "load": f"torchvision.models.{arch}() with fc = nn.Identity(), or the .backbone.body of a "
-            f"Faster R-CNN FPN model: .load_state_dict({load}, strict=True)",
-        }
+            "load": f"torchvision.models.{arch}({args}) with {classifier} = nn.Identity(){detector}: "
+            f".load_state_dict({load}, strict=True)",
+        },
     }
 
 
@@ -136,7 +143,7 @@ def _write_timm(backbone: nn.Module, metadata: dict, out: Path) -> dict:
         "consumer": {
             "library": "timm",
             "load": f"timm.create_model({name!r}, pretrained=True, num_classes=0, "
-            f"pretrained_cfg_overlay=dict(file=path), **timm_kwargs)"
+            f"pretrained_cfg_overlay=dict(file=path, num_classes=0), **timm_kwargs)  # strict"
             + (
                 "  # after `import equissl.export` (registers the name)" if name.startswith("equissl") else ""
             ),
@@ -204,6 +211,8 @@ def _write_onnx(backbone: nn.Module, metadata: dict, out: Path) -> dict:
 
     size = metadata["input_size"]
     example = torch.randn(2, *size)
+    # opset 17 unless the model needs a newer operator (a C8 canonicalizer's affine_grid: opset 20)
+    opset = getattr(backbone, "onnx_opset", ONNX_OPSET)
     torch.onnx.export(
         backbone.eval(),
         (example,),
@@ -211,7 +220,7 @@ def _write_onnx(backbone: nn.Module, metadata: dict, out: Path) -> dict:
         input_names=["image"],
         output_names=["features"],
         dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
-        opset_version=17,
+        opset_version=opset,
         dynamo=False,
     )
     model = onnx.load(str(out))
@@ -219,11 +228,12 @@ def _write_onnx(backbone: nn.Module, metadata: dict, out: Path) -> dict:
     entry.key, entry.value = "equissl", json.dumps(metadata)
     onnx.save(model, str(out))
     return {
+        "onnx_opset": opset,
         "consumer": {
             "library": "onnxruntime",
             "load": "onnxruntime.InferenceSession(path).run(None, "
             "{'image': x})  # x (B, 3, H, W) float32, normalised with mean/std",
-        }
+        },
     }
 
 
@@ -235,6 +245,22 @@ WRITERS: dict[str, Callable[[nn.Module, dict, Path], dict]] = {
     "mmdet": _write_mmdet,
     "onnx": _write_onnx,
 }
+
+
+def _write_symmetry(info: dict, weights: dict[str, Tensor], fmt: str, out: Path) -> dict:
+    """Metadata naming the symmetrization of a wrapped backbone. Weight formats hold the inner backbone
+    (loadable by its consumer) and the canonicalizer's weights go beside them in
+    ``<out>.canonicalizer.safetensors``; the ONNX graph is the whole symmetrized model."""
+    info = dict(info)
+    if fmt == "onnx":
+        info["exported"] = "the whole symmetrized model"
+        return info
+    info["exported"] = "the inner backbone's weights; apply the symmetrization as 'apply' says"
+    if weights:
+        path = out.with_name(out.name + ".canonicalizer.safetensors")
+        save_file(weights, str(path), metadata={"equissl": json.dumps(info)})
+        info["canonicalizer_weights"] = path.name
+    return info
 
 
 def check_format(backbone: nn.Module, fmt: str, name: str = "") -> None:
@@ -257,6 +283,9 @@ def export_backbone(backbone: nn.Module, metadata: dict, out: str | Path, fmt: s
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {**metadata, "export_format": fmt}
+    symmetry = getattr(backbone, "export_symmetry", None)  # a frame-averaged / canonicalized backbone
+    if symmetry is not None:
+        metadata["symmetry"] = _write_symmetry(*symmetry(), fmt, out)
     extra = WRITERS[fmt](backbone.eval(), metadata, out)
     Path(str(out) + ".json").write_text(json.dumps({**metadata, **extra}, indent=2))
     return out
