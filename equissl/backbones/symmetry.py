@@ -224,7 +224,7 @@ class Canonicalized(_Symmetrized):
         weights = (logits.argmax(dim=1, keepdim=True) == elements).to(x.dtype)
         if self.training and torch.is_grad_enabled():
             soft = torch.softmax(self.beta * logits.float(), dim=1).to(x.dtype)
-            weights = weights + soft - soft.detach()  # exactly the one-hot in value
+            weights = weights + (soft - soft.detach())  # exactly the one-hot in value (0 added, not s - s)
             self._record(logits)
         return logits, weights
 
