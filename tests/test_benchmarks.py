@@ -21,3 +21,22 @@ def test_throughput_measures_full_step_forward_backward_and_augmentation(tiny_ov
     for name in ("full_step", "forward_backward", "data_and_augmentation"):
         assert figures[f"{name}_images_per_s"] > 0 and figures[f"{name}_ms_per_step"] > 0
     assert figures["augmentation_overhead_fraction"] < 1
+
+
+def test_symmetrized_benchmark_times_every_variant_against_the_bare_model():
+    import argparse
+
+    args = argparse.Namespace(batch_size=2, image_size=32, warmup=0, repeats=1, backbones=["convnext_atto"])
+    figures = _load("symmetrized").throughput(args)["timm convnext_atto"]
+    assert set(figures["images_per_s"]) == {
+        "bare",
+        "frame c4",
+        "frame d4",
+        "canonicalizer c4",
+        "canonicalizer c8",
+    }
+    assert figures["relative_to_bare"]["bare"] == 1.0 and all(v > 0 for v in figures["images_per_s"].values())
+    params = figures["params"]
+    assert (
+        params["frame c4"] == params["bare"] < params["canonicalizer c4"]
+    )  # frame averaging adds no weights

@@ -6,13 +6,15 @@ embedded wherever the format has room for it.
 
 - ``safetensors``: the backbone's ``export_state_dict()`` (origin-library key names), metadata in the
   safetensors header. Any backbone.
-- ``torchvision`` (ResNets with the ``imagenet`` stem): a plain ``torch.save`` state dict (or safetensors
-  if ``out`` ends in ``.safetensors``) of torchvision ResNet keys without ``fc``; it loads with
-  ``strict=True`` into ``torchvision.models.resnetXX()`` (``fc`` removed) and into ``backbone.body`` of
-  torchvision's Faster R-CNN FPN models (``fasterrcnn_resnet50_fpn``, ``resnet_fpn_backbone``).
+- ``torchvision`` (ResNets with the ``imagenet`` stem, ``torchvision`` backbones by name): a plain
+  ``torch.save`` state dict (or safetensors if ``out`` ends in ``.safetensors``) of torchvision keys
+  without the classifier; it loads with ``strict=True`` into ``torchvision.models.<builder>(**kwargs)``
+  with ``<classifier> = nn.Identity()`` (ResNets: ``fc``; also ``backbone.body`` of torchvision's Faster
+  R-CNN FPN models, ``fasterrcnn_resnet50_fpn``, ``resnet_fpn_backbone``).
 - ``timm``: safetensors for ``timm.create_model(name, pretrained=True, num_classes=0,
-  pretrained_cfg_overlay=dict(file=out), **timm_kwargs)``; ResNets as timm's ``resnetXX``, the
-  polyphase ViT as our registered ``equissl_poly_vit_<size>`` (:mod:`equissl.export.timm_models`).
+  pretrained_cfg_overlay=dict(file=out, num_classes=0), **timm_kwargs)``; ResNets as timm's
+  ``resnetXX``, the polyphase ViT as our registered ``equissl_poly_vit_<size>``
+  (:mod:`equissl.export.timm_models`), ``timm`` backbones as their own ``model_name``.
 - ``detectron2``: the pickle detectron2's ``tools/convert-torchvision-to-d2.py`` writes: ``{"model":
   {name: numpy array}, "__author__", "matching_heuristics": True}`` with ``stem.conv1.*``,
   ``res2..res5``, ``convK.norm.*``, ``shortcut(.norm)``; pixel mean/std in 0-255 RGB stated in the
@@ -21,6 +23,10 @@ embedded wherever the format has room for it.
   (= mmdet's ``ResNet`` keys) for ``init_cfg=dict(type="Pretrained", checkpoint=out, prefix="backbone.")``.
 - ``onnx``: the feature extractor ``(B, 3, H, W) normalised -> (B, num_features)`` with a dynamic batch
   axis, metadata in the model's ``metadata_props``.
+
+A symmetrized backbone (``backbone.frame`` / ``backbone.canonicalizer``) writes its inner backbone in the
+weight formats, with ``symmetry`` in the metadata (and a canonicalizer's weights in
+``<out>.canonicalizer.safetensors``); its ONNX graph is the whole symmetrized model.
 """
 
 from __future__ import annotations
