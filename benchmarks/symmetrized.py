@@ -101,6 +101,7 @@ def probe(args: argparse.Namespace) -> dict:
             "trainer.progress=false",
             f"trainer.precision={args.precision}",
             f"trainer.checkpoint_every={args.probe_steps}",
+            *args.probe_overrides,
         ]
         config = build_config("configs/simclr_resnet18_shapes3d.yaml", overrides)
         start = time.perf_counter()
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--probe-backbone", default="timm resnet18", choices=list(BACKBONES))
     parser.add_argument("--probe-steps", type=int, default=300)
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--probe-overrides", nargs="*", default=[], help="more key=value for the probe runs")
     parser.add_argument("--out-dir", default="runs/symmetrized")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()

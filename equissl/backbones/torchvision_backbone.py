@@ -97,8 +97,13 @@ class TorchvisionConfig(BackboneConfig):
         check_kwargs(self.kwargs)
         if self.pretrained_file and not Path(self.pretrained_file).is_file():
             raise ConfigError(f"backbone.pretrained_file {self.pretrained_file!r} does not exist")
-        with torch.device("meta"):
-            model = build_model(self.model_name, self.kwargs)
+        try:
+            with torch.device("meta"):
+                model = build_model(self.model_name, self.kwargs)
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 -- a builder that needs real values: checked when built instead
+            return
         _, spatial_map = _family(model, self.model_name)
         for size in sorted({config.augment.crop_size, config.data.image_size}):
             try:
