@@ -6,26 +6,36 @@ a part is made the same way wherever it is used and no face needs the trainer to
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from torch import nn
 from torch.utils.data import Dataset
 
 from equissl.augmentations.crops import FullImageViews
+from equissl.backbones.symmetry import symmetrize
 from equissl.config import Config
 from equissl.registry import BACKBONES, DATASETS, OBJECTIVES, VIEW_MAKERS
 from equissl.ssl.base import Objective
 from equissl.types import Views, ViewSpec
 
 
-def build_backbone(config: Config) -> nn.Module:
-    """The backbone of ``config.backbone`` (randomly initialised from torch's global RNG)."""
-    return BACKBONES.build(config.backbone.name, config.backbone)
+def build_backbone(config: Config, pretrained: bool = True) -> nn.Module:
+    """The backbone of ``config.backbone`` (randomly initialised from torch's global RNG), wrapped for
+    ``backbone.frame`` / ``backbone.canonicalizer`` (:mod:`equissl.backbones.symmetry`): the one place
+    where any registered image backbone gets them.
+
+    ``pretrained=False`` skips ``backbone.pretrained_file`` (a run's checkpoint supplies the weights).
+    """
+    cfg = config.backbone
+    if not pretrained and getattr(cfg, "pretrained_file", ""):
+        cfg = dataclasses.replace(cfg, pretrained_file="")
+    return symmetrize(BACKBONES.build(cfg.name, cfg), cfg)
 
 
-def build_objective(config: Config) -> Objective:
+def build_objective(config: Config, pretrained: bool = True) -> Objective:
     """The objective of ``config.objective`` around a new backbone of ``config.backbone``."""
-    return OBJECTIVES.build(config.objective.name, config.objective, build_backbone(config))
+    return OBJECTIVES.build(config.objective.name, config.objective, build_backbone(config, pretrained))
 
 
 def build_dataset(

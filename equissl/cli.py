@@ -178,14 +178,20 @@ def _add_equivariance(sub) -> None:
         "equivariance", help="measure equivariance: of a backbone (--backbone) or of a run (--run)"
     )
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--backbone", help="registered backbone name, e.g. poly_vit_tiny, steerable_c4")
+    target.add_argument(
+        "--backbone", help="registered backbone name, e.g. poly_vit_tiny, steerable_c4, timm, torchvision"
+    )
     target.add_argument("--run", help="run directory of an equivariant objective (3D-rotation metrics)")
     p.add_argument("--tiny", action="store_true", help="--backbone: the small test-size configuration")
+    p.add_argument("--size", type=int, default=0, help="--backbone: input side (default: the backbone's)")
     p.add_argument("--checkpoint", help="--run: a checkpoint directory; default: the newest complete one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the figures as JSON here")
     p.add_argument(
-        "overrides", nargs="*", help="--run: protocol settings, e.g. max_objects=100 regression.epochs=50"
+        "overrides",
+        nargs="*",
+        help="--run: protocol settings, e.g. max_objects=100 regression.epochs=50; --backbone: backbone.* "
+        "settings, e.g. backbone.model_name=resnet18 backbone.frame=c4",
     )
 
 
@@ -434,7 +440,9 @@ def cmd_equivariance(args) -> int:
     if args.backbone:
         from equissl.eval.backbone_report import backbone_equivariance
 
-        report = backbone_equivariance(args.backbone, tiny=args.tiny, seed=args.seed)
+        report = backbone_equivariance(
+            args.backbone, tiny=args.tiny, seed=args.seed, overrides=args.overrides, size=args.size
+        )
         text = json.dumps(report, indent=2)
     else:
         from equissl.config import parse_settings

@@ -88,9 +88,28 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
-    """Base of every backbone's config section."""
+    """Base of every backbone's config section.
+
+    ``frame`` and ``canonicalizer`` make any image backbone exactly invariant (pooled features) and
+    equivariant (spatial map) to a group acting on the pixel grid (:mod:`equissl.backbones.symmetry`,
+    applied in :func:`equissl.build.build_backbone`); image backbones only.
+    """
 
     name: str = "resnet18"
+    # Frame averaging (Puny et al., ICLR 2022): the backbone sees every transform of the input in one
+    # batch (|G| = 4 for c4, 8 for d4) and the outputs are averaged back: |G| times the compute.
+    frame: Literal["none", "c4", "d4"] = "none"
+    # Learned canonicalization (Mondal et al., NeurIPS 2023): a small steerable C_N / D_N network picks the
+    # input's pose, the backbone sees the input turned back to it: about 1x the compute.
+    canonicalizer: Literal["none", "c4", "c8", "d4"] = "none"
+    canonicalizer_width: PositiveInt = 8  # fields per group element of the canonicalization network
+    canonicalizer_layers: PositiveInt = 3  # its convolutions (the first lifts the image to the group)
+    canonicalizer_kernel: Annotated[int, Range(1)] = 5  # odd kernel side of its convolutions
+    canonicalizer_size: PositiveInt = 32  # it sees the input average-pooled to at most this side, pixels
+    canonicalizer_beta: PositiveFloat = 1.0  # softmax sharpness of the straight-through pose gradient
+    # Weight of the prior loss (cross-entropy of the pose logits toward the identity pose); 0: off. The
+    # paper's classification runs use 100.
+    canonicalizer_prior: NonNegativeFloat = 0.0
 
     def check(self, config: Config) -> None:
         """Cross-section checks of this entry against the rest of ``config`` (before any work starts);
@@ -266,6 +285,13 @@ def _convert(value: Any, annotation: Any, path: str) -> Any:
         if value not in args:
             raise ConfigError(f"{path}: expected one of {', '.join(repr(a) for a in args)}, got {value!r}")
         return value
+    if origin is dict:  # a free-form mapping (e.g. backbone.kwargs, passed on to a library)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping (key: value, ...), got {value!r}")
+        key_type, item = args if args else (str, Any)
+        return {
+            _convert(k, key_type, f"{path}.<key>"): _convert(v, item, f"{path}.{k}") for k, v in value.items()
+        }
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
@@ -452,8 +478,34 @@ def validate(config: Config) -> None:
                 f"upsampled; set augment.{key} <= data.image_size (or raise data.image_size)"
             )
     _check_run_dir(config.trainer.run_dir)
+    check_backbone_symmetry(config.backbone)
     for section in (config.data, config.backbone, config.objective):
         section.check(config)
+
+
+def check_backbone_symmetry(backbone: BackboneConfig) -> None:
+    """``backbone.frame`` / ``backbone.canonicalizer`` act on the pixel grid: image backbones only, one at a
+    time, and an odd canonicalizer kernel (a filter centre)."""
+    from equissl.registry import BACKBONES
+
+    keys = [key for key in ("frame", "canonicalizer") if getattr(backbone, key) != "none"]
+    if not keys:
+        return
+    if BACKBONES.get(backbone.name).meta.get("probe", "linear") != "linear":
+        raise ConfigError(
+            f"backbone.{keys[0]}={getattr(backbone, keys[0])!r}: backbone {backbone.name!r} does not take "
+            "images; frame averaging and canonicalization act on image backbones"
+        )
+    if len(keys) == 2:
+        raise ConfigError(
+            f"backbone.frame={backbone.frame!r} and backbone.canonicalizer={backbone.canonicalizer!r}: "
+            "choose one (either makes the backbone invariant); set the other to none"
+        )
+    if backbone.canonicalizer != "none" and backbone.canonicalizer_kernel % 2 == 0:
+        raise ConfigError(
+            f"backbone.canonicalizer_kernel: expected an odd size (a filter centre), got "
+            f"{backbone.canonicalizer_kernel}"
+        )
 
 
 def _check_run_dir(run_dir: str) -> None:

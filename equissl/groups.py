@@ -49,6 +49,22 @@ def rotate_interpolated(x: Tensor, angle: float, mode: str = "bicubic") -> Tenso
     return out.reshape(*lead, *x.shape[-2:])
 
 
+def quarter_turn(x: Tensor, k: int) -> Tensor:
+    """``torch.rot90(x, k, dims=(-2, -1))`` written as flips and a transpose, the same pixel permutation.
+
+    torch's ONNX exporter has no ``rot90``; flips and transposes export, so models that turn their input
+    (frame averaging, canonicalization) export whole.
+    """
+    k %= 4
+    if k == 1:
+        return x.flip(-1).transpose(-2, -1)
+    if k == 2:
+        return x.flip((-2, -1))
+    if k == 3:
+        return x.transpose(-2, -1).flip(-1)
+    return x
+
+
 @dataclass(frozen=True)
 class Group:
     """C_N (``kind="C"``, order N) or D_N (``kind="D"``, order 2N) acting on the pixel grid."""
@@ -113,7 +129,7 @@ class Group:
             quarter, rest = 0, k
         if rest:
             x = rotate_interpolated(x, 2 * math.pi * rest / self.n)
-        return torch.rot90(x, quarter, dims=(-2, -1)) if quarter % 4 else x
+        return quarter_turn(x, quarter)
 
     def transform_regular(self, features: Tensor, index: int, group_dim: int = 2) -> Tensor:
         """The regular representation: ``(g . F)[..., h, :, :] = T_g F[..., g^-1 h, :, :]``.

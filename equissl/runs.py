@@ -76,7 +76,7 @@ def load_backbone(config: Config, checkpoint: str | Path | None, seed: int = 0) 
     """The run's backbone in eval mode with the checkpoint's weights, or randomly initialised (seeded by
     ``seed``) when ``checkpoint`` is None."""
     torch.manual_seed(seed)
-    backbone = build_backbone(config)
+    backbone = build_backbone(config, pretrained=False)  # weights: the checkpoint, or a random init
     if checkpoint is not None:
         backbone.load_state_dict(backbone_state(checkpoint), strict=True)
     return backbone.eval()
@@ -84,6 +84,6 @@ def load_backbone(config: Config, checkpoint: str | Path | None, seed: int = 0) 
 
 def load_objective(config: Config, checkpoint: str | Path, device: str | torch.device = "cpu") -> Objective:
     """The run's objective (backbone, heads, predictor) with the checkpoint's weights, in eval mode."""
-    objective = build_objective(config)
+    objective = build_objective(config, pretrained=False)
     objective.load_state_dict(objective_state(checkpoint), strict=True)
     return objective.to(device).eval()

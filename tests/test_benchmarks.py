@@ -57,3 +57,22 @@ def test_lighting_study_commands_are_valid_recipes_with_fixed_or_varied_lighting
             assert tiny.trainer.max_steps == 2 and tiny.data.lighting == lighting
     recipe, overrides, _, part = study.METHODS["simclr_obj"]
     assert build_config(recipe, overrides).objective.views == "object" and part == "full"
+
+
+def test_symmetrized_benchmark_times_every_variant_against_the_bare_model():
+    import argparse
+
+    args = argparse.Namespace(batch_size=2, image_size=32, warmup=0, repeats=1, backbones=["convnext_atto"])
+    figures = _load("symmetrized").throughput(args)["timm convnext_atto"]
+    assert set(figures["images_per_s"]) == {
+        "bare",
+        "frame c4",
+        "frame d4",
+        "canonicalizer c4",
+        "canonicalizer c8",
+    }
+    assert figures["relative_to_bare"]["bare"] == 1.0 and all(v > 0 for v in figures["images_per_s"].values())
+    params = figures["params"]
+    assert (
+        params["frame c4"] == params["bare"] < params["canonicalizer c4"]
+    )  # frame averaging adds no weights

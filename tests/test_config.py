@@ -133,3 +133,51 @@ def test_crop_sizes_follow_the_image_size_unless_set():
     assert (config.augment.crop_size, config.augment.small_crop_size) == (40, 20)
     config = build_config(None, ["data.name=cifar10"])  # the entry's own default image size (32)
     assert (config.data.image_size, config.augment.crop_size) == (32, 32)
+
+
+def test_free_form_mapping_values_are_kept_and_round_trip(tmp_path):
+    overrides = ["backbone={name: timm, model_name: test_vit, kwargs: {img_size: 64, global_pool: avg}}"]
+    config = build_config(None, overrides)
+    assert config.backbone.kwargs == {"img_size": 64, "global_pool": "avg"}
+    save_config(config, tmp_path / "c.yaml")
+    assert from_dict(Config, load_recipe(tmp_path / "c.yaml")).backbone.kwargs == config.backbone.kwargs
+    config = build_config(None, [*overrides, "backbone.kwargs.img_size=32", "data.image_size=32"])
+    assert config.backbone.kwargs == {"img_size": 32, "global_pool": "avg"}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["backbone={name: timm, model_name: test_vit, kwargs: [1, 2]}"],
+            "backbone.kwargs: expected a mapping",
+        ),
+        (
+            ["backbone={name: timm, model_name: tset_vit}"],
+            "backbone.model_name: timm has no model 'tset_vit'",
+        ),
+        (
+            ["backbone={name: timm, model_name: test_vit, kwargs: {pretrained: true}}"],
+            "backbone.kwargs.pretrained",
+        ),
+        (["backbone={name: timm, model_name: test_vit, kwargs: {foo: 1}}"], "backbone.kwargs: timm model"),
+        (["backbone={name: timm, model_name: vit_tiny_patch16_224}"], "backbone.kwargs.img_size=64"),
+        (["backbone={name: torchvision, model_name: vgg11}"], "not a supported torchvision family"),
+        (
+            ["backbone={name: torchvision, model_name: resnet18, pretrained_file: /no/such.pth}"],
+            "/no/such.pth",
+        ),
+        (
+            ["backbone={name: pointpillars, frame: c4}"],
+            "backbone.frame='c4': backbone 'pointpillars' does not",
+        ),
+        (["backbone.name=pointpillars", "backbone.canonicalizer=c4"], "backbone.canonicalizer='c4'"),
+        (["backbone.frame=c4", "backbone.canonicalizer=c8"], "choose one"),
+        (["backbone.canonicalizer=c4", "backbone.canonicalizer_kernel=4"], "backbone.canonicalizer_kernel"),
+        (["backbone.frame=c8"], "backbone.frame: expected one of"),
+    ],
+)
+def test_backbone_by_name_and_symmetry_settings_are_checked_before_any_work(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        build_config(None, overrides)
+    assert message in str(info.value)

@@ -5,7 +5,7 @@ import torch
 
 from equissl.augmentations.image import chunk_index
 from equissl.augmentations.rotation import RandomFourFoldRotation
-from equissl.groups import rotate_by_index, rotate_four_ways
+from equissl.groups import Group, rotate_by_index, rotate_four_ways
 
 
 def test_rotate_four_ways_labels_match_rot90_and_undo():
@@ -71,3 +71,19 @@ def test_rotation_needs_square_images():
         rotate_four_ways(torch.zeros(2, 3, 4, 5))
     with pytest.raises(ValueError):
         RandomFourFoldRotation()(torch.zeros(2, 3, 4, 5), torch.Generator())
+
+
+def test_quarter_turn_is_rot90_and_exports_to_onnx(tmp_path):
+    from equissl.groups import quarter_turn
+
+    x = torch.randn(2, 3, 5, 5)
+    for k in range(-5, 6):
+        assert torch.equal(quarter_turn(x, k), torch.rot90(x, k, dims=(-2, -1)))
+    onnx = pytest.importorskip("onnx")
+
+    class Turn(torch.nn.Module):
+        def forward(self, images):
+            return Group("D", 4).transform_image(images, 5)  # a mirror, then a quarter turn
+
+    torch.onnx.export(Turn(), (x,), str(tmp_path / "t.onnx"), opset_version=17, dynamo=False)
+    assert onnx.load(str(tmp_path / "t.onnx")).graph.node  # rot90 itself has no ONNX export

@@ -7,4 +7,6 @@ from equissl.backbones import (
     poly_vit,  # noqa: F401
     resnet,  # noqa: F401
     steerable,  # noqa: F401
+    timm_backbone,  # noqa: F401
+    torchvision_backbone,  # noqa: F401
 )

@@ -9,8 +9,16 @@ A backbone is an ``nn.Module`` with
 - ``export_formats: tuple[str, ...]`` -- the ``equissl export --format`` values it supports, and
   ``export_note: str`` -- why a format is missing, when that depends on its settings (else empty);
 - for the ``timm`` format, ``timm_model() -> (name, kwargs)``: how ``timm.create_model`` rebuilds it;
-- for the ``torchvision`` / ``detectron2`` / ``mmdet`` formats, ``torchvision_state_dict()`` (the
-  trunk's torchvision keys) and ``torchvision_builder() -> str`` (``torchvision.models`` name).
+- for the ``torchvision`` format, ``torchvision_state_dict()`` (the trunk's torchvision keys),
+  ``torchvision_builder() -> str`` (``torchvision.models`` name), ``torchvision_classifier() -> str`` (the
+  attribute a consumer sets to ``nn.Identity()`` before loading strictly) and ``torchvision_kwargs()``
+  (the builder's keyword arguments); ``detectron2`` / ``mmdet`` also read ``depth`` (ResNets).
+
+Optional: ``onnx_opset`` (an ONNX opset above 17 the model needs), ``take_auxiliary_losses() -> (loss or
+None, metrics)`` (terms added to every objective's training loss, :class:`equissl.ssl.base.Objective`),
+``export_symmetry() -> (metadata, weights)`` (a symmetrized backbone, :mod:`equissl.backbones.symmetry`).
+Any image backbone is wrapped for ``backbone.frame`` / ``backbone.canonicalizer`` by
+:func:`equissl.build.build_backbone`.
 
 Which probe fits a backbone is registry data (``BACKBONES.register(..., probe="bev")``), so that the
 command line can choose before building anything.

@@ -92,6 +92,13 @@ class ResNet(models.ResNet):
     def torchvision_builder(self) -> str:
         return self.arch
 
+    def torchvision_classifier(self) -> str:
+        """The attribute of ``torchvision.models.resnetXX()`` the export leaves out (set to ``nn.Identity()``)."""
+        return "fc"
+
+    def torchvision_kwargs(self) -> dict:
+        return {}
+
     def torchvision_state_dict(self) -> dict[str, Tensor]:
         """The trunk's torchvision keys (``conv1``, ``bn1``, ``layer1-4``; no ``fc``, no extra heads)."""
         return {

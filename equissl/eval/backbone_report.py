@@ -5,12 +5,17 @@
 - Steerable C_N / D_N networks: equivariance error ``max|f(g x) - g f(x)| / max|f(x)|`` of the feature
   fields (regular representation) and invariance error of the pooled output, for randomly drawn group
   elements, versus a torchvision ResNet-18's pooled output under the same image transformations.
-- Any other backbone: both measurements on its pooled output.
+- Any other backbone: shift consistency of its pooled output.
+- A symmetrized backbone (``backbone.frame`` / ``backbone.canonicalizer`` set): the invariance error of
+  its pooled output and the equivariance error of its spatial map under random group elements, beside the
+  same figures of the bare inner backbone (the very same weights) -- ``symmetry`` in the report.
 
 Inputs are random (uniform noise), in eval() mode, with a fixed seed.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -26,11 +31,21 @@ from equissl.eval.equivariance import (
 from equissl.registry import BACKBONES
 
 
-def _build(name: str, tiny: bool):
+def _build(name: str, tiny: bool, overrides: list[str] | tuple[str, ...] = (), size: int = 0):
+    """(model in eval mode, its config, input side): the registered backbone's defaults (``tiny``: its
+    test-size setting) with ``backbone.*`` overrides, symmetrized as they say."""
+    from equissl.backbones.symmetry import symmetrize
+    from equissl.config import check_backbone_symmetry, parse_settings
+
     entry = BACKBONES.get(name)
-    cfg = entry.config_cls.tiny() if tiny and hasattr(entry.config_cls, "tiny") else entry.config_cls()
-    model = entry.factory(cfg).eval()
-    size = getattr(cfg, "tiny_input_size", 32) if tiny else getattr(cfg, "img_size", 65)
+    base = entry.config_cls.tiny() if tiny and hasattr(entry.config_cls, "tiny") else entry.config_cls()
+    cfg = parse_settings(
+        entry.config_cls, overrides, base=dataclasses.replace(base, name=name), section="backbone"
+    )
+    check_backbone_symmetry(cfg)
+    model = symmetrize(entry.factory(cfg), cfg).eval()
+    if not size:
+        size = getattr(cfg, "tiny_input_size", 32) if tiny else getattr(cfg, "img_size", 65)
     return model, cfg, size
 
 
@@ -87,17 +102,48 @@ def group_report(model, size: int, batch: int, draws: int, generator: torch.Gene
     }
 
 
+@torch.no_grad()
+def symmetry_report(model, size: int, batch: int, draws: int, generator: torch.Generator) -> dict:
+    """Invariance error of the pooled output and equivariance error of the spatial map (both
+    ``max|f(g x) - g f(x)| / max|f(x)|``) of a symmetrized backbone and of its bare inner backbone, the
+    largest over ``draws`` random non-identity elements of its group."""
+    group, bare = model.group, model.backbone
+    x = torch.rand(batch, 3, size, size, generator=generator)
+    rows: dict[str, list[float]] = {key: [] for key in ("invariant", "map", "bare_invariant", "bare_map")}
+    for _ in range(draws):
+        g = random_group_element(group, generator, exclude_identity=True)
+        act = image_action(group, g)
+        for prefix, f in (("", model), ("bare_", bare)):
+            rows[prefix + "invariant"].append(equivariance_error(f, x, act, invariant_action()))
+            rows[prefix + "map"].append(equivariance_error(f.forward_features, x, act, act))
+    return {
+        "kind": model.kind,
+        "group": model.group_name,
+        "input_size": size,
+        **{f"max_{key}_error": max(values) for key, values in rows.items()},
+    }
+
+
 def backbone_equivariance(
-    name: str, tiny: bool = False, batch: int = 8, draws: int = 8, seed: int = 0
+    name: str,
+    tiny: bool = False,
+    batch: int = 8,
+    draws: int = 8,
+    seed: int = 0,
+    overrides: list[str] | tuple[str, ...] = (),
+    size: int = 0,
 ) -> dict:
-    """Figures for backbone ``name`` (registry name), as a JSON-able dict."""
+    """Figures for backbone ``name`` (registry name) with ``backbone.*`` ``overrides``, as a JSON-able dict;
+    ``size``: the input side (0: the backbone's default)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    if BACKBONES.get(name).config_cls.__module__.startswith("equissl.backbones.lidar"):
+    if BACKBONES.get(name).meta.get("probe", "linear") != "linear":
         raise UserError(f"backbone {name!r} takes point clouds; --backbone measures image backbones")
-    model, cfg, size = _build(name, tiny)
-    report: dict = {"backbone": name, "tiny": tiny}
-    if hasattr(model, "group"):
+    model, cfg, size = _build(name, tiny, overrides, size)
+    report: dict = {"backbone": name, "tiny": tiny, "settings": list(overrides)}
+    if hasattr(model, "export_symmetry"):
+        report["symmetry"] = symmetry_report(model, size, batch, draws, generator)
+    elif hasattr(model, "group"):
         if not model.is_equivariant_size(size, size):
             size += 1  # steerable nets are exact on odd sizes with (S - 1) divisible by the stride
         report["group_equivariance"] = group_report(model, size, batch, draws, generator)

@@ -6,13 +6,15 @@ embedded wherever the format has room for it.
 
 - ``safetensors``: the backbone's ``export_state_dict()`` (origin-library key names), metadata in the
   safetensors header. Any backbone.
-- ``torchvision`` (ResNets with the ``imagenet`` stem): a plain ``torch.save`` state dict (or safetensors
-  if ``out`` ends in ``.safetensors``) of torchvision ResNet keys without ``fc``; it loads with
-  ``strict=True`` into ``torchvision.models.resnetXX()`` (``fc`` removed) and into ``backbone.body`` of
-  torchvision's Faster R-CNN FPN models (``fasterrcnn_resnet50_fpn``, ``resnet_fpn_backbone``).
+- ``torchvision`` (ResNets with the ``imagenet`` stem, ``torchvision`` backbones by name): a plain
+  ``torch.save`` state dict (or safetensors if ``out`` ends in ``.safetensors``) of torchvision keys
+  without the classifier; it loads with ``strict=True`` into ``torchvision.models.<builder>(**kwargs)``
+  with ``<classifier> = nn.Identity()`` (ResNets: ``fc``; also ``backbone.body`` of torchvision's Faster
+  R-CNN FPN models, ``fasterrcnn_resnet50_fpn``, ``resnet_fpn_backbone``).
 - ``timm``: safetensors for ``timm.create_model(name, pretrained=True, num_classes=0,
-  pretrained_cfg_overlay=dict(file=out), **timm_kwargs)``; ResNets as timm's ``resnetXX``, the
-  polyphase ViT as our registered ``equissl_poly_vit_<size>`` (:mod:`equissl.export.timm_models`).
+  pretrained_cfg_overlay=dict(file=out, num_classes=0), **timm_kwargs)``; ResNets as timm's
+  ``resnetXX``, the polyphase ViT as our registered ``equissl_poly_vit_<size>``
+  (:mod:`equissl.export.timm_models`), ``timm`` backbones as their own ``model_name``.
 - ``detectron2``: the pickle detectron2's ``tools/convert-torchvision-to-d2.py`` writes: ``{"model":
   {name: numpy array}, "__author__", "matching_heuristics": True}`` with ``stem.conv1.*``,
   ``res2..res5``, ``convK.norm.*``, ``shortcut(.norm)``; pixel mean/std in 0-255 RGB stated in the
@@ -21,6 +23,10 @@ embedded wherever the format has room for it.
   (= mmdet's ``ResNet`` keys) for ``init_cfg=dict(type="Pretrained", checkpoint=out, prefix="backbone.")``.
 - ``onnx``: the feature extractor ``(B, 3, H, W) normalised -> (B, num_features)`` with a dynamic batch
   axis, metadata in the model's ``metadata_props``.
+
+A symmetrized backbone (``backbone.frame`` / ``backbone.canonicalizer``) writes its inner backbone in the
+weight formats, with ``symmetry`` in the metadata (and a canonicalizer's weights in
+``<out>.canonicalizer.safetensors``); its ONNX graph is the whole symmetrized model.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from equissl.launch import checkpoint as ckpt
 from equissl.runs import load_backbone, load_run
 
 FORMATS = IMAGE_FORMATS
+ONNX_OPSET = 17
 
 
 def export_metadata(config: Config, checkpoint: Path) -> dict:
@@ -119,13 +126,19 @@ def _write_torchvision(backbone: nn.Module, metadata: dict, out: Path) -> dict:
     else:
         torch.save(state, out)
         load = "torch.load(path, weights_only=True)"
-    arch = backbone.torchvision_builder()
+    arch, classifier = backbone.torchvision_builder(), backbone.torchvision_classifier()
+    kwargs = backbone.torchvision_kwargs()
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    detector = ", or the .backbone.body of a Faster R-CNN FPN model" if classifier == "fc" else ""
     return {
+        "torchvision_model": arch,
+        "torchvision_kwargs": kwargs,
+        "torchvision_classifier": classifier,
         "consumer": {
             "library": "torchvision",
-            "load": f"torchvision.models.{arch}() with fc = nn.Identity(), or the .backbone.body of a "
-            f"Faster R-CNN FPN model: .load_state_dict({load}, strict=True)",
-        }
+            "load": f"torchvision.models.{arch}({args}) with {classifier} = nn.Identity(){detector}: "
+            f".load_state_dict({load}, strict=True)",
+        },
     }
 
 
@@ -137,7 +150,7 @@ def _write_timm(backbone: nn.Module, metadata: dict, out: Path) -> dict:
         "consumer": {
             "library": "timm",
             "load": f"timm.create_model({name!r}, pretrained=True, num_classes=0, "
-            f"pretrained_cfg_overlay=dict(file=path), **timm_kwargs)"
+            f"pretrained_cfg_overlay=dict(file=path, num_classes=0), **timm_kwargs)  # strict"
             + (
                 "  # after `import equissl.export` (registers the name)" if name.startswith("equissl") else ""
             ),
@@ -205,6 +218,8 @@ def _write_onnx(backbone: nn.Module, metadata: dict, out: Path) -> dict:
 
     size = metadata["input_size"]
     example = torch.randn(2, *size)
+    # opset 17 unless the model needs a newer operator (a C8 canonicalizer's affine_grid: opset 20)
+    opset = getattr(backbone, "onnx_opset", ONNX_OPSET)
     torch.onnx.export(
         backbone.eval(),
         (example,),
@@ -212,7 +227,7 @@ def _write_onnx(backbone: nn.Module, metadata: dict, out: Path) -> dict:
         input_names=["image"],
         output_names=["features"],
         dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
-        opset_version=17,
+        opset_version=opset,
         dynamo=False,
     )
     model = onnx.load(str(out))
@@ -220,11 +235,12 @@ def _write_onnx(backbone: nn.Module, metadata: dict, out: Path) -> dict:
     entry.key, entry.value = "equissl", json.dumps(metadata)
     onnx.save(model, str(out))
     return {
+        "onnx_opset": opset,
         "consumer": {
             "library": "onnxruntime",
             "load": "onnxruntime.InferenceSession(path).run(None, "
             "{'image': x})  # x (B, 3, H, W) float32, normalised with mean/std",
-        }
+        },
     }
 
 
@@ -236,6 +252,22 @@ WRITERS: dict[str, Callable[[nn.Module, dict, Path], dict]] = {
     "mmdet": _write_mmdet,
     "onnx": _write_onnx,
 }
+
+
+def _write_symmetry(info: dict, weights: dict[str, Tensor], fmt: str, out: Path) -> dict:
+    """Metadata naming the symmetrization of a wrapped backbone. Weight formats hold the inner backbone
+    (loadable by its consumer) and the canonicalizer's weights go beside them in
+    ``<out>.canonicalizer.safetensors``; the ONNX graph is the whole symmetrized model."""
+    info = dict(info)
+    if fmt == "onnx":
+        info["exported"] = "the whole symmetrized model"
+        return info
+    info["exported"] = "the inner backbone's weights; apply the symmetrization as 'apply' says"
+    if weights:
+        path = out.with_name(out.name + ".canonicalizer.safetensors")
+        save_file(weights, str(path), metadata={"equissl": json.dumps(info)})
+        info["canonicalizer_weights"] = path.name
+    return info
 
 
 def check_format(backbone: nn.Module, fmt: str, name: str = "") -> None:
@@ -258,6 +290,9 @@ def export_backbone(backbone: nn.Module, metadata: dict, out: str | Path, fmt: s
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {**metadata, "export_format": fmt}
+    symmetry = getattr(backbone, "export_symmetry", None)  # a frame-averaged / canonicalized backbone
+    if symmetry is not None:
+        metadata["symmetry"] = _write_symmetry(*symmetry(), fmt, out)
     extra = WRITERS[fmt](backbone.eval(), metadata, out)
     Path(str(out) + ".json").write_text(json.dumps({**metadata, **extra}, indent=2))
     return out

@@ -30,6 +30,9 @@ class Objective(nn.Module):
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
+        # A backbone may add terms of its own to every training loss (a canonicalizer's prior toward the
+        # identity pose): taken after each forward, whatever the method (``_add_backbone_terms``).
+        self.register_forward_hook(_add_backbone_terms)
 
     def set_steps_per_epoch(self, steps: float) -> None:
         """The trainer tells the objective how many optimizer steps make one epoch (before training), for
@@ -63,6 +66,23 @@ class Objective(nn.Module):
         mode under ``torch.no_grad()``.
         """
         return {"full": self.backbone(images)}
+
+
+def _add_backbone_terms(objective: Objective, args: tuple, output: StepOutput) -> StepOutput | None:
+    """Forward hook: ``output`` with the backbone's auxiliary loss and metrics added, when the backbone has
+    any (``take_auxiliary_losses() -> (loss or None, metrics)``, e.g.
+    :class:`equissl.backbones.symmetry.Canonicalized`); None (unchanged) otherwise."""
+    take = getattr(objective.backbone, "take_auxiliary_losses", None)
+    if take is None or not isinstance(output, StepOutput):
+        return None
+    loss, metrics = take()
+    if loss is None and not metrics:
+        return None
+    return StepOutput(
+        loss=output.loss if loss is None else output.loss + loss.to(output.loss.dtype),
+        metrics={**output.metrics, **metrics},
+        features=output.features,
+    )
 
 
 class EquivariantObjective(Objective):
