@@ -1,7 +1,7 @@
 """Resuming never lies: the config a run resumes with is compared with its checkpoint's, key by key.
 
 - Settings that only steer how the run proceeds (:data:`FREE`: the step and time budget, logging,
-  checkpoint cadence, data workers, fault tolerances, the offline probe) may change on resume and take
+  checkpoint cadence, the online val kNN, data workers, fault tolerances, the offline probe) may change on resume and take
   effect; the run prints each change.
 - Optimiser values (``optim.*``) may change only when asked for explicitly (``--override-optim``); they
   then replace the checkpoint's in the optimizer and the learning-rate schedule. Without it, or for a
@@ -31,6 +31,8 @@ FREE = (
     "trainer.loggers",
     "trainer.skip_nonfinite_steps",
     "trainer.collective_timeout_s",
+    "trainer.eval_every",  # the online val kNN changes no weight, statistic or RNG state
+    "trainer.eval_samples",
     "trainer.device",
     "data.num_workers",
     "data.max_bad_fraction",
