@@ -43,11 +43,11 @@ SHAPES = ["data.rotations=3diebench", "data.objects_per_class=100", "data.val_ob
 LIGHTINGS = ("varied", "fixed")
 # method -> (recipe, overrides, steps at the 2x budget, representation part whose R^2 is "the encoder's")
 METHODS = {
-    "seqjepa": ("configs/seqjepa_resnet18_shapes3d.yaml", ["trainer.precision=bf16"], 1010, "equi"),
-    "sie": ("configs/sie_resnet18_shapes3d.yaml", ["trainer.precision=bf16"], 806, "equi"),
-    "equicaps": ("configs/equicaps_resnet18_shapes3d.yaml", ["trainer.precision=bf16"], 830, "equi"),
+    "seqjepa": ("seqjepa_resnet18_shapes3d", ["trainer.precision=bf16"], 1010, "equi"),
+    "sie": ("sie_resnet18_shapes3d", ["trainer.precision=bf16"], 806, "equi"),
+    "equicaps": ("equicaps_resnet18_shapes3d", ["trainer.precision=bf16"], 830, "equi"),
     "simclr_obj": (
-        "configs/simclr_resnet18_shapes3d.yaml",
+        "simclr_resnet18_shapes3d",
         [*SHAPES, "objective.views=object", "augment.object_views=none"],
         2112,
         "full",
@@ -190,7 +190,7 @@ def probe_scores(run_dir: Path) -> dict:
     return json.loads(path.read_text())["results"] if path.is_file() else {}
 
 
-CARE_RECIPE = "configs/care_resnet18_shapes3d.yaml"
+CARE_RECIPE = "care_resnet18_shapes3d"
 CALIBRATION_STEPS = 30
 
 
@@ -205,7 +205,7 @@ def care_study(args, env: dict) -> dict:
     command = equissl(
         "pretrain",
         "--config",
-        "configs/simclr_resnet18_shapes3d.yaml",
+        "simclr_resnet18_shapes3d",
         "--probe",
         *tiny,
         "name=care_study_simclr",

@@ -7,7 +7,7 @@ median over ``--repeats`` rounds after ``--warmup``. The variants of one backbon
 to the bare model (``relative_to_bare``) are measured under the same machine load; on a shared CPU trust
 the ratios more than the absolute figures, and pin ``--threads``.
 
-Probe (``--probe``): SimCLR on the embedded shapes3d renders (``configs/simclr_resnet18_shapes3d.yaml``)
+Probe (``--probe``): SimCLR on the embedded shapes3d renders (``simclr_resnet18_shapes3d``)
 with ``--probe-backbone`` bare, with ``frame=c4`` and with ``canonicalizer=c4``, each for
 ``--probe-steps`` optimizer steps, then ``equissl probe``'s protocol (linear probe and kNN on held-out
 objects, random init beside).
@@ -103,7 +103,7 @@ def probe(args: argparse.Namespace) -> dict:
             f"trainer.checkpoint_every={args.probe_steps}",
             *args.probe_overrides,
         ]
-        config = build_config("configs/simclr_resnet18_shapes3d.yaml", overrides)
+        config = build_config("simclr_resnet18_shapes3d", overrides)
         start = time.perf_counter()
         pretrain(config)
         minutes = (time.perf_counter() - start) / 60

@@ -19,8 +19,8 @@ from equissl.ssl.ema import base_from_time_constant, initial_weight_fraction
 from equissl.ssl.sie import sie_loss
 from tests.ssl.test_sie import reference_sie_loss
 
-SIE_RECIPES = ["configs/sie_resnet18_3diebench.yaml", "configs/sie_resnet18_shapes3d.yaml"]
-SEQJEPA_RECIPES = ["configs/seqjepa_resnet18_3diebench.yaml", "configs/seqjepa_resnet18_shapes3d.yaml"]
+SIE_RECIPES = ["sie_resnet18_3diebench", "sie_resnet18_shapes3d"]
+SEQJEPA_RECIPES = ["seqjepa_resnet18_3diebench", "seqjepa_resnet18_shapes3d"]
 
 
 @pytest.mark.parametrize("recipe", SIE_RECIPES)
@@ -47,7 +47,7 @@ def test_sie_recipes_train_the_published_loss(recipe):
 
 
 def test_sie_3diebench_recipe_syncs_batchnorm_as_the_official_code():
-    config = build_config("configs/sie_resnet18_3diebench.yaml")
+    config = build_config("sie_resnet18_3diebench")
     assert config.trainer.sync_batchnorm and config.trainer.batch_size == 1024
 
 
@@ -86,7 +86,7 @@ def test_seqjepa_target_follows_its_run_as_closely_as_the_official_one():
 
 @pytest.mark.parametrize(
     ("recipe", "chunk"),
-    [("configs/care_resnet18_3diebench.yaml", 32), ("configs/care_resnet18_shapes3d.yaml", 16)],
+    [("care_resnet18_3diebench", 32), ("care_resnet18_shapes3d", 16)],
 )
 def test_care_recipes_weigh_the_equivariance_term_as_the_paper_trained_it(recipe, chunk):
     """Sharut/CARE: --weight 0.01 --equiv-splits 8 on the code's 2 * mean_i sum_{j != i} scale, 2 (n - 1)
@@ -104,9 +104,7 @@ def test_care_recipes_weigh_the_equivariance_term_as_the_paper_trained_it(recipe
     assert official / pair_mean == pytest.approx(2 * (chunk - 1))
 
 
-@pytest.mark.parametrize(
-    "recipe", ["configs/equicaps_resnet18_3diebench.yaml", "configs/equicaps_resnet18_shapes3d.yaml"]
-)
+@pytest.mark.parametrize("recipe", ["equicaps_resnet18_3diebench", "equicaps_resnet18_shapes3d"])
 def test_equicaps_recipes_initialise_votes_and_halve_the_std_term_as_the_code(recipe):
     o = build_config(recipe).objective
     assert o.variance_average_branches and o.vote_init_std == 0.0  # 0: kaiming_normal_'s std of the code

@@ -18,11 +18,11 @@ from safetensors.torch import load_file
 from equissl.cli import main
 from equissl.config import build_config
 from equissl.launch.trainer import pretrain
+from equissl.recipes import resolve_recipe
 from equissl.runs import load_backbone, load_run
 from tests.test_recipes import tiny_data
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-RECIPE = str(CONFIGS / "simclr_resnet18_shapes3d.yaml")
+RECIPE = "simclr_resnet18_shapes3d"
 CONVNEXT = "name: timm, model_name: test_convnext"
 VIT = "name: timm, model_name: test_vit, kwargs: {dynamic_img_size: true}"
 
@@ -48,7 +48,7 @@ def _without_resnet_keys(overrides: list[str]) -> list[str]:
 def test_every_image_objective_trains_with_a_symmetrized_timm_or_torchvision_backbone(
     recipe, tiny_shapes3d_root, tmp_path
 ):
-    path = CONFIGS / f"{recipe}.yaml"
+    path = resolve_recipe(recipe)
     overrides = [
         *_without_resnet_keys(tiny_data(path, tiny_shapes3d_root, None)),
         f"backbone={OBJECTIVE_BACKBONES[recipe]}",

@@ -113,7 +113,7 @@ def test_prior_loss_is_added_to_every_objective_loss_and_logged(tiny_overrides):
     from equissl.config import build_config
 
     config = build_config(
-        "configs/simclr_resnet18_shapes3d.yaml",
+        "simclr_resnet18_shapes3d",
         [
             *tiny_overrides,
             (

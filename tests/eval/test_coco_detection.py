@@ -115,7 +115,7 @@ def test_finetune_det_runs_on_a_coco_folder(tiny_coco, tiny_overrides, tmp_path,
     path, images_dir = tiny_coco
     pretrain(
         build_config(
-            "configs/simclr_resnet18_shapes3d.yaml",
+            "simclr_resnet18_shapes3d",
             [*tiny_overrides, "backbone.stem=imagenet", "trainer.max_steps=2"],
         )
     )

@@ -26,7 +26,7 @@ from equissl.launch.optim import warmup_cosine
 from equissl.launch.trainer import Trainer, pretrain
 from equissl.runs import load_run
 
-RECIPE = "configs/simclr_resnet18_shapes3d.yaml"
+RECIPE = "simclr_resnet18_shapes3d"
 
 
 def _start(args: list[str]) -> subprocess.Popen:

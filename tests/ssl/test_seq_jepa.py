@@ -348,7 +348,7 @@ def test_the_trainer_gives_the_objective_its_epoch_length(tiny_shapes3d_root, tm
         "trainer.device=cpu",
         f"trainer.run_dir={tmp_path}/run",
     ]
-    trainer = Trainer(build_config("configs/seqjepa_resnet18_shapes3d.yaml", overrides))
+    trainer = Trainer(build_config("seqjepa_resnet18_shapes3d", overrides))
     objective = trainer.accelerator.unwrap_model(trainer.model).objective
     assert len(trainer.dataset) == 20  # 10 classes x 2 training objects, one item per object
     assert objective.steps_per_epoch == pytest.approx(20 // 4 / 2)
