@@ -65,7 +65,10 @@ def test_pretrain_load_probe_export_on_a_folder(folders):
     assert features.shape == (2, 512) and torch.isfinite(features).all()
 
     report = equissl.probe(run, data=labelled, epochs=3)
-    assert set(report["results"]["pretrained"]) == {"linear", "knn"} and str(labelled) in report["data"]
+    assert (
+        set(report["results"]["pretrained"]) == {"linear", "knn", "seconds"}
+        and str(labelled) in report["data"]
+    )
 
     exported = equissl.export(run)
     assert exported == root / "run" / "export" / "backbone.safetensors"

@@ -67,7 +67,6 @@ def test_every_image_objective_trains_with_a_symmetrized_timm_or_torchvision_bac
 
 
 RUNS = {
-    "timm-convnext": ("{" + CONVNEXT + "}", "timm"),
     "timm-vit": ("{name: timm, model_name: test_vit, kwargs: {img_size: 32}}", "timm"),
     "torchvision-mobilenet_v3_small": (
         "{name: torchvision, model_name: mobilenet_v3_small, kwargs: {width_mult: 0.25}}",
@@ -96,7 +95,6 @@ def test_pretrain_probe_and_export_through_the_command_line(case, tiny_overrides
     overrides = [*_without_resnet_keys(tiny_overrides), f"backbone={backbone}", "trainer.max_steps=2"]
     assert main(["pretrain", "--config", RECIPE, *overrides]) == 0
     assert main(["probe", "--run", str(run), "probe.epochs=2", "probe.weight_decays=[0.0]"]) == 0
-    assert main(["knn", "--run", str(run)]) == 0
     assert "linear" in capsys.readouterr().out
     config, checkpoint = load_run(run)
     trained = load_backbone(config, checkpoint)
