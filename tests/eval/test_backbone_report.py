@@ -30,7 +30,12 @@ def test_symmetrized_backbone_report_gives_the_wrapped_and_the_bare_errors(tmp_p
     assert (figures["kind"], figures["group"], figures["input_size"]) == ("frame", "d4", 32)
     assert figures["max_invariant_error"] < 1e-5 and figures["max_map_error"] < 1e-5
     assert figures["max_bare_invariant_error"] > 1e-2 and figures["max_bare_map_error"] > 1e-2
-    settings = ["backbone.model_name=resnet18", "backbone.canonicalizer=c4", "backbone.canonicalizer_width=4"]
+    settings = [
+        "backbone.model_name=mobilenet_v3_small",
+        "backbone.kwargs={width_mult: 0.25}",
+        "backbone.canonicalizer=c4",
+        "backbone.canonicalizer_width=4",
+    ]
     assert (
         main(["equivariance", "--backbone", "torchvision", *settings, "--size", "32", "--out", str(out)]) == 0
     )
