@@ -135,6 +135,7 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, config.optim, tc.max_steps)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.sampler = ResumableSampler(len(self.dataset), tc.batch_size, tc.seed, self.rank, self.world_size)
+        objective.set_epoch_length(max(1, self.sampler.batches_per_epoch // tc.grad_accum_steps))
         self.view_maker = build_view_maker(config, self.spec)
         self.generators = {
             "augment": torch.Generator(device=self.accelerator.device).manual_seed(tc.seed + 7919 * self.rank)
@@ -397,6 +398,7 @@ class Trainer:
                 )
         finally:
             self._step_batches, self._step_losses = [], []
+        self.accelerator.unwrap_model(self.model).objective.before_optimizer_step(self.state.step)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

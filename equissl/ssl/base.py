@@ -39,6 +39,21 @@ class Objective(nn.Module):
         step: optimizer steps done so far (1-based); total_steps: ``trainer.max_steps``.
         """
 
+    def set_epoch_length(self, steps_per_epoch: int) -> None:
+        """Hook called once by the trainer before the first step: optimizer steps in one pass over the
+        training data at the run's global batch. Objectives with schedules in epochs (DINO) keep it.
+        Default: ignored."""
+
+    def before_optimizer_step(self, step: int) -> None:
+        """Hook called when the gradients of optimizer step ``step`` (0-based: steps done so far) are
+        complete (accumulated, all-reduced, clipped), before the optimizer uses them; e.g. DINO drops its
+        last layer's gradients during the first epoch. Default: nothing."""
+
+    def constant_lr_parameters(self) -> list[str]:
+        """Names (as in ``self.named_parameters()``) of parameters whose learning rate stays at the base
+        value, without warmup or decay (SimSiam's predictor). Default: none."""
+        return []
+
     def evaluation_metrics(self, images: Tensor) -> dict[str, Tensor]:
         """Method-specific metrics on eval views (B, 3, H, W), normalised, no augmentation.
 
