@@ -54,13 +54,35 @@ def test_run_writes_config_metrics_and_keeps_the_last_checkpoints(tiny_overrides
     assert pretrain(config).status == "already finished"
 
 
-def test_sigkill_then_same_command_resumes_and_matches_uninterrupted(tiny_overrides, tmp_path):
+# (recipe, objective overrides, max_steps): the momentum methods carry state besides the weights (BYOL's
+# target; DINO's teacher, centre and step count), which must come back from the checkpoint exactly.
+KILL_CASES = {
+    "simclr": (RECIPE, None, 10),
+    "byol": ("byol_resnet18_shapes3d", ["objective.proj_hidden_dim=32", "objective.pred_hidden_dim=32"], 8),
+    "dino": (
+        "dino_resnet18_shapes3d",
+        [
+            "objective.out_dim=64",
+            "objective.hidden_dim=32",
+            "objective.local_crops=2",
+            "objective.local_crop_size=16",
+        ],
+        8,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(KILL_CASES))
+def test_sigkill_then_same_command_resumes_and_matches_uninterrupted(tiny_overrides, tmp_path, case):
+    recipe, objective, max_steps = KILL_CASES[case]
+    if objective is not None:  # the tiny overrides' projector keys are SimCLR's
+        tiny_overrides = [o for o in tiny_overrides if not o.startswith("objective.")] + objective
     common = [
         "pretrain",
         "--config",
-        RECIPE,
+        recipe,
         *tiny_overrides,
-        "trainer.max_steps=10",
+        f"trainer.max_steps={max_steps}",
         "trainer.checkpoint_every=3",
     ]
     reference_dir = tmp_path / "reference"
@@ -78,7 +100,7 @@ def test_sigkill_then_same_command_resumes_and_matches_uninterrupted(tiny_overri
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     step_at_kill = ckpt.load_trainer_state(first).step
-    assert 3 <= step_at_kill < 10
+    assert 3 <= step_at_kill < max_steps
     resumed = subprocess.run(
         [sys.executable, "-m", "equissl.cli", *common],
         capture_output=True,
@@ -90,7 +112,7 @@ def test_sigkill_then_same_command_resumes_and_matches_uninterrupted(tiny_overri
     assert "resumed from" in resumed.stdout + resumed.stderr
     final = ckpt.load_model_state(ckpt.latest_checkpoint(tmp_path / "run"))
     expected = ckpt.load_model_state(ckpt.latest_checkpoint(reference_dir))
-    assert ckpt.load_trainer_state(ckpt.latest_checkpoint(tmp_path / "run")).step == 10
+    assert ckpt.load_trainer_state(ckpt.latest_checkpoint(tmp_path / "run")).step == max_steps
     for key, value in expected.items():  # same data order, same augmentations, same weights
         assert torch.equal(final[key], value), key
 
