@@ -10,9 +10,10 @@ Fidelity notes (paper vs facebookresearch/simsiam):
   (``proj_hidden_dim=0``: the backbone's width), output 2048. The paper's CIFAR-10 variant has 2 layers
   (``proj_num_layers=2``). The code's output linear keeps a frozen bias that its BN cancels; ours has none.
 - Predictor: ``Linear(2048, 512) -> BN -> ReLU -> Linear(512, 2048)`` (bottleneck, paper and code).
-- Predictor learning rate: constant, without decay (the paper's default, section 4.2 / Table 1; the code's
-  ``--fix-pred-lr``, used for its reported results): ``fix_predictor_lr=True`` keeps the predictor's group
-  at the base learning rate (:meth:`constant_lr_parameters`); False decays it with the rest.
+- Predictor learning rate: constant, without decay (the paper's predictor study finds it works slightly
+  better than decaying it; the code's ``--fix-pred-lr``, used in its README's commands):
+  ``fix_predictor_lr=True`` keeps the predictor's group at the base learning rate
+  (:meth:`constant_lr_parameters`); False decays it with the rest.
 - Each view goes through the networks separately (the code does), so BatchNorm statistics are per view.
 - Optimiser (recipes): SGD, lr 0.05 x batch / 256, momentum 0.9, weight decay 1e-4 on *every* parameter
   (the code does not exclude biases or BN: ``optim.exclude_bias_and_norm=false``), cosine decay, no warmup.
