@@ -1,7 +1,7 @@
 """The ``equissl`` command: pretraining, evaluations, export, data and launching.
 
-Subcommands: pretrain | probe | knn | finetune | embed | compare | export | finetune-det | data | launch |
-equivariance | list | config.
+Subcommands: pretrain | calibrate | probe | knn | finetune | embed | compare | export | finetune-det | data |
+launch | equivariance | list | config.
 
 Exit status (:mod:`equissl.errors`):
 
@@ -46,6 +46,18 @@ def _add_pretrain(sub) -> None:
         action="store_true",
         help="resume with changed optim.* settings (they replace the checkpoint's; refused otherwise)",
     )
+
+
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="measure a recipe's step time here and print the trainer.max_steps that fits a time budget",
+    )
+    p.add_argument("--config", required=True, help="a packaged recipe's name or a YAML file")
+    p.add_argument("--minutes", type=float, required=True, help="the training-time budget, minutes")
+    p.add_argument("--measure-steps", type=int, default=20, help="steps timed, after the warm-up steps")
+    p.add_argument("--skip", type=int, default=3, help="warm-up steps trained but not timed")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, as for pretrain")
 
 
 def _add_eval(sub, name: str, help_text: str) -> None:
@@ -227,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"equissl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pretrain(sub)
+    _add_calibrate(sub)
     _add_eval(sub, "probe", "offline linear probe (and kNN) on frozen features")
     _add_eval(sub, "knn", "weighted kNN on frozen features")
     _add_finetune(sub)
@@ -257,6 +270,24 @@ def cmd_pretrain(args) -> int:
             )
         else:
             print(_probe_report(config, result.run_dir, None, ("linear", "knn"), True, []))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    import dataclasses
+    import json
+
+    from equissl.config import build_config
+    from equissl.launch.budget import calibrate
+
+    config = build_config(args.config, args.overrides)
+    result = calibrate(config, args.minutes, args.measure_steps, args.skip)
+    print(json.dumps({"recipe": args.config, **dataclasses.asdict(result)}))
+    print(
+        f"equissl pretrain --config {args.config} {' '.join(args.overrides)} {result.override}".replace(
+            "  ", " "
+        )
+    )
     return 0
 
 
@@ -486,6 +517,7 @@ def cmd_config(args) -> int:
 
 COMMANDS = {
     "pretrain": cmd_pretrain,
+    "calibrate": cmd_calibrate,
     "probe": lambda args: cmd_eval(args, ("linear", "knn")),
     "knn": lambda args: cmd_eval(args, ("knn",)),
     "finetune": lambda args: cmd_finetune(args),

@@ -340,6 +340,10 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
             cls = registry.get(name).config_cls
         except ValueError as error:
             raise ConfigError(f"{path}.name: {error}") from None
+        # an entry whose keys depend on another key of its section (E-SSL's ``base``) names its class
+        select = getattr(cls, "config_for", None)
+        if callable(select):
+            cls = select(data, path)
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}

@@ -72,3 +72,16 @@ def gather_with_grad(x: Tensor) -> Tensor:
     if not is_distributed():
         return x
     return _GatherWithGrad.apply(x)
+
+
+@torch.no_grad()
+def all_reduce_mean(x: Tensor) -> Tensor:
+    """The mean of ``x`` over ranks (a new tensor, no gradient); ``x`` itself when not distributed.
+
+    Every rank must pass the same shape. For statistics without gradient (DINO's centre).
+    """
+    if not is_distributed():
+        return x
+    total = x.detach().clone().contiguous()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / dist.get_world_size()

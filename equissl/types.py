@@ -14,6 +14,26 @@ from torch import Tensor
 
 
 @dataclass(frozen=True)
+class CropGroup:
+    """``count`` crops of one kind, size and scale range (multi-crop: DINO's global and local crops).
+
+    kind: ``"global"`` crops go to ``Views.images`` / ``Views.params``, ``"small"`` ones to ``Views.small``
+        / ``Views.small_params``, in the order of the spec's groups.
+    size: output side in pixels; 0 takes ``augment.crop_size`` (global) / ``augment.small_crop_size``.
+    scale: RandomResizedCrop area range; None takes ``augment.crop_scale`` / ``augment.small_crop_scale``.
+    """
+
+    kind: str = "global"
+    count: int = 1
+    size: int = 0
+    scale: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("global", "small") or self.count < 0 or self.size < 0:
+            raise ValueError(f"CropGroup needs kind global/small, count >= 0, size >= 0, got {self}")
+
+
+@dataclass(frozen=True)
 class ViewSpec:
     """What an objective needs from the data pipeline.
 
@@ -25,12 +45,43 @@ class ViewSpec:
     num_small: extra small crops per sample (E-SSL's rotation crop), in ``Views.small``.
     shared_chunks: 0 draws augmentation parameters per sample; ``n > 0`` splits the batch into ``n``
         chunks and shares one parameter draw within each chunk (CARE).
+    crops: multi-crop (``source="image"``): groups of crops, each with its own size and scale range
+        (:class:`CropGroup`); their counts must add up to ``num_views`` (global) and ``num_small``
+        (small). Empty: ``num_views`` crops at ``augment.crop_size`` / ``crop_scale`` and ``num_small``
+        at ``augment.small_crop_size`` / ``small_crop_scale``.
     """
 
     source: str = "image"  # "image", "object", or a modality registered in VIEW_MAKERS (e.g. LiDAR)
     num_views: int = 2
     num_small: int = 0
     shared_chunks: int = 0
+    crops: tuple[CropGroup, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.crops:
+            counts = {
+                kind: sum(g.count for g in self.crops if g.kind == kind) for kind in ("global", "small")
+            }
+            if (counts["global"], counts["small"]) != (self.num_views, self.num_small):
+                raise ValueError(
+                    f"ViewSpec crops hold {counts['global']} global and {counts['small']} small crops, "
+                    f"num_views={self.num_views} and num_small={self.num_small}"
+                )
+
+    def crop_groups(self, augment) -> list[tuple[str, int, int, tuple[float, float]]]:
+        """(kind, count, output side, scale range) of every group, defaults taken from ``augment``
+        (an :class:`~equissl.config.AugmentConfig`)."""
+        groups = self.crops or (
+            CropGroup("global", self.num_views),
+            CropGroup("small", self.num_small),
+        )
+        resolved = []
+        for group in groups:
+            is_global = group.kind == "global"
+            size = group.size or (augment.crop_size if is_global else augment.small_crop_size)
+            scale = group.scale or (augment.crop_scale if is_global else augment.small_crop_scale)
+            resolved.append((group.kind, group.count, size, tuple(scale)))
+        return resolved
 
 
 @dataclass

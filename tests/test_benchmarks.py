@@ -76,3 +76,27 @@ def test_symmetrized_benchmark_times_every_variant_against_the_bare_model():
     assert (
         params["frame c4"] == params["bare"] < params["canonicalizer c4"]
     )  # frame averaging adds no weights
+
+
+def test_equal_time_table_alternates_bases_and_their_essl_and_writes_markdown():
+    """The order and the table; calibrate, pretrain and evaluate_run, which it chains, are tested elsewhere
+    (a real run of the chain takes about a minute on 2 cores)."""
+    table = _load("equal_time_table")
+    order = table.runs(["byol", "dino"], essl=True)
+    assert [label for label, _, _ in order] == ["byol", "essl/byol", "dino", "essl/dino"]
+    assert order[1][1] == "byol_resnet18_shapes3d" and "objective.base=byol" in order[1][2]
+    for _, name, overrides in order:
+        build_config(name, overrides)  # every run's config is valid
+    row = {
+        "run": "essl/byol",
+        "steps": 3,
+        "train_seconds": 9.6,
+        "linear": 50.0,
+        "knn": 40.25,
+        "rotation_acc": 90.0,
+    }
+    text = table.markdown([row], {"linear": 30.0, "knn": 20.0})
+    assert (
+        "| random init | 0 | 0 | 30.0 | 20.0 | |" in text
+        and "| essl/byol | 3 | 10 | 50.0 | 40.2 | 90.0 |" in text
+    )

@@ -54,6 +54,14 @@ class FullImageViews(Dataset):
             )
         self.dataset, self.cfg, self.spec, self.seed = dataset, cfg, spec, seed
         self.epoch = 0
+        self.groups = spec.crop_groups(cfg)  # (kind, count, side, scale), multi-crop or the two defaults
+        for kind in ("global", "small"):
+            sides = {side for k, count, side, _ in self.groups if k == kind and count}
+            if len(sides) > 1:
+                raise ValueError(
+                    f"full-image crops stack the {kind} crops of an item, so they need one size; the spec "
+                    f"asks for {sorted(sides)} (use data.crops=resized for crops of several sizes)"
+                )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -73,13 +81,15 @@ class FullImageViews(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         item = self.dataset.full_item(index)
         image = to_float_image(item["image"][None])[0]
-        cfg, spec = self.cfg, self.spec
-        views = [self._cut(image, index, v, cfg.crop_size, cfg.crop_scale) for v in range(spec.num_views)]
-        small = [
-            self._cut(image, index, spec.num_views + k, cfg.small_crop_size, cfg.small_crop_scale)
-            for k in range(spec.num_small)
-        ]
-        side = cfg.small_crop_size
+        out: dict[str, list] = {"global": [], "small": []}
+        for kind, count, size, scale in self.groups:
+            for _ in range(count):
+                # view numbers: the globals 0.., then the small ones (what the two-kind layout always used)
+                view = len(out[kind]) + (self.spec.num_views if kind == "small" else 0)
+                out[kind].append(self._cut(image, index, view, size, scale))
+        views, small = out["global"], out["small"]
+        side = next((size for kind, count, size, _ in self.groups if kind == "small" and count), 0)
+        side = side or self.cfg.small_crop_size
         return {
             "views": torch.stack([crop for crop, _ in views]),
             "crops": torch.stack([box for _, box in views]),

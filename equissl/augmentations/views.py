@@ -42,6 +42,11 @@ class _ImageViewsBase(nn.Module):
         self.cfg, self.spec = cfg, spec
         self.global_augment = ImageAugment(cfg, cfg.crop_size, cfg.crop_scale)
         self.small_augment = ImageAugment(cfg, cfg.small_crop_size, cfg.small_crop_scale)
+        # one augmentation per crop group (multi-crop: each its own size and scale range), in spec order
+        self.groups = [
+            (kind, count, ImageAugment(cfg, size, scale))
+            for kind, count, size, scale in spec.crop_groups(cfg)
+        ]
 
     @staticmethod
     def _finish_cut(
@@ -66,14 +71,24 @@ class _ImageViewsBase(nn.Module):
             raise ValueError(
                 f"the batch holds {crops.shape[1]} + {small_crops.shape[1]} cut views, the spec asks for {self.spec}"
             )
-        views = [
-            self._finish_cut(self.global_augment, crops[:, k], boxes[:, k], generator)
-            for k in range(self.spec.num_views)
-        ]
-        small = [
-            self._finish_cut(self.small_augment, small_crops[:, k], small_boxes[:, k], generator)
-            for k in range(self.spec.num_small)
-        ]
+        out: dict[str, list] = {"global": [], "small": []}
+        cut = {"global": (crops, boxes), "small": (small_crops, small_boxes)}
+        for kind, count, augment in self.groups:
+            for _ in range(count):
+                k = len(out[kind])
+                out[kind].append(self._finish_cut(augment, cut[kind][0][:, k], cut[kind][1][:, k], generator))
+        views, small = out["global"], out["small"]
+        return [v for v, _ in views], [p for _, p in views], [v for v, _ in small], [p for _, p in small]
+
+    def _group_views(
+        self, images: Tensor, generator: torch.Generator | None
+    ) -> tuple[list[Tensor], list[dict[str, Tensor]], list[Tensor], list[dict[str, Tensor]]]:
+        """(global views, their params, small views, their params) of a batch (B, 3, H, W): each crop
+        one batched augmentation of the whole batch at its group's size and scale, groups in spec order."""
+        out: dict[str, list] = {"global": [], "small": []}
+        for kind, count, augment in self.groups:
+            out[kind].extend(augment(images, generator, self.spec.shared_chunks) for _ in range(count))
+        views, small = out["global"], out["small"]
         return [v for v, _ in views], [p for _, p in views], [v for v, _ in small], [p for _, p in small]
 
     def _small_views(
@@ -88,7 +103,9 @@ class _ImageViewsBase(nn.Module):
 class ImageViewMaker(_ImageViewsBase):
     """``spec.num_views`` independent global augmentations (``cfg.crop_size``, ``cfg.crop_scale``) of each
     image, plus ``spec.num_small`` small crops (``cfg.small_crop_size``, ``cfg.small_crop_scale``) in
-    ``Views.small``; ``Views.latents`` is None. ``spec.shared_chunks`` is passed to every augmentation;
+    ``Views.small``; ``Views.latents`` is None. Multi-crop (``spec.crops``): each group's crops at its own
+    size and scale range, globals in ``Views.images`` and the rest in ``Views.small`` in group order, each
+    crop drawn and applied as one batched call over the batch (so crops of one size stack). ``spec.shared_chunks`` is passed to every augmentation;
     labels are passed through. A batch of crops cut from full images (``"views"``, module docstring) gets
     the rest of the pipeline; its views' ``crop`` parameters are the workers' boxes in original pixels."""
 
@@ -98,19 +115,8 @@ class ImageViewMaker(_ImageViewsBase):
         if "views" in batch:
             images, params, small, small_params = self._cut_views(batch, generator)
             return Views(images, params, small, small_params, labels=batch.get("label"))
-        images = _require(batch, "image", 4)
-        views = [
-            self.global_augment(images, generator, self.spec.shared_chunks)
-            for _ in range(self.spec.num_views)
-        ]
-        small, small_params = self._small_views(images, generator)
-        return Views(
-            images=[view for view, _ in views],
-            params=[params for _, params in views],
-            small=small,
-            small_params=small_params,
-            labels=batch.get("label"),
-        )
+        images, params, small, small_params = self._group_views(_require(batch, "image", 4), generator)
+        return Views(images, params, small, small_params, labels=batch.get("label"))
 
 
 class ObjectViewMaker(_ImageViewsBase):

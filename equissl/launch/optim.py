@@ -62,16 +62,36 @@ def is_bias_or_norm(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or name.endswith(".bias")
 
 
+def constant_lr_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters that some submodule (an objective) asks to keep at the base learning
+    rate through its ``constant_lr_parameters()`` (SimSiam's predictor)."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        ask = getattr(module, "constant_lr_parameters", None)
+        if callable(ask):
+            names.update(f"{prefix}.{name}" if prefix else name for name in ask())
+    return names
+
+
 def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    decay, no_decay = [], []
+    """Trainable parameters in groups: with / without weight decay (and LARS adaptation), each split again
+    into scheduled and constant learning rate (``constant_lr: True``, see :func:`constant_lr_names`)."""
+    constant = constant_lr_names(model)
+    buckets: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if cfg.exclude_bias_and_norm and is_bias_or_norm(name, param) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_adapt": False})
-    return groups
+        decays = not (cfg.exclude_bias_and_norm and is_bias_or_norm(name, param))
+        buckets.setdefault((decays, name in constant), []).append(param)
+    groups = []
+    for (decays, fixed), params in sorted(buckets.items(), key=lambda item: (not item[0][0], item[0][1])):
+        group = {"params": params, "weight_decay": cfg.weight_decay if decays else 0.0}
+        if not decays:
+            group["lars_adapt"] = False
+        if fixed:
+            group["constant_lr"] = True
+        groups.append(group)
+    return groups or [{"params": [], "weight_decay": cfg.weight_decay}]
 
 
 def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
@@ -104,7 +124,16 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _constant(step: int) -> float:
+    return 1.0
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
-    )
+    """Warmup + cosine for every group, except groups marked ``constant_lr`` (kept at the base lr, as
+    SimSiam's predictor in its official code's ``--fix-pred-lr``)."""
+
+    def scheduled(step: int) -> float:
+        return warmup_cosine(step, total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
+
+    lambdas = [_constant if group.get("constant_lr") else scheduled for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)

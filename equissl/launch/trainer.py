@@ -416,6 +416,7 @@ class Trainer:
                 )
         finally:
             self._step_batches, self._step_losses = [], []
+        self.accelerator.unwrap_model(self.model).objective.before_optimizer_step(self.state.step)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -36,7 +36,8 @@ class Objective(nn.Module):
 
     def set_steps_per_epoch(self, steps: float) -> None:
         """The trainer tells the objective how many optimizer steps make one epoch (before training), for
-        schedules that count epochs (seq-JEPA's per-epoch EMA momentum)."""
+        schedules that count epochs (seq-JEPA's per-epoch EMA momentum; DINO's teacher temperature and frozen
+        last layer)."""
         if steps <= 0:
             raise ValueError(f"steps per epoch must be > 0, got {steps}")
         self.steps_per_epoch = float(steps)
@@ -49,6 +50,16 @@ class Objective(nn.Module):
 
         step: optimizer steps done so far (1-based); total_steps: ``trainer.max_steps``.
         """
+
+    def before_optimizer_step(self, step: int) -> None:
+        """Hook called when the gradients of optimizer step ``step`` (0-based: steps done so far) are
+        complete (accumulated, all-reduced, clipped), before the optimizer uses them; e.g. DINO drops its
+        last layer's gradients during the first epoch. Default: nothing."""
+
+    def constant_lr_parameters(self) -> list[str]:
+        """Names (as in ``self.named_parameters()``) of parameters whose learning rate stays at the base
+        value, without warmup or decay (SimSiam's predictor). Default: none."""
+        return []
 
     def evaluation_metrics(self, images: Tensor) -> dict[str, Tensor]:
         """Method-specific metrics on eval views (B, 3, H, W), normalised, no augmentation.

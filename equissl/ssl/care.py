@@ -39,6 +39,12 @@ Fidelity notes (paper vs Sharut/CARE, ``cifar10_cifar100_stl10/main.py`` and ``u
 - Chunks: the code uses ``B // num_chunks`` rows per chunk; we use the augmentation API's partition
   (:func:`equissl.augmentations.image.chunk_index`, sizes differing by at most one), identical when
   ``num_chunks`` divides the batch.
+- Base: ``base="simclr"`` (default) is the CIFAR / STL-10 code's SimCLR InfoNCE above. ``base="mocov3"``
+  replaces it with MoCo v3's symmetrised momentum InfoNCE (a predictor on the online projections, keys
+  from an EMA copy of backbone and projector, :mod:`equissl.ssl.mocov3`; ``temperature``, ``ema_base``,
+  ``ema_schedule``, ``pred_hidden_dim``); ``L_equi`` stays on the online projections. The official
+  ImageNet-100 code (``imagenet100/model/builder.py``) builds on a momentum encoder too, but MoCo v2's
+  (a queue of 65536 negative keys, momentum 0.999, temperature 0.07, shuffled BN), which is not offered.
 - Distributed: every rank draws its own chunk parameters, so chunks never span ranks and ``L_equi`` is
   this rank's mean over its chunks (the mean over ranks is the mean over all chunks, as in the official
   ImageNet-100 code's ``--equiv-splits-per-gpu``); InfoNCE draws negatives from the global batch.
@@ -59,7 +65,8 @@ from equissl.errors import ConfigError
 from equissl.heads.mlp import projection_mlp
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
-from equissl.ssl.losses import nt_xent, upcast
+from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy
+from equissl.ssl.losses import momentum_infonce, nt_xent, upcast
 from equissl.ssl.simclr import global_pair
 from equissl.types import StepOutput, Views, ViewSpec
 
@@ -118,6 +125,10 @@ class CAREConfig(ObjectiveConfig):
     equivariance_scale: EquivarianceScale = "pair_mean"  # "official": the code's 2 (n - 1) x larger scale
     # one augmentation pair per chunk, or one for the whole batch as the official code (module docstring)
     chunk_pairs: ChunkPairs = "per_chunk"
+    base: Literal["simclr", "mocov3"] = "simclr"  # the invariance term: SimCLR's or MoCo v3's InfoNCE
+    pred_hidden_dim: int = 512  # mocov3: the predictor's hidden width
+    ema_base: float = 0.99  # mocov3: momentum of the key encoder
+    ema_schedule: MomentumSchedule = "cosine"
 
 
 class CARE(Objective):
@@ -147,6 +158,28 @@ class CARE(Objective):
             last_norm="none",
             last_bias=True,
         )
+        if cfg.base == "mocov3":
+            out = cfg.proj_out_dim
+            self.predictor = projection_mlp(out, [cfg.pred_hidden_dim], out, norm="bn", last_bias=True)
+            self.target_backbone = frozen_copy(backbone)
+            self.target_projector = frozen_copy(self.projector)
+
+    @torch.no_grad()
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        if self.cfg.base == "mocov3":
+            tau = ema_momentum(step - 1, total_steps, self.cfg.ema_base, self.cfg.ema_schedule)
+            ema_update(self.target_backbone, self.backbone, tau)
+            ema_update(self.target_projector, self.projector, tau)
+
+    def invariance_loss(self, x_a: Tensor, x_b: Tensor, z_a: Tensor, z_b: Tensor) -> Tensor:
+        """SimCLR's NT-Xent of the projections, or MoCo v3's momentum InfoNCE (``base``)."""
+        if self.cfg.base == "simclr":
+            return nt_xent(z_a, z_b, self.cfg.temperature)
+        with torch.no_grad():
+            k_a = self.target_projector(self.target_backbone(x_a))
+            k_b = self.target_projector(self.target_backbone(x_b))
+        t = self.cfg.temperature
+        return momentum_infonce(self.predictor(z_a), k_b, t) + momentum_infonce(self.predictor(z_b), k_a, t)
 
     def _check_shared(self, views: Views) -> None:
         """The equivariance term is only meaningful when augmentations are shared within each chunk (and,
@@ -171,12 +204,13 @@ class CARE(Objective):
         self._check_shared(views)
         h_a = self.backbone(x_a)
         z_a, z_b = self.projector(h_a), self.projector(self.backbone(x_b))
-        contrastive = nt_xent(z_a, z_b, self.cfg.temperature)
+        contrastive = self.invariance_loss(x_a, x_b, z_a, z_b)
         equivariance = orthogonal_equivariance_loss(
             z_a, z_b, self.cfg.num_chunks, self.cfg.equivariance_scale
         )
         loss = contrastive + self.cfg.equivariance_weight * equivariance
-        metrics = {"loss/nt_xent": contrastive.detach(), "loss/equi": equivariance.detach()}
+        name = "loss/nt_xent" if self.cfg.base == "simclr" else "loss/infonce"
+        metrics = {name: contrastive.detach(), "loss/equi": equivariance.detach()}
         return StepOutput(loss=loss, metrics=metrics, features=h_a.detach())
 
 

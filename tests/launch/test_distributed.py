@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 
 from equissl.distributed import gather_with_grad, is_distributed, rank, world_size
 from equissl.launch.launcher import free_port
-from equissl.ssl.losses import nt_xent, vicreg_loss
+from equissl.ssl.losses import barlow_twins_loss, dino_loss, momentum_infonce, nt_xent, vicreg_loss
 
 WORLD = 2
 BATCH, IN_DIM, OUT_DIM = 8, 6, 5
@@ -41,11 +41,32 @@ def _vicreg_averaged(z_a, z_b):
     return vicreg_loss(z_a, z_b, sim=2.0, var=3.0, cov=0.7, average_branches=True)[0]
 
 
+def _barlow(z_a, z_b):
+    return barlow_twins_loss(z_a, z_b, lambda_offdiag=0.3)[0]
+
+
+def _barlow_batchnorm(z_a, z_b):
+    return barlow_twins_loss(z_a, z_b, lambda_offdiag=0.3, standardisation="batchnorm")[0]
+
+
+def _mocov3(z_a, z_b):  # queries with gradient against the other view's keys (constants), both ways
+    return momentum_infonce(z_a, z_b, 0.3) + momentum_infonce(z_b, z_a, 0.3)
+
+
+def _dino(z_a, z_b):  # student on both views, teacher (no gradient) on both
+    center = torch.linspace(-0.5, 0.5, z_a.shape[1])
+    return dino_loss([z_a, z_b], [z_b.detach(), z_a.detach()], center, 0.1, 0.04)
+
+
 CASES = {
     "nt_xent": _nt_xent,
     "nt_xent_cross_view": _nt_xent_cross_view,
     "vicreg": _vicreg,
     "vicreg_averaged": _vicreg_averaged,
+    "barlow_twins": _barlow,
+    "barlow_twins_batchnorm": _barlow_batchnorm,
+    "mocov3": _mocov3,
+    "dino": _dino,
 }
 
 

@@ -31,6 +31,7 @@ import torch.multiprocessing as mp
 from equissl.config import build_config
 from equissl.launch import checkpoint as ckpt
 from equissl.launch.launcher import free_port
+from equissl.recipes import recipe_paths
 from equissl.registry import OBJECTIVES
 
 WORLD, GLOBAL_BATCH, STEPS = 2, 8, 2
@@ -53,9 +54,28 @@ RECIPES = {
         "sie_resnet18_shapes3d",
         ["objective.equi_dim=16", "objective.inv_proj_dims=[32,32]", "objective.equi_proj_dims=[32,32]"],
     ),
+    "byol": ("byol_resnet18_shapes3d", ["objective.proj_hidden_dim=32", "objective.pred_hidden_dim=32"]),
+    "simsiam": (
+        "simsiam_resnet18_shapes3d",
+        ["objective.proj_hidden_dim=32", "objective.proj_out_dim=32", "objective.pred_hidden_dim=16"],
+    ),
+    "barlowtwins": ("barlowtwins_resnet18_shapes3d", ["objective.projector_dims=[32,32]"]),
+    "mocov3": ("mocov3_resnet18_shapes3d", ["objective.proj_hidden_dim=32", "objective.pred_hidden_dim=32"]),
+    "dino": (
+        "dino_resnet18_shapes3d",
+        [
+            "objective.out_dim=64",
+            "objective.hidden_dim=32",
+            "objective.bottleneck_dim=16",
+            "objective.local_crops=2",
+            "objective.local_crop_size=16",
+            "objective.global_crop_scale=[1.0,1.0]",
+            "objective.local_crop_scale=[1.0,1.0]",
+        ],
+    ),
 }
 OBJECTIVE_NAMES = [
-    name for name in RECIPES if name in OBJECTIVES.names() and Path(RECIPES[name][0]).is_file()
+    name for name in RECIPES if name in OBJECTIVES.names() and RECIPES[name][0] in recipe_paths()
 ]
 
 
@@ -64,7 +84,7 @@ def _overrides(name: str, data_overrides: list[str], run_dir: Path, batch_size: 
         *data_overrides,
         *DETERMINISTIC_VIEWS,
         *RECIPES[name][1],
-        "augment.crop_size=32",
+        "augment.crop_size=16",  # 16 px through the strided stem: a 1x1 map at layer4, seconds a run in fp64
         "backbone.stem=strided",
         "optim.name=sgd",
         "optim.lr=0.05",

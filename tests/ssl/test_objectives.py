@@ -42,6 +42,8 @@ def small_config(name: str):
             changes[f.name] = 32
         elif isinstance(value, tuple) and all(isinstance(v, int) for v in value):
             changes[f.name] = tuple(min(v, 32) for v in value)
+    if hasattr(cfg, "local_crops"):  # DINO's multi-crop: 2 local crops of 8 px
+        changes.update(local_crops=2, local_crop_size=SMALL)
     if hasattr(cfg, "num_chunks"):  # CARE: chunk-shared augmentations need at least one image per chunk
         changes["num_chunks"] = 2
     return dataclasses.replace(cfg, **changes)

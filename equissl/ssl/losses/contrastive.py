@@ -55,3 +55,26 @@ def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float = 0.5, same_view_negati
 
     total = directional(z_a, keys_b, keys_a) + directional(z_b, keys_a, keys_b)
     return total / (2 * n)
+
+
+@full_precision
+def momentum_infonce(
+    queries: Tensor, keys: Tensor, temperature: float = 1.0, scale_by_2t: bool = True
+) -> Tensor:
+    """MoCo v3's ``ctr(q, k)`` (Chen, Xie, He, ICCV 2021, Algorithm 1): InfoNCE of queries against keys.
+
+    queries: (N, D) online predictions of one view (with gradient); keys: (N, D) momentum-encoder
+    projections of the other view. Both L2-normalised; keys are treated as constants (``detach``: they
+    come from the momentum encoder) and gathered from every rank, so each query has N_global - 1
+    negatives and its positive at ``rank * N + i``. Returns the mean over this rank's queries of
+    ``-log softmax(q_i . k / t)[positive]``, times ``2 t`` when ``scale_by_2t`` (the paper's Algorithm 1
+    and the official code, which say it makes the gradient scale less sensitive to t).
+    """
+    check_pair(queries, keys, "momentum_infonce")
+    if temperature <= 0:
+        raise ValueError(f"momentum_infonce: temperature must be > 0, got {temperature}")
+    q = F.normalize(upcast(queries), dim=1)
+    k = gather_with_grad(F.normalize(upcast(keys).detach(), dim=1))  # (M, D), no gradient to the keys
+    positive = torch.arange(q.shape[0], device=q.device) + rank() * q.shape[0]
+    loss = F.cross_entropy(q @ k.T / temperature, positive)
+    return loss * (2 * temperature) if scale_by_2t else loss
