@@ -40,7 +40,6 @@ Fidelity notes (paper vs facebookresearch/dino):
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import torch
