@@ -19,7 +19,7 @@ echo "fresh install: plain pip install . took $(( $(date +%s) - start )) s"
 # No extra came along, and nothing installed links the system library open3d needs (libusb-1.0).
 "$bin/python" - <<'PY'
 import importlib.util
-extras = ["open3d", "submitit", "onnx", "onnxruntime", "pycocotools", "wandb", "mlflow"]
+extras = ["open3d", "submitit", "onnx", "onnxruntime", "pycocotools", "wandb", "mlflow", "sklearn", "umap"]
 present = [name for name in extras if importlib.util.find_spec(name) is not None]
 assert not present, f"plain pip install . brought optional packages: {present}"
 PY
