@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import math
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -102,19 +103,34 @@ def dry_run(model_name: str, kwargs: dict[str, Any], sizes: list[int]) -> None:
         raise ConfigError(f"backbone.kwargs: timm model {model_name!r} refuses them: {error}") from None
     except Exception:  # noqa: BLE001 -- e.g. an initialiser that reads values: no dry run possible
         return
-    for size in sizes:
+    check_input_sides(
+        model.eval().forward_features,
+        sizes,
+        f"timm model {model_name!r}",
+        lambda size: (
+            f". ViT-style models: set backbone.kwargs.img_size={size}, or "
+            "backbone.kwargs.dynamic_img_size=true when the sizes differ"
+        ),
+    )
+
+
+def check_input_sides(
+    forward: Callable[[Tensor], Tensor], sides: Iterable[int], model: str, hint: Callable[[int], str]
+) -> None:
+    """Run ``forward`` of a model built on the meta device on a (2, 3, S, S) input for each side S; a
+    refusal is a ConfigError naming the model (``model``), the side and ``hint(S)`` (how to fix it).
+    Operators without a meta kernel end the check silently: the real build will tell."""
+    for size in sides:
         try:
-            model.eval().forward_features(torch.empty(2, 3, size, size, device="meta"))
+            forward(torch.empty(2, 3, size, size, device="meta"))
         except NotImplementedError:
             return
         except (AssertionError, RuntimeError, ValueError) as error:
             if "meta" in str(error):
                 return
             raise ConfigError(
-                f"backbone: timm model {model_name!r} cannot take {size}x{size} inputs "
-                f"(augment.crop_size / data.image_size): {str(error).rstrip('.')}. ViT-style models: set "
-                f"backbone.kwargs.img_size={size}, or backbone.kwargs.dynamic_img_size=true when the sizes "
-                "differ"
+                f"backbone: {model} cannot take {size}x{size} inputs (augment.crop_size / data.image_size): "
+                f"{str(error).rstrip('.')}{hint(size)}"
             ) from None
 
 

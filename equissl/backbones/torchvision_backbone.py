@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models
 
-from equissl.backbones.timm_backbone import tokens_to_map
+from equissl.backbones.timm_backbone import check_input_sides, tokens_to_map
 from equissl.config import BackboneConfig
 from equissl.errors import ConfigError, UserError
 from equissl.registry import BACKBONES
@@ -105,19 +105,12 @@ class TorchvisionConfig(BackboneConfig):
         except Exception:  # noqa: BLE001 -- a builder that needs real values: checked when built instead
             return
         _, spatial_map = _family(model, self.model_name)
-        for size in sorted({config.augment.crop_size, config.data.image_size}):
-            try:
-                spatial_map(model.eval(), torch.empty(2, 3, size, size, device="meta"))
-            except NotImplementedError:
-                return
-            except (AssertionError, RuntimeError, ValueError) as error:
-                if "meta" in str(error):
-                    return
-                raise ConfigError(
-                    f"backbone: torchvision {self.model_name!r} cannot take {size}x{size} inputs "
-                    f"(augment.crop_size / data.image_size): {str(error).rstrip('.')} (ViT: set "
-                    f"backbone.kwargs.image_size={size})"
-                ) from None
+        check_input_sides(
+            lambda x: spatial_map(model.eval(), x),
+            sorted({config.augment.crop_size, config.data.image_size}),
+            f"torchvision {self.model_name!r}",
+            lambda size: f" (ViT: set backbone.kwargs.image_size={size})",
+        )
 
 
 def build_model(model_name: str, kwargs: dict[str, Any]) -> nn.Module:

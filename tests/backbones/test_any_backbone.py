@@ -225,3 +225,20 @@ def test_torchvision_family_maps_and_pooled_features_on_tiny_members(index, monk
     model.train().zero_grad(set_to_none=True)
     (model(x) * torch.randn(BATCH, model.num_features)).sum().backward()
     assert not [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+
+
+@pytest.mark.parametrize(
+    ("backbone", "hint"),
+    [
+        ("{name: timm, model_name: vit_tiny_patch16_224}", "set backbone.kwargs.img_size=64"),
+        ("{name: torchvision, model_name: vit_b_16}", "(ViT: set backbone.kwargs.image_size=64)"),
+    ],
+)
+def test_a_model_that_cannot_take_the_crop_size_is_refused_before_work_with_the_fix(backbone, hint):
+    """Checked on the meta device while the config is built: the model, the side and how to fix it."""
+    from equissl.config import build_config
+    from equissl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cannot take 64x64 inputs") as error:
+        build_config("simclr_resnet18_shapes3d", [f"backbone={backbone}"])
+    assert str(error.value).startswith("backbone: ") and hint in str(error.value)
