@@ -35,19 +35,17 @@ from typing import Annotated
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from equissl.augmentations.eval_views import random_resized_view
 from equissl.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Range
 from equissl.eval.features import checkpoint_digest, labelled_dataset
 from equissl.eval.linear_standard import (
     ImageSource,
     UnitOpenLow,
     ViewSettings,
-    cosine_factor,
     evaluate_classifier,
+    train_on_augmented_views,
 )
 from equissl.eval.records import write_report
 from equissl.runs import checkpoint_step, load_backbone, load_run
@@ -135,45 +133,17 @@ def finetune_classifier(
         backbone.requires_grad_(False)
     optimizer = torch.optim.SGD(groups, lr=cfg.lr_head, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     train = ImageSource(train_set, cfg.image_cache_mib, num_workers)
-    total = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total))
-    order_generator = torch.Generator().manual_seed(seed)
-    augment_generator = torch.Generator(device=device).manual_seed(seed + 1)
-    loss_sum = correct = seen = 0
-    with torch.enable_grad():
-        for _ in range(cfg.epochs):
-            loss_sum = correct = seen = 0
-            for images, labels in train.batches(
-                torch.randperm(len(train), generator=order_generator), cfg.batch_size
-            ):
-                labels = labels.to(device)
-                views = random_resized_view(
-                    images.to(device),
-                    view.crop_size,
-                    tuple(cfg.crop_scale),
-                    tuple(cfg.crop_ratio),
-                    cfg.hflip_prob,
-                    view.mean,
-                    view.std,
-                    augment_generator,
-                )
-                logits = head(backbone(views))
-                loss = F.cross_entropy(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                loss_sum += float(loss.detach()) * len(labels)
-                correct += int((logits.argmax(1) == labels).sum())
-                seen += len(labels)
+    epoch_loss, train_top1 = train_on_augmented_views(
+        lambda x: head(backbone(x)), optimizer, train, cfg, view, seed, device, log=None
+    )
     backbone.eval()
     top1 = evaluate_classifier(
         lambda x: head(backbone(x)), val_set, view, cfg.val_crop_fraction, device, num_workers
     )
     return {
         "top1": top1,
-        "train_top1": 100.0 * correct / max(1, seen),
-        "final_train_loss": loss_sum / max(1, seen),
+        "train_top1": train_top1,
+        "final_train_loss": epoch_loss[-1] if epoch_loss else 0.0,
         "seconds": round(time.perf_counter() - start, 1),
     }
 

@@ -154,8 +154,43 @@ def standard_linear_probe(
     optimizer = torch.optim.SGD(
         classifier.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
+    epoch_loss, train_top1 = train_on_augmented_views(
+        lambda x: classifier(_features(backbone, x)), optimizer, train, cfg, view, seed, device, log
+    )
+    top1 = evaluate_classifier(
+        lambda x: classifier(_features(backbone, x)),
+        val_set,
+        view,
+        cfg.val_crop_fraction,
+        device,
+        num_workers,
+    )
+    return StandardProbeResult(
+        top1=top1,
+        train_top1=train_top1,
+        epoch_loss=epoch_loss,
+        seconds=round(time.perf_counter() - start, 1),
+    )
+
+
+def train_on_augmented_views(
+    model: Callable[[Tensor], Tensor],
+    optimizer: torch.optim.Optimizer,
+    train: ImageSource,
+    cfg,
+    view: ViewSettings,
+    seed: int,
+    device: str | torch.device,
+    log=print,
+) -> tuple[list[float], float]:
+    """Cross-entropy SGD of ``model`` (images -> logits) on RandomResizedCrop + flip views, the learning
+    rate on a per-step cosine to 0: the training of the standard probe and of the fine-tune.
+
+    ``cfg`` supplies ``epochs``, ``batch_size``, ``crop_scale``, ``crop_ratio``, ``hflip_prob``; ``seed``
+    draws every epoch's order and the augmentation. Returns the mean train loss of every epoch and the last
+    epoch's train top-1 (%).
+    """
+    total = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total))
     order_generator = torch.Generator().manual_seed(seed)
     augment_generator = torch.Generator(device=device).manual_seed(seed + 1)
@@ -176,7 +211,7 @@ def standard_linear_probe(
                     view.std,
                     augment_generator,
                 )
-                logits = classifier(_features(backbone, views))
+                logits = model(views)
                 loss = F.cross_entropy(logits, labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -185,23 +220,10 @@ def standard_linear_probe(
                 loss_sum += float(loss.detach()) * len(labels)
                 correct += int((logits.argmax(1) == labels).sum())
                 seen += len(labels)
-            epoch_loss.append(loss_sum / seen)
+            epoch_loss.append(loss_sum / max(1, seen))
             if log is not None and (epoch + 1) % max(1, cfg.epochs // 10) == 0:
                 log(f"  epoch {epoch + 1}/{cfg.epochs}: train loss {epoch_loss[-1]:.4f}")
-    top1 = evaluate_classifier(
-        lambda x: classifier(_features(backbone, x)),
-        val_set,
-        view,
-        cfg.val_crop_fraction,
-        device,
-        num_workers,
-    )
-    return StandardProbeResult(
-        top1=top1,
-        train_top1=100.0 * correct / max(1, seen),
-        epoch_loss=epoch_loss,
-        seconds=round(time.perf_counter() - start, 1),
-    )
+    return epoch_loss, 100.0 * correct / max(1, seen)
 
 
 @torch.no_grad()
