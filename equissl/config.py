@@ -184,7 +184,16 @@ class TrainerConfig:
     batch_size: PositiveInt = 128  # per process
     grad_accum_steps: PositiveInt = 1
     # fp64 is for numerical checks (e.g. 1 vs N processes agreeing to 1e-10), not for training speed.
-    precision: Literal["fp32", "bf16", "fp64"] = "fp32"
+    # fp16 autocasts with a dynamic loss scale whose state is checkpointed (launch/precision.py).
+    precision: Literal["fp32", "bf16", "fp16", "fp64"] = "fp32"
+    channels_last: bool = False  # NHWC weights and images (faster convolutions on GPUs / oneDNN CPUs)
+    compile: bool = False  # torch.compile of the objective's forward (first step compiles: tens of s)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        "default"
+    )
+    # inductor generates fused kernels (the fast one); aot_eager traces forward and backward but runs them
+    # with eager kernels (seconds to compile: for checking that a model compiles, and for the tests)
+    compile_backend: Literal["inductor", "aot_eager"] = "inductor"
     clip_grad_norm: NonNegativeFloat = 0.0  # 0 disables clipping
     seed: NonNegativeInt = 0
     run_dir: str = "runs/{name}"  # {name}: the run's name, the one placeholder

@@ -21,6 +21,8 @@ DDP's division; tests/launch/test_distributed.py checks both.)
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -41,12 +43,40 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+# Backends whose reduce-scatter is native; elsewhere (gloo) the backward all-reduces the whole gradient and
+# keeps its slice. NCCL's reduce-scatter sends each rank 1/world_size of what that all-reduce does, as
+# torch.distributed.nn.functional.all_gather's backward does (not used itself: deprecated in torch 2.14).
+_REDUCE_SCATTER_BACKENDS = ("nccl", "xccl")
+_forced_backward: str | None = None  # see force_gather_backward
+
+
+@contextlib.contextmanager
+def force_gather_backward(collective: str):
+    """Within the block, :func:`gather_with_grad`'s backward uses ``collective`` ("all_reduce" or
+    "reduce_scatter") whatever the backend: tests run both paths in one gloo group."""
+    global _forced_backward
+    if collective not in ("all_reduce", "reduce_scatter"):
+        raise ValueError(f"collective must be 'all_reduce' or 'reduce_scatter', got {collective!r}")
+    previous, _forced_backward = _forced_backward, collective
+    try:
+        yield
+    finally:
+        _forced_backward = previous
+
+
+def _backward_collective() -> str:
+    if _forced_backward is not None:
+        return _forced_backward
+    return "reduce_scatter" if dist.get_backend() in _REDUCE_SCATTER_BACKENDS else "all_reduce"
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather along dim 0; backward sums the gradient over ranks and keeps this rank's rows."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.rank, ctx.local_rows = dist.get_rank(), x.shape[0]
+        ctx.collective = _backward_collective()
         x = x.contiguous()
         parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, x)
@@ -54,8 +84,12 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        # all_reduce rather than reduce_scatter: gloo (CPU runs, the tests) lacks reduce_scatter.
-        grad = grad.contiguous().clone()
+        grad = grad.contiguous()
+        if ctx.collective == "reduce_scatter":
+            local = grad.new_empty((ctx.local_rows, *grad.shape[1:]))
+            dist.reduce_scatter_tensor(local, grad, op=dist.ReduceOp.SUM)
+            return local
+        grad = grad.clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = ctx.rank * ctx.local_rows
         return grad[start : start + ctx.local_rows]
@@ -66,8 +100,8 @@ def gather_with_grad(x: Tensor) -> Tensor:
 
     Rows ``rank() * n .. rank() * n + n - 1`` of the result are this rank's ``x``. Every rank must
     pass the same shape (the sampler drops the ragged tail so that it does). Gradients flow back to
-    every rank's ``x`` (summed over the ranks' losses, see the module docstring). The identity when
-    not distributed.
+    every rank's ``x`` (summed over the ranks' losses, see the module docstring), by a reduce-scatter
+    on NCCL / XCCL and an all-reduce elsewhere. The identity when not distributed.
     """
     if not is_distributed():
         return x

@@ -48,6 +48,7 @@ class TrainerState:
     skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss / gradient norm
     bad_reads: int = 0  # unreadable files skipped, summed over workers and ranks
     items_read: int = 0  # items delivered plus bad_reads, summed over workers and ranks
+    overflow_steps: int = 0  # fp16 steps not taken because the scaled gradients overflowed
 
 
 def checkpoint_root(run_dir: Path) -> Path:

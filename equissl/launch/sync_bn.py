@@ -1,9 +1,10 @@
-"""BatchNorm over the global batch, on any backend (``torch.nn.SyncBatchNorm`` is GPU-only).
+"""BatchNorm over the global batch (``trainer.sync_batchnorm=true``), on every device.
 
-With ``trainer.sync_batchnorm=true`` every BatchNorm of the model is replaced by
-:class:`GlobalBatchNorm`, whose training-mode statistics are those of the batch of all processes
-together; 2 processes with B/2 images then compute what 1 process computes with B images. Parameter
-and buffer names are unchanged, so checkpoints and exports are unaffected.
+On CUDA every BatchNorm of the model becomes torch's ``nn.SyncBatchNorm`` (fused NCCL kernels). Elsewhere
+(CPU, gloo: ``nn.SyncBatchNorm`` runs on GPUs only) it becomes :class:`GlobalBatchNorm`, whose
+training-mode statistics are those of the batch of all processes together, through the autograd
+all-gather. Either way 2 processes with B/2 images compute what 1 process computes with B images, and
+parameter and buffer names are unchanged, so checkpoints and exports are unaffected.
 """
 
 from __future__ import annotations
@@ -68,3 +69,11 @@ def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
         if new_child is not child:
             setattr(module, name, new_child)
     return module
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` with global-batch BatchNorms for ``device``: torch's ``nn.SyncBatchNorm`` on CUDA,
+    :class:`GlobalBatchNorm` elsewhere."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return convert_to_global_batchnorm(module)

@@ -8,7 +8,6 @@ N GPUs (``accelerate launch`` / ``torchrun``) or N nodes.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import pickle
 import re
@@ -38,10 +37,18 @@ from equissl.launch.data import GuardedCollate, GuardedDataset
 from equissl.launch.logging import MetricLogger, check_loggers
 from equissl.launch.online_eval import build_online_eval, due
 from equissl.launch.optim import build_optimizer, build_scheduler, scaled_lr
+from equissl.launch.precision import (
+    accelerate_mixed_precision,
+    as_channels_last,
+    as_float64,
+    compile_objective,
+    fp16_autocast,
+    grad_scaler,
+)
 from equissl.launch.resume import check_resume, truncate_metrics
 from equissl.launch.sampler import ResumableSampler
 from equissl.launch.signals import STOP_SIGNALS, StopFlag, ignore_stop_signals
-from equissl.launch.sync_bn import convert_to_global_batchnorm
+from equissl.launch.sync_bn import convert_sync_batchnorm
 from equissl.ssl.base import Objective
 from equissl.types import StepOutput, Views
 
@@ -78,21 +85,6 @@ class RunResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _as_float64(value):
-    """Floating tensors inside (nested lists / dicts / dataclasses of) ``value`` as float64."""
-    if isinstance(value, torch.Tensor):
-        return value.double() if value.is_floating_point() else value
-    if isinstance(value, list):
-        return [_as_float64(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _as_float64(v) for k, v in value.items()}
-    if dataclasses.is_dataclass(value):
-        return dataclasses.replace(
-            value, **{f.name: _as_float64(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        )
-    return value
-
-
 def _shut_down_workers(batches) -> None:
     """End a DataLoader iterator's worker processes now.
 
@@ -126,7 +118,7 @@ class Trainer:
         AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(
             cpu=tc.device == "cpu",
-            mixed_precision="bf16" if tc.precision == "bf16" else "no",
+            mixed_precision=accelerate_mixed_precision(tc.precision),  # fp16: own autocast and scaler
             # bounds every collective's wait for the other ranks (torch's default is 30 minutes)
             kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=tc.collective_timeout_s))],
         )
@@ -143,7 +135,12 @@ class Trainer:
         if tc.precision == "fp64":
             model = model.double()
         if tc.sync_batchnorm and self.world_size > 1:  # one process: its statistics already are global
-            model = convert_to_global_batchnorm(model)
+            model = convert_sync_batchnorm(model, self.accelerator.device)
+        if tc.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if tc.compile:
+            compile_objective(objective, tc.compile_mode, tc.compile_backend)
+        self.scaler = grad_scaler(tc.precision, self.accelerator.device)  # fp16 only
         optimizer = build_optimizer(model, config.optim, self.global_batch)
         self.scheduler = build_scheduler(optimizer, config.optim, tc.max_steps)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -195,6 +192,9 @@ class Trainer:
             "scheduler": ckpt.load_torch(checkpoint, "scheduler.pt"),
             "state": ckpt.load_trainer_state(checkpoint),
             "rng": ckpt.load_rank_rng(checkpoint, self.rank),
+            "scaler": ckpt.load_torch(checkpoint, "scaler.pt")
+            if (checkpoint / "scaler.pt").is_file()
+            else None,
         }
 
     def _apply(self, parts: dict) -> None:
@@ -202,6 +202,8 @@ class Trainer:
         self.optimizer.load_state_dict(parts["optimizer"])
         self.scheduler.load_state_dict(parts["scheduler"])
         self.state = parts["state"]
+        if self.scaler is not None and parts["scaler"] is not None:
+            self.scaler.load_state_dict(parts["scaler"])
         if parts["rng"] is not None:
             ckpt.set_rng_state(parts["rng"], self.generators)
         if any(key.startswith("optim.") for key in self.resume_changes):
@@ -240,14 +242,12 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             state_dict = self.accelerator.get_state_dict(self.model)
-            # No grad scaler: precision is fp32 or bf16, neither of which scales the loss. An fp16 option
-            # would pass its GradScaler here (write_shared saves it as scaler.pt).
             ckpt.write_shared(
                 tmp,
                 state_dict,
                 self.optimizer,
                 self.scheduler,
-                None,
+                self.scaler,  # fp16's loss scale (None otherwise)
                 self.state,
                 yaml.safe_dump(to_dict(self.config), sort_keys=False),
             )
@@ -294,17 +294,21 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def _micro_step(self, batch: dict, sync: bool) -> StepOutput:
         self._step_batches.append(batch)
+        tc = self.config.trainer
         views = self.view_maker(_to_device(batch, self.accelerator.device), self.generators["augment"])
-        if self.config.trainer.precision == "fp64":
-            views = _as_float64(views)
+        if tc.precision == "fp64":
+            views = as_float64(views)
+        if tc.channels_last:
+            views = as_channels_last(views)
         context = self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
         with context:
-            with self.accelerator.autocast():
+            with self.accelerator.autocast(), fp16_autocast(tc.precision, self.accelerator.device):
                 out = self.model(views)
             self._step_losses.append(out.loss.detach().float())
             # Backward even on a non-finite loss: every rank must join DDP's gradient all-reduce; the
             # step is judged (and skipped or stopped) on every rank together in _optimizer_step.
-            self.accelerator.backward(out.loss / self.config.trainer.grad_accum_steps)
+            loss = out.loss / tc.grad_accum_steps
+            self.accelerator.backward(self.scaler.scale(loss) if self.scaler is not None else loss)
         return out
 
     def _grad_norm(self) -> torch.Tensor:
@@ -391,10 +395,14 @@ class Trainer:
         """Check the step on every rank, then step the optimizer; False when a non-finite step was
         skipped (``trainer.skip_nonfinite_steps``). Raises NonFiniteLossError past that limit."""
         tc = self.config.trainer
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # the true gradients, for the norm, clipping and the check
         grad_norm = self._grad_norm()
         bad_loss, bad_grad = self._check_step(grad_norm)
         self.last_grad_norm = float(grad_norm)
         try:
+            if bad_grad and not bad_loss and self.scaler is not None:
+                return self._skip_overflow()
             if bad_loss or bad_grad:
                 saved = self._save_nonfinite(grad_norm)
                 what = "loss" if bad_loss else "gradient norm"
@@ -417,11 +425,23 @@ class Trainer:
         finally:
             self._step_batches, self._step_losses = [], []
         self.accelerator.unwrap_model(self.model).objective.before_optimizer_step(self.state.step)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # the gradients are finite (checked): it steps
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.unwrap_model(self.model).objective.on_step_end(self.state.step + 1, tc.max_steps)
         return True
+
+    def _skip_overflow(self) -> bool:
+        """fp16: the scaled gradients overflowed. The scaler halves its scale; the step is not taken and
+        not counted (the next batch makes it), as torch's AMP recipe does."""
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.overflow_steps += 1
+        return False
 
     def _log_setup(self, logger: MetricLogger) -> None:
         """The distributed maths a run actually uses, on screen and in ``launch.json``."""
@@ -642,6 +662,8 @@ class Trainer:
             "data/bad_reads": state.bad_reads,
             "data/bad_fraction": state.bad_reads / max(state.items_read, 1),
             "train/skipped_steps": state.skipped_steps,
+            **({"train/overflow_steps": state.overflow_steps} if self.scaler is not None else {}),
+            **({"train/loss_scale": self.scaler.get_scale()} if self.scaler is not None else {}),
         }
 
 

@@ -4,7 +4,8 @@
 ranks of the per-rank losses equals the single-process loss, parameter gradients averaged over ranks
 (what DDP does) equal the single-process ones, and the input gradient on each rank is world_size
 times the single-process one (the summing backward, before DDP's division; see
-equissl/distributed.py).
+equissl/distributed.py). Every case runs with both backward collectives of the gather: the all-reduce
+(gloo's path) and the reduce-scatter (NCCL's path, forced here in the gloo group).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from equissl.distributed import gather_with_grad, is_distributed, rank, world_size
+from equissl.distributed import force_gather_backward, gather_with_grad, is_distributed, rank, world_size
 from equissl.launch.launcher import free_port
 from equissl.ssl.losses import barlow_twins_loss, dino_loss, momentum_infonce, nt_xent, vicreg_loss
 
 WORLD = 2
+COLLECTIVES = ("all_reduce", "reduce_scatter")
 BATCH, IN_DIM, OUT_DIM = 8, 6, 5
 
 
@@ -92,6 +94,33 @@ def _all_gather(t):
     return torch.cat(parts)
 
 
+def _gather_and_losses(process: int) -> dict:
+    results = {}
+    # gather_with_grad itself: forward is the rank-ordered concatenation; backward sums over the
+    # ranks' losses (rank q weighs the gathered rows with (q + 1) * coefficients).
+    x = torch.full((2, 3), float(process + 1), requires_grad=True)
+    gathered = gather_with_grad(x)
+    coefficients = torch.arange(gathered.numel(), dtype=torch.float32).view_as(gathered)
+    (gathered * coefficients * (process + 1)).sum().backward()
+    results["gathered"] = gathered.detach()
+    results["gather_grad"] = _all_gather(x.grad)
+
+    x_a, x_b, weight = _problem()
+    n = BATCH // WORLD
+    rows = slice(process * n, (process + 1) * n)
+    for name, loss_fn in CASES.items():
+        loss, grad_a, grad_b, grad_w = _loss_and_grads(loss_fn, x_a[rows], x_b[rows], weight)
+        dist.all_reduce(loss)
+        dist.all_reduce(grad_w)  # DDP: average of the parameter gradients
+        results[name] = {
+            "loss": loss / WORLD,
+            "grad_w": grad_w / WORLD,
+            "grad_a": _all_gather(grad_a),
+            "grad_b": _all_gather(grad_b),
+        }
+    return results
+
+
 def _worker(process, port, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -103,28 +132,9 @@ def _worker(process, port, out_dir):
     )
     try:
         results = {"rank": rank(), "world_size": world_size(), "is_distributed": is_distributed()}
-        # gather_with_grad itself: forward is the rank-ordered concatenation; backward sums over the
-        # ranks' losses (rank q weighs the gathered rows with (q + 1) * coefficients).
-        x = torch.full((2, 3), float(process + 1), requires_grad=True)
-        gathered = gather_with_grad(x)
-        coefficients = torch.arange(gathered.numel(), dtype=torch.float32).view_as(gathered)
-        (gathered * coefficients * (process + 1)).sum().backward()
-        results["gathered"] = gathered.detach()
-        results["gather_grad"] = _all_gather(x.grad)
-
-        x_a, x_b, weight = _problem()
-        n = BATCH // WORLD
-        rows = slice(process * n, (process + 1) * n)
-        for name, loss_fn in CASES.items():
-            loss, grad_a, grad_b, grad_w = _loss_and_grads(loss_fn, x_a[rows], x_b[rows], weight)
-            dist.all_reduce(loss)
-            dist.all_reduce(grad_w)  # DDP: average of the parameter gradients
-            results[name] = {
-                "loss": loss / WORLD,
-                "grad_w": grad_w / WORLD,
-                "grad_a": _all_gather(grad_a),
-                "grad_b": _all_gather(grad_b),
-            }
+        for collective in COLLECTIVES:
+            with force_gather_backward(collective):
+                results[collective] = _gather_and_losses(process)
         if process == 0:
             torch.save(results, Path(out_dir) / "results.pt")
     finally:
@@ -145,9 +155,11 @@ def test_helpers_without_process_group():
     assert (world_size(), rank(), is_distributed()) == (1, 0, False)
 
 
-def test_gather_with_grad_forward_and_summed_backward(distributed_results):
-    r = distributed_results
-    assert (r["rank"], r["world_size"], r["is_distributed"]) == (0, WORLD, True)
+@pytest.mark.parametrize("collective", COLLECTIVES)
+def test_gather_with_grad_forward_and_summed_backward(distributed_results, collective):
+    assert (distributed_results["rank"], distributed_results["world_size"]) == (0, WORLD)
+    assert distributed_results["is_distributed"]
+    r = distributed_results[collective]
     expected = torch.cat([torch.full((2, 3), 1.0), torch.full((2, 3), 2.0)])
     assert torch.equal(r["gathered"], expected)
     coefficients = torch.arange(12, dtype=torch.float32).view(4, 3)
@@ -155,12 +167,18 @@ def test_gather_with_grad_forward_and_summed_backward(distributed_results):
     assert torch.allclose(r["gather_grad"], coefficients * summed_weight)
 
 
+@pytest.mark.parametrize("collective", COLLECTIVES)
 @pytest.mark.parametrize("name", list(CASES))
-def test_two_processes_equal_one_process(distributed_results, name):
-    got = distributed_results[name]
+def test_two_processes_equal_one_process(distributed_results, name, collective):
+    got = distributed_results[collective][name]
     loss, grad_a, grad_b, grad_w = _loss_and_grads(CASES[name], *_problem())
     assert torch.allclose(got["loss"], loss, atol=1e-5, rtol=0)
     assert torch.allclose(got["grad_w"], grad_w, atol=1e-5, rtol=0)
     assert torch.allclose(got["grad_a"] / WORLD, grad_a, atol=1e-5, rtol=0)
     assert torch.allclose(got["grad_b"] / WORLD, grad_b, atol=1e-5, rtol=0)
     assert grad_w.abs().max() > 1e-3  # the comparison is not between zeros
+
+
+def test_the_backward_collective_can_only_be_forced_to_a_known_one():
+    with pytest.raises(ValueError, match="all_reduce"), force_gather_backward("all_gather"):
+        pass

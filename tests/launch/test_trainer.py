@@ -54,11 +54,20 @@ def test_run_writes_config_metrics_and_keeps_the_last_checkpoints(tiny_overrides
     assert pretrain(config).status == "already finished"
 
 
-# (recipe, overrides, max_steps): DINO carries the most state besides the weights of the momentum methods
-# (EMA teacher, momentum, centre, step count; BYOL's and MoCo v3's target and momentum are held the same
-# way, as parameters and buffers), which must come back from the checkpoint exactly.
+# (recipe, objective overrides, other overrides, max_steps): DINO carries the most state besides the weights of the
+# momentum methods (EMA teacher, momentum, centre, step count; BYOL's and MoCo v3's target and momentum are
+# held the same way, as parameters and buffers), which must come back from the checkpoint exactly. fp16
+# carries its loss scale: its first steps overflow and halve it, so a resume that restarted from the
+# initial scale would skip other batches and end with other weights (timm's tiny test_resnet: float16
+# convolutions are emulated, and slow, on CPUs without native float16).
 KILL_CASES = {
-    "simclr": (RECIPE, None, 10),
+    "simclr": (RECIPE, None, [], 10),
+    "simclr_fp16": (
+        RECIPE,
+        None,
+        ["trainer.precision=fp16", "backbone={name: timm, model_name: test_resnet}"],
+        10,
+    ),
     "dino": (
         "dino_resnet18_shapes3d",
         [
@@ -70,6 +79,7 @@ KILL_CASES = {
             "trainer.batch_size=16",  # 5 steps an epoch: the resumed part crosses into epoch 1, where the
             # last layer unfreezes and the teacher temperature steps, both read from the restored step count
         ],
+        [],
         7,
     ),
 }
@@ -77,7 +87,7 @@ KILL_CASES = {
 
 @pytest.mark.parametrize("case", list(KILL_CASES))
 def test_sigkill_then_same_command_resumes_and_matches_uninterrupted(tiny_overrides, tmp_path, case):
-    recipe, objective, max_steps = KILL_CASES[case]
+    recipe, objective, extra, max_steps = KILL_CASES[case]
     if objective is not None:  # the tiny overrides' projector keys are SimCLR's
         tiny_overrides = [o for o in tiny_overrides if not o.startswith("objective.")] + objective
     common = [
@@ -87,6 +97,7 @@ def test_sigkill_then_same_command_resumes_and_matches_uninterrupted(tiny_overri
         *tiny_overrides,
         f"trainer.max_steps={max_steps}",
         "trainer.checkpoint_every=3",
+        *extra,
     ]
     reference_dir = tmp_path / "reference"
     assert (
@@ -118,6 +129,10 @@ def test_sigkill_then_same_command_resumes_and_matches_uninterrupted(tiny_overri
     assert ckpt.load_trainer_state(ckpt.latest_checkpoint(tmp_path / "run")).step == max_steps
     for key, value in expected.items():  # same data order, same augmentations, same weights
         assert torch.equal(final[key], value), key
+    if case == "simclr_fp16":
+        scale = ckpt.load_torch(ckpt.latest_checkpoint(tmp_path / "run"), "scaler.pt")["scale"]
+        assert scale == ckpt.load_torch(ckpt.latest_checkpoint(reference_dir), "scaler.pt")["scale"]
+        assert scale < 2.0**16  # the run did overflow and back off: the test exercises the scale
 
 
 def test_sigterm_writes_a_complete_checkpoint_and_exits_zero(tiny_overrides, tmp_path):
