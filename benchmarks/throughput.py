@@ -19,22 +19,55 @@ import time
 import torch
 
 
+class TrainerSteps:
+    """The real trainer's full step, driven outside ``Trainer.fit`` (no checkpoints, no logging).
+
+    ``step()``: next batch from the trainer's DataLoader (decode in its workers) + batched augmentation
+    + forward + backward + the trainer's checks + optimizer and scheduler step.
+    ``start()`` / ``stop()``: start the trainer's DataLoader workers afresh / shut them down, so that a
+    benchmark alternating with another pipeline gives neither side batches prefetched while the other ran.
+    """
+
+    def __init__(self, config) -> None:
+        from equissl.launch.logging import MetricLogger
+        from equissl.launch.trainer import Trainer
+
+        self.trainer = Trainer(config)
+        self.logger = MetricLogger(
+            self.trainer.run_dir, config.trainer.max_steps, 0, enabled=False, progress=False
+        )
+        self.trainer.model.train()
+        self.images_per_step = config.trainer.batch_size * self.trainer.world_size
+        self.batches = None
+
+    def start(self) -> None:
+        self.batches = self.trainer._batches()  # the sampler continues where the previous one stopped
+
+    def stop(self) -> None:
+        if self.batches is not None:
+            self.batches.close()  # the generator's finally shuts its workers down
+            self.batches = None
+
+    def next_batch(self) -> dict:
+        if self.batches is None:
+            self.start()
+        return next(self.batches)
+
+    def step(self) -> None:
+        self.trainer._micro_step(self.next_batch(), sync=True)
+        self.trainer._optimizer_step(self.logger)
+
+
 def measure(config, steps: int, warmup: int) -> dict:
-    from equissl.launch.logging import MetricLogger
-    from equissl.launch.trainer import Trainer, _to_device
+    from equissl.launch.trainer import _to_device
 
-    trainer = Trainer(config)
-    logger = MetricLogger(trainer.run_dir, config.trainer.max_steps, 0, enabled=False, progress=False)
-    trainer.model.train()
-    batches = trainer._batches()
-    images_per_step = config.trainer.batch_size * trainer.world_size
-
-    def full_step():
-        trainer._micro_step(next(batches), sync=True)
-        trainer._optimizer_step(logger)
+    steps_driver = TrainerSteps(config)
+    trainer, logger = steps_driver.trainer, steps_driver.logger
+    images_per_step = steps_driver.images_per_step
+    full_step = steps_driver.step
 
     views = trainer.view_maker(
-        _to_device(next(batches), trainer.accelerator.device), trainer.generators["augment"]
+        _to_device(steps_driver.next_batch(), trainer.accelerator.device), trainer.generators["augment"]
     )
 
     def forward_backward():
@@ -46,7 +79,7 @@ def measure(config, steps: int, warmup: int) -> dict:
 
     def augmentation_only():
         trainer.view_maker(
-            _to_device(next(batches), trainer.accelerator.device), trainer.generators["augment"]
+            _to_device(steps_driver.next_batch(), trainer.accelerator.device), trainer.generators["augment"]
         )
 
     figures = {}
@@ -63,6 +96,7 @@ def measure(config, steps: int, warmup: int) -> dict:
         elapsed = time.perf_counter() - start
         figures[f"{name}_images_per_s"] = round(images_per_step * steps / elapsed, 1)
         figures[f"{name}_ms_per_step"] = round(1000 * elapsed / steps, 1)
+    steps_driver.stop()
     figures["augmentation_overhead_fraction"] = round(
         1 - figures["forward_backward_ms_per_step"] / figures["full_step_ms_per_step"], 3
     )

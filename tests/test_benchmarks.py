@@ -100,3 +100,41 @@ def test_equal_time_table_alternates_bases_and_their_essl_and_writes_markdown():
         "| random init | 0 | 0 | 30.0 | 20.0 | |" in text
         and "| essl/byol | 3 | 10 | 50.0 | 40.2 | 90.0 |" in text
     )
+
+
+def test_peers_dry_run_times_equissl_and_lightly_when_installed(tiny_shapes3d_root):
+    """``peers.py --dry`` in a subprocess, as a user runs it: the equissl side always runs; the lightly side
+    runs when lightly (the bench extra) is installed, and the JSON says "not installed" otherwise."""
+    import importlib.util
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY_DATA
+
+    overrides = [f"data.root={tiny_shapes3d_root}", *TINY_DATA]
+    command = [sys.executable, str(BENCHMARKS / "peers.py"), "--dry", "--workers", "1", "--threads", "1"]
+    command += ["--precision", "fp32", "--device", "cpu", *overrides]
+    # this checkout's equissl first, whichever one the environment has installed
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(BENCHMARKS.parent), os.environ.get("PYTHONPATH", "")])
+    )
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    settings = out["settings"]
+    chosen = ("batch_size", "image_size", "workers", "threads", "rounds", "steps_per_round", "precision")
+    assert [settings[key] for key in chosen] == [4, 32, 1, 1, 1, 1, "fp32"]
+    assert settings["overrides"] == overrides and settings["torch"] and settings["device"] == "cpu"
+    assert out["equissl"]["images_per_s"] > 0 and len(out["equissl"]["images_per_s_per_round"]) == 1
+    if importlib.util.find_spec("lightly") is None:
+        assert out["lightly"] == "not installed" and out["ratio_equissl_over_lightly"] is None
+        assert settings["lightly"] == "not installed"
+    else:
+        lightly = out["lightly"]
+        assert lightly["images_per_s"] > 0 and len(lightly["images_per_s_per_round"]) == 1
+        assert lightly["transform"]["input_size"] == 32 and lightly["transform"]["min_scale"] == 0.2
+        assert lightly["forward"] == "separate" and settings["lightly"] == lightly["version"]
+        # one round: the ratio of the medians is that round's ratio
+        assert out["ratio_equissl_over_lightly"] == out["ratio_per_round"][0] > 0

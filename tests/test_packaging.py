@@ -52,6 +52,8 @@ def test_extras_hold_the_optional_packages():
             assert any(requirement.startswith(package) for requirement in extras[extra]), (extra, module)
     assert extras["all"] == [f"equissl[{','.join(EXTRAS)}]"]
     assert "equissl[all,docs]" in extras["dev"]
+    assert extras["bench"] == ["lightly>=1.5"]  # benchmarks/peers.py only: the tests must not need it
+    assert not any("bench" in requirement for requirement in extras["all"] + extras["dev"])
     assert any(requirement.startswith("torch>=") for requirement in PYPROJECT["dependencies"])
 
 
