@@ -100,3 +100,14 @@ def test_equal_time_table_alternates_bases_and_their_essl_and_writes_markdown():
         "| random init | 0 | 0 | 30.0 | 20.0 | |" in text
         and "| essl/byol | 3 | 10 | 50.0 | 40.2 | 90.0 |" in text
     )
+
+
+def test_decode_benchmark_times_workers_and_device_decoding_in_a_dry_run(tmp_path):
+    decode = _load("decode")
+    args = decode.parse_args(["--dry", "--folder", str(tmp_path / "images")])
+    figures = decode.run(args)
+    assert len(list((tmp_path / "images").glob("*.jpg"))) == 8
+    assert set(figures["images_per_s"]) == {"workers", "device"}
+    assert all(value > 0 for value in figures["images_per_s"].values()) and figures["device_over_workers"] > 0
+    assert figures["device"] == "cpu" and figures["settings"]["backbone"] == "resnet18"
+    assert len(figures["per_round"]) == 1
