@@ -12,9 +12,10 @@ from collections.abc import Callable
 from torch import nn
 from torch.utils.data import Dataset
 
-from equissl.augmentations.crops import FullImageViews
+from equissl.augmentations.crops import DeviceDecodedViews, FullImageViews
 from equissl.backbones.symmetry import symmetrize
 from equissl.config import Config
+from equissl.errors import ConfigError
 from equissl.registry import BACKBONES, DATASETS, OBJECTIVES, VIEW_MAKERS
 from equissl.ssl.base import Objective
 from equissl.types import Views, ViewSpec
@@ -51,15 +52,25 @@ def build_dataset(
     With ``spec`` (pretraining), a dataset of variable-size images that asks for crops from the full
     image (``full_images``) is wrapped so that the data workers cut each view's crop from the decoded
     full-resolution image (:mod:`equissl.augmentations.crops`); CARE's batch-shared parameters
-    (``spec.shared_chunks``) need one frame for the whole chunk and keep the resized fast path.
+    (``spec.shared_chunks``) need one frame for the whole chunk and keep the resized fast path. With
+    ``data.decode=device`` the workers only read the files and the trainer decodes them on its device
+    (:class:`~equissl.augmentations.crops.DeviceDecodedViews`).
     """
     seed = config.trainer.seed if seed is None else seed
     dataset = DATASETS.build(
         config.data.name, config.data, split=split, source=source, num_views=num_views, seed=seed
     )
-    if spec is not None and getattr(dataset, "full_images", False) and not spec.shared_chunks:
-        return FullImageViews(dataset, config.augment, spec, seed)
-    return dataset
+    if spec is None or not getattr(dataset, "full_images", False):
+        return dataset
+    on_device = getattr(dataset, "decode", "workers") == "device"
+    if spec.shared_chunks:
+        if on_device:
+            raise ConfigError(
+                f"data.decode=device cuts crops from the full images; objective {config.objective.name}'s "
+                "batch-shared augmentations (shared_chunks) read the resized images: set data.decode=workers"
+            )
+        return dataset
+    return (DeviceDecodedViews if on_device else FullImageViews)(dataset, config.augment, spec, seed)
 
 
 def build_view_maker(config: Config, spec: ViewSpec) -> Callable[..., Views]:

@@ -75,6 +75,7 @@ class DataConfig:
     root: str = ""  # empty: $EQUISSL_DATA/<name>, else ~/.cache/equissl/<name>
     image_size: PositiveInt = 64  # images are resized to image_size x image_size when read
     num_workers: NonNegativeInt = 2
+    prefetch_factor: PositiveInt = 2  # batches each worker keeps in flight (with num_workers > 0)
     # Unreadable / truncated / wrong-mode files are skipped and counted (over every worker and rank);
     # the run aborts once more than this fraction of the items read so far was bad, judged only after
     # min_items_before_abort items (or the whole dataset, if smaller) were read.

@@ -138,3 +138,14 @@ def test_peers_dry_run_times_equissl_and_lightly_when_installed(tiny_shapes3d_ro
         assert lightly["forward"] == "separate" and settings["lightly"] == lightly["version"]
         # one round: the ratio of the medians is that round's ratio
         assert out["ratio_equissl_over_lightly"] == out["ratio_per_round"][0] > 0
+
+
+def test_decode_benchmark_times_workers_and_device_decoding_in_a_dry_run(tmp_path):
+    decode = _load("decode")
+    args = decode.parse_args(["--dry", "--folder", str(tmp_path / "images")])
+    figures = decode.run(args)
+    assert len(list((tmp_path / "images").glob("*.jpg"))) == 8
+    assert set(figures["images_per_s"]) == {"workers", "device"}
+    assert all(value > 0 for value in figures["images_per_s"].values()) and figures["device_over_workers"] > 0
+    assert figures["device"] == "cpu" and figures["settings"]["backbone"] == "resnet18"
+    assert len(figures["per_round"]) == 1

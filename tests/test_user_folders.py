@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from PIL import Image
 
 from equissl.cli import main
 from equissl.config import build_config
@@ -84,15 +85,23 @@ def test_a_corrupt_file_is_named_when_too_many_are_bad(tmp_path, capsys):
     assert "data.max_bad_fraction=0.05" in error and "trip/corrupt.jpg" in error
 
 
-def test_resumes_over_full_image_crops_are_exact(tmp_path):
+@pytest.mark.parametrize(
+    "loading",
+    ["num_workers: 0", "num_workers: 2, decode: device"],  # the second: workers kept over epochs, JPEGs
+    # decoded by the training process
+)
+def test_resumes_over_full_image_crops_are_exact(tmp_path, loading):
     photos = tmp_path / "photos"
     write_labelled_folder(photos, per_class=3, size=40)  # labelled: the online probe trains too
+    for png in sorted((photos / "train").rglob("*.png"))[1:]:  # JPEGs, and one PNG
+        Image.open(png).save(png.with_suffix(".jpg"), quality=95)
+        png.unlink()
 
     def config(run: str, steps: int):
         return build_config(
             "simclr_resnet18_shapes3d",
             [
-                "data={name: imagefolder, root: " + str(photos) + ", num_workers: 0}",
+                "data={name: imagefolder, root: " + str(photos) + ", " + loading + "}",
                 *TINY,
                 "trainer.batch_size=4",
                 f"trainer.max_steps={steps}",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from equissl.augmentations.image import crop_resize_antialiased, sample_crop_boxes, to_float_image
 from equissl.config import AugmentConfig
@@ -71,30 +71,45 @@ class FullImageViews(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _cut(self, image: Tensor, index: int, view: int, size: int, scale) -> tuple[Tensor, Tensor]:
-        """(crop (3, size, size) float, box (4,)) of ``view`` of item ``index``."""
-        height, width = image.shape[-2:]
-        generator = view_generator(self.seed, self.epoch, index, view)
-        box = sample_crop_boxes(1, height, width, tuple(scale), tuple(self.cfg.crop_ratio), generator)[0]
-        return crop_resize_antialiased(image, box, size), box
+    def _draw_boxes(self, index: int, epoch: int, height: int, width: int) -> dict[str, list[Tensor]]:
+        """{"global": [box (4,) per global view], "small": [...]} of item ``index`` in ``epoch`` on an image
+        of height x width pixels: each box drawn by its own generator, so boxes can be drawn anywhere."""
+        boxes: dict[str, list[Tensor]] = {"global": [], "small": []}
+        for kind, count, _, scale in self.groups:
+            for _ in range(count):
+                # view numbers: the globals 0.., then the small ones (what the two-kind layout always used)
+                view = len(boxes[kind]) + (self.spec.num_views if kind == "small" else 0)
+                generator = view_generator(self.seed, epoch, index, view)
+                ratio = tuple(self.cfg.crop_ratio)
+                boxes[kind].append(sample_crop_boxes(1, height, width, tuple(scale), ratio, generator)[0])
+        return boxes
+
+    def _sides(self) -> dict[str, int]:
+        """The crop side of each kind (one per kind, checked in ``__init__``)."""
+        sides = {kind: size for kind, count, size, _ in self.groups if count}
+        return {
+            "global": sides.get("global", self.cfg.crop_size),
+            "small": sides.get("small", self.cfg.small_crop_size),
+        }
+
+    def _cut(self, image: Tensor, boxes: dict[str, list[Tensor]]) -> dict[str, Tensor]:
+        """The crops of one image (uint8 (3, H, W), any device) at ``boxes`` (from :meth:`_draw_boxes`):
+        ``views``, ``crops``, ``small_views``, ``small_crops`` of the item (module docstring)."""
+        image = to_float_image(image[None])[0]
+        sides = self._sides()
+        out = {}
+        for kind, key in (("global", "views"), ("small", "small_views")):
+            side = sides[kind]
+            crops = [crop_resize_antialiased(image, box, side) for box in boxes[kind]]
+            out[key] = torch.stack(crops) if crops else image.new_zeros(0, 3, side, side)
+            out[key.replace("views", "crops")] = torch.stack(boxes[kind]) if crops else torch.zeros(0, 4)
+        return out
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         item = self.dataset.full_item(index)
-        image = to_float_image(item["image"][None])[0]
-        out: dict[str, list] = {"global": [], "small": []}
-        for kind, count, size, scale in self.groups:
-            for _ in range(count):
-                # view numbers: the globals 0.., then the small ones (what the two-kind layout always used)
-                view = len(out[kind]) + (self.spec.num_views if kind == "small" else 0)
-                out[kind].append(self._cut(image, index, view, size, scale))
-        views, small = out["global"], out["small"]
-        side = next((size for kind, count, size, _ in self.groups if kind == "small" and count), 0)
-        side = side or self.cfg.small_crop_size
+        image = item["image"]
         return {
-            "views": torch.stack([crop for crop, _ in views]),
-            "crops": torch.stack([box for _, box in views]),
-            "small_views": torch.stack([c for c, _ in small]) if small else torch.zeros(0, 3, side, side),
-            "small_crops": torch.stack([b for _, b in small]) if small else torch.zeros(0, 4),
+            **self._cut(image, self._draw_boxes(index, self.epoch, *image.shape[-2:])),
             "label": item["label"],
         }
 
@@ -121,3 +136,67 @@ class FullImageViews(Dataset):
 
     def describe_item(self, index: int) -> str:
         return self.dataset.describe_item(index)
+
+
+def collate_encoded(items: list[dict[str, Tensor]]) -> dict:
+    """Collate :class:`DeviceDecodedViews` items: ``data`` (files' bytes, or decoded images, of any size)
+    stays a list of B tensors, everything else is stacked."""
+    batch: dict = {"data": [item["data"] for item in items]}
+    batch.update({key: default_collate([item[key] for item in items]) for key in items[0] if key != "data"})
+    return batch
+
+
+class DeviceDecodedViews(FullImageViews):
+    """:class:`FullImageViews` with the decoding moved to the training process (``data.decode=device``).
+
+    The data workers read each file's bytes and header (the dataset's ``encoded_item``: JPEGs stay encoded,
+    other formats are decoded there) and draw the crop boxes on the upright image size exactly as
+    :class:`FullImageViews` does. Items: ``{"data": uint8 (N,) bytes or (3, H, W) pixels, "encoded": bool (),
+    "orientation": int64 (), "size": int64 (2,), "file": int64 (), "index": int64 (), "epoch": int64 (),
+    "crops": float32 (V, 4), "small_crops": float32 (S, 4), "label": int64 ()}``, collated by
+    :func:`collate_encoded`. The training process then calls :meth:`finish_batch`, which decodes the batch's
+    JPEGs on its device (the dataset's ``decode_encoded``) and cuts the crops there: the batch
+    :class:`FullImageViews` gives, up to the JPEG decoders' differences.
+    """
+
+    collate_fn = staticmethod(collate_encoded)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        item = self.dataset.encoded_item(index)
+        height, width = (int(side) for side in item["size"])
+        boxes = self._draw_boxes(index, self.epoch, height, width)
+        return {
+            **item,
+            "index": torch.tensor(index),
+            "epoch": torch.tensor(self.epoch),
+            "crops": torch.stack(boxes["global"]),
+            "small_crops": torch.stack(boxes["small"]) if boxes["small"] else torch.zeros(0, 4),
+        }
+
+    def finish_batch(self, batch: dict, device: torch.device | str) -> dict[str, Tensor]:
+        """A collated batch of worker items -> ``{"views": float32 (B, V, 3, c, c) on device, "crops": (B, V, 4),
+        "small_views": (B, S, 3, s, s) on device, "small_crops": (B, S, 4), "label": (B,)}``.
+
+        An item whose file the device cannot decode is replaced by the next readable file (counted in the
+        dataset's ``skipped_reads``, as in the workers), its boxes drawn again on that image."""
+        images, replaced = self.dataset.decode_encoded(
+            batch["data"],
+            batch["encoded"].tolist(),
+            batch["orientation"].tolist(),
+            batch["file"].tolist(),
+            device,
+        )
+        labels = batch["label"].clone()
+        items = []
+        for position, image in enumerate(images):
+            if position in replaced:
+                index, epoch = int(batch["index"][position]), int(batch["epoch"][position])
+                boxes = self._draw_boxes(index, epoch, *image.shape[-2:])
+                labels[position] = replaced[position]
+            else:
+                boxes = {
+                    "global": list(batch["crops"][position]),
+                    "small": list(batch["small_crops"][position]),
+                }
+            items.append(self._cut(image, boxes))
+        return {**{key: torch.stack([item[key] for item in items]) for key in items[0]}, "label": labels}

@@ -31,7 +31,9 @@ RGB; transparency (RGBA, LA, palette with a transparent colour) is composited on
 Items: ``{"image": uint8 (3, image_size, image_size), "label": int64 ()}``, the shorter side resized to
 ``image_size`` (antialiased) and centre-cropped (what the fast path, the probes and the evaluations read);
 ``full_item(index)`` gives ``{"image": uint8 (3, H, W)}`` at the decoded resolution, from which pretraining
-cuts its crops when ``data.crops=full`` (:mod:`equissl.augmentations.crops`).
+cuts its crops when ``data.crops=full`` (:mod:`equissl.augmentations.crops`). With ``data.decode=device``
+the workers call ``encoded_item(index)`` instead (:func:`read_for_device`: a JPEG's bytes and header, other
+formats decoded), and the training process decodes the JPEGs on its device.
 
 An unreadable file is skipped with a warning naming it, recorded in ``bad_files`` and counted in
 ``skipped_reads`` (per process); the item falls back deterministically to the next readable one.
@@ -39,22 +41,25 @@ An unreadable file is skipped with a warning naming it, recorded in ``bad_files`
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from equissl.config import DataConfig, Fraction
 from equissl.datasets.ie3d import data_root
 from equissl.datasets.images import UNLABELLED, check_split_and_source, square_image
-from equissl.errors import UserError
+from equissl.errors import ConfigError, UserError
 from equissl.registry import DATASETS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
@@ -63,6 +68,8 @@ LAYOUTS = (
     "(one path per line, optionally followed by a label)"
 )
 _MAX_16BIT = 65535.0
+_EXIF_ORIENTATION = 0x0112
+_JPEG_SOS, _JPEG_EOI = b"\xff\xda", b"\xff\xd9"  # start of scan, end of image
 
 
 @dataclass
@@ -77,6 +84,17 @@ class ImageFolderConfig(DataConfig):
     # full: pretraining cuts each view's crop from the decoded full-resolution image in the data workers;
     # resized: from the image_size square (the fast path, as fixed-size datasets do).
     crops: Literal["full", "resized"] = "full"
+    # workers: the data workers decode every image (PIL); device: they only read the JPEG files' bytes and
+    # headers, and the training process decodes them batched on its device (torchvision's decode_jpeg),
+    # then cuts the same crops; other formats are still decoded in the workers. Needs crops=full.
+    decode: Literal["workers", "device"] = "workers"
+
+    def check(self, config) -> None:
+        if self.decode == "device" and self.crops != "full":
+            raise ConfigError(
+                "data.decode=device decodes the full images for data.crops=full; with data.crops="
+                f"{self.crops} the workers resize every image: set data.decode=workers"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -99,8 +117,9 @@ def _rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def decode_image(path: str | Path) -> Tensor:
-    """uint8 (3, H, W) RGB of an image file, EXIF orientation applied (H, W after the rotation).
+def decode_image(path: str | Path | BinaryIO) -> Tensor:
+    """uint8 (3, H, W) RGB of an image file (a path or an open binary file), EXIF orientation applied
+    (H, W after the rotation).
 
     Raises whatever the decoder raises for a file it cannot read (callers count those as unreadable).
     """
@@ -109,6 +128,100 @@ def decode_image(path: str | Path) -> Tensor:
         upright = ImageOps.exif_transpose(image)
         array = _rgb_array(upright)
     return torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def _complete_jpeg(data: bytes) -> bool:
+    """Whether the JPEG's last scan is followed by an end-of-image marker: a file cut short lacks it.
+
+    (Inside a scan 0xFF is always followed by 0x00 or a restart marker, so 0xFFD9 is the end marker.)"""
+    return data.rfind(_JPEG_EOI) > data.rfind(_JPEG_SOS) >= 0
+
+
+def read_for_device(path: str | Path) -> dict[str, Tensor]:
+    """What a data worker sends when the training process decodes (``data.decode=device``).
+
+    A complete baseline or progressive JPEG in RGB or grayscale: ``{"data": uint8 (N,) the file's bytes,
+    "encoded": bool () True, "orientation": int64 () its EXIF orientation (1: upright; 2..8 as in EXIF),
+    "size": int64 (2,) (height, width) once upright}``, read from the header only. Any other file (PNG,
+    CMYK JPEG, one cut short, ...): decoded here by :func:`decode_image`, ``{"data": uint8 (3, H, W),
+    "encoded": False, "orientation": 1, "size": (H, W)}``, so it fails (unreadable) exactly as there.
+    """
+    raw = Path(path).read_bytes()
+    with Image.open(io.BytesIO(raw)) as image:
+        if image.format == "JPEG" and image.mode in ("RGB", "L") and _complete_jpeg(raw):
+            orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+            orientation = orientation if 2 <= orientation <= 8 else 1  # what ImageOps.exif_transpose reads
+            width, height = image.size
+            if orientation >= 5:  # 5..8 turn the image a quarter: the sides swap
+                width, height = height, width
+            return {
+                "data": torch.frombuffer(bytearray(raw), dtype=torch.uint8),
+                "encoded": torch.tensor(True),
+                "orientation": torch.tensor(orientation),
+                "size": torch.tensor([height, width]),
+            }
+    pixels = decode_image(io.BytesIO(raw))
+    return {
+        "data": pixels,
+        "encoded": torch.tensor(False),
+        "orientation": torch.tensor(1),
+        "size": torch.tensor(list(pixels.shape[-2:])),
+    }
+
+
+def exif_upright(image: Tensor, orientation: int) -> Tensor:
+    """(..., H, W) image as stored -> upright, for an EXIF orientation 1..8: what PIL's
+    ``ImageOps.exif_transpose`` does, on a tensor of any device."""
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(-2, -1)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:  # transpose
+        return image.transpose(-2, -1)
+    if orientation == 6:  # turned 90 degrees clockwise
+        return image.rot90(-1, dims=(-2, -1))
+    if orientation == 7:  # transverse
+        return image.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:  # turned 90 degrees counter-clockwise
+        return image.rot90(1, dims=(-2, -1))
+    return image
+
+
+def decode_jpegs(
+    data: list[Tensor], orientation: list[int], device: torch.device | str
+) -> list[Tensor | Exception]:
+    """Upright uint8 (3, H, W) RGB on ``device`` of each JPEG's bytes (uint8 (N,) on the CPU), decoded in
+    one batched ``torchvision.io.decode_jpeg`` call, the EXIF ``orientation`` applied by :func:`exif_upright`.
+
+    When the batch fails, each file is decoded alone; one the device decoder refuses is decoded by PIL
+    (:func:`decode_image`) on the CPU, and one that neither reads is returned as the exception."""
+    if not data:
+        return []
+    try:
+        decoded = _decode_jpeg(data, device)
+    except RuntimeError:
+        return [_decode_jpeg_alone(one, turn, device) for one, turn in zip(data, orientation, strict=True)]
+    return [exif_upright(image, turn) for image, turn in zip(decoded, orientation, strict=True)]
+
+
+def _decode_jpeg(data: Tensor | list[Tensor], device: torch.device | str) -> Tensor | list[Tensor]:
+    with warnings.catch_warnings():
+        # torchvision 0.29 announces the move of its decoders to TorchCodec on every call
+        warnings.filterwarnings("ignore", "The image decoding and encoding", DeprecationWarning)
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+def _decode_jpeg_alone(data: Tensor, orientation: int, device: torch.device | str) -> Tensor | Exception:
+    try:
+        return exif_upright(_decode_jpeg(data, device), orientation)
+    except RuntimeError:
+        pass
+    try:  # PIL applies the EXIF orientation itself
+        return decode_image(io.BytesIO(data.numpy().tobytes())).to(device)
+    except Exception as error:  # noqa: BLE001 (whatever the decoder raises, the file is unreadable)
+        return error
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -209,6 +322,8 @@ class ImageFolderDataset(Dataset):
     square, pixels. labels: ``"auto"``, ``"folders"`` or ``"none"``. file_list / val_file_list: text files
     listing the split's images. val_fraction: held out of each class when labelled data has no val split.
     full_images: pretraining reads ``full_item`` (crops from the full image) rather than the square.
+    decode: ``"workers"`` or ``"device"`` (pretraining's workers read ``encoded_item``; see the module
+    docstring).
     """
 
     def __init__(
@@ -221,6 +336,7 @@ class ImageFolderDataset(Dataset):
         val_file_list: str | Path | None = None,
         val_fraction: float = 0.2,
         full_images: bool = False,
+        decode: str = "workers",
     ) -> None:
         check_split_and_source("imagefolder", split, "image")
         if image_size < 1:
@@ -228,7 +344,10 @@ class ImageFolderDataset(Dataset):
         if labels not in ("auto", "folders", "none"):
             raise ValueError(f"labels must be auto, folders or none, got {labels!r}")
         self.root = Path(root).expanduser() if root is not None else None
+        if decode not in ("workers", "device"):
+            raise ValueError(f"decode must be workers or device, got {decode!r}")
         self.split, self.image_size, self.full_images = split, image_size, full_images
+        self.decode = decode
         train, val = self._listings(labels, file_list, val_file_list)
         labelled = self._labelled(train, labels)
         names = self._class_names(train) if labelled else []
@@ -361,35 +480,94 @@ class ImageFolderDataset(Dataset):
     def describe_item(self, index: int) -> str:
         return str(self.files[index])
 
-    def _decode(self, index: int) -> Tensor | None:
-        """uint8 (3, H, W) of file ``index``, or None (counted, warned) if it cannot be decoded."""
+    def _read(self, index: int, reader: Callable[[Path], Any] = decode_image) -> Any:
+        """``reader(file)`` of file ``index``, or None (counted, warned) if it cannot be read."""
         if index in self._bad:
             self.skipped_reads += 1
             return None
-        path = self.files[index]
         try:
-            return decode_image(path)
+            return reader(self.files[index])
         except Exception as error:  # noqa: BLE001 (whatever the decoder raises, the file is unreadable)
-            self._bad.add(index)
-            self.bad_files.append(str(path))
-            self.skipped_reads += 1
-            warnings.warn(
-                f"skipping unreadable image {path}: {type(error).__name__}: {error}",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+            self._mark_unreadable(index, error)
             return None
 
-    def _readable(self, index: int) -> tuple[int, Tensor]:
-        """(item, image) of the first readable item from ``index`` on, wrapping around."""
+    def _mark_unreadable(self, index: int, error: Exception) -> None:
+        path = self.files[index]
+        self._bad.add(index)
+        self.bad_files.append(str(path))
+        self.skipped_reads += 1
+        warnings.warn(
+            f"skipping unreadable image {path}: {type(error).__name__}: {error}", RuntimeWarning, stacklevel=5
+        )
+
+    def _readable(self, index: int, reader: Callable[[Path], Any] = decode_image) -> tuple[int, Any]:
+        """(item, ``reader``'s result) of the first readable item from ``index`` on, wrapping around."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         for offset in range(len(self)):
             candidate = (index + offset) % len(self)
-            image = self._decode(candidate)
+            image = self._read(candidate, reader)
             if image is not None:
                 return candidate, image
         raise RuntimeError(f"no readable image in {self.root} ({len(self.bad_files)} unreadable files)")
+
+    def encoded_item(self, index: int) -> dict[str, Tensor]:
+        """:func:`read_for_device` of the first readable item from ``index`` on, plus ``"label"`` and
+        ``"file"`` (int64 (), the item read): what a worker sends with ``data.decode=device``."""
+        candidate, payload = self._readable(index, read_for_device)
+        return {**payload, "label": torch.tensor(self.labels[candidate]), "file": torch.tensor(candidate)}
+
+    def known_unreadable(self, index: int) -> bool:
+        """Whether file ``index`` already failed in this process."""
+        return index in self._bad
+
+    def replace_unreadable(self, index: int, error: Exception | None) -> dict[str, Tensor]:
+        """The training process could not decode file ``index`` (``error``; None: it failed before):
+        count it (and warn, naming it, the first time) as :meth:`full_item` counts an unreadable file,
+        then give the full item of the next readable one, as :meth:`full_item` falls back."""
+        if error is None or index in self._bad:
+            self.skipped_reads += 1
+        else:
+            self._mark_unreadable(index, error)
+        return self.full_item((index + 1) % len(self))
+
+    def decode_encoded(
+        self,
+        data: list[Tensor],
+        encoded: list[bool],
+        orientation: list[int],
+        files: list[int],
+        device: torch.device | str,
+    ) -> tuple[list[Tensor], dict[int, Tensor]]:
+        """The training process's half of ``data.decode=device``: the images of a batch of
+        :meth:`encoded_item` s, as uint8 (3, H, W) upright on ``device``, the JPEGs decoded batched
+        (:func:`decode_jpegs`), the rest (decoded in the workers) moved there.
+
+        A file that cannot be decoded is skipped and counted as the workers count it (:meth:`replace_unreadable`)
+        and its item replaced by the next readable file: returns (images, {position in the batch: label of
+        the replacement}); the crops of a replaced item are drawn again on its new image."""
+        images: list[Tensor | None] = [None] * len(data)
+        replaced: dict[int, Tensor] = {}
+
+        def replace(position: int, error: Exception | None) -> None:
+            item = self.replace_unreadable(files[position], error)
+            images[position], replaced[position] = item["image"].to(device), item["label"]
+
+        jpegs = []
+        for position, (one, is_jpeg) in enumerate(zip(data, encoded, strict=True)):
+            if not is_jpeg:
+                images[position] = one.to(device, non_blocking=True)
+            elif self.known_unreadable(files[position]):
+                replace(position, None)
+            else:
+                jpegs.append(position)
+        decoded = decode_jpegs([data[p] for p in jpegs], [orientation[p] for p in jpegs], device)
+        for position, image in zip(jpegs, decoded, strict=True):
+            if isinstance(image, Exception):
+                replace(position, image)
+            else:
+                images[position] = image
+        return images, replaced
 
     def full_item(self, index: int) -> dict[str, Tensor]:
         """``{"image": uint8 (3, H, W) at the decoded resolution, "label": int64 ()}``."""
@@ -419,4 +597,5 @@ def build_imagefolder(
         val_file_list=cfg.val_file_list or None,
         val_fraction=cfg.val_fraction,
         full_images=cfg.crops == "full",
+        decode=cfg.decode,
     )

@@ -24,7 +24,8 @@ from equissl.config import Config, to_dict
 from equissl.errors import UserError
 
 FEATURES_VERSION = 2  # bump when the extraction changes what it computes
-_DATA_KEYS_WITHOUT_EFFECT = ("num_workers", "max_bad_fraction")  # settings that never change an image
+# settings that never change an image an evaluation reads (evaluations always decode in the workers)
+_DATA_KEYS_WITHOUT_EFFECT = ("num_workers", "prefetch_factor", "max_bad_fraction", "decode")
 
 
 def preprocess(images: Tensor, config: Config) -> Tensor:

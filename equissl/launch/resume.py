@@ -35,6 +35,8 @@ FREE = (
     "trainer.eval_samples",
     "trainer.device",
     "data.num_workers",
+    "data.prefetch_factor",
+    "data.decode",  # where JPEGs are decoded: the same crops, up to the decoders' rounding
     "data.max_bad_fraction",
     "data.min_items_before_abort",
     "probe.",

@@ -27,13 +27,12 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import InitProcessGroupKwargs
 from torch import nn
-from torch.utils.data import DataLoader
 
 from equissl.build import build_dataset, build_objective, build_view_maker
 from equissl.config import Config, from_dict, to_dict
 from equissl.errors import BadDataError, NonFiniteLossError, RunStopped, UserError
 from equissl.launch import checkpoint as ckpt
-from equissl.launch.data import GuardedCollate, GuardedDataset
+from equissl.launch.data import train_batches
 from equissl.launch.logging import MetricLogger, check_loggers
 from equissl.launch.online_eval import build_online_eval, due
 from equissl.launch.optim import build_optimizer, build_scheduler, scaled_lr
@@ -47,7 +46,7 @@ from equissl.launch.precision import (
 )
 from equissl.launch.resume import check_resume, truncate_metrics
 from equissl.launch.sampler import ResumableSampler
-from equissl.launch.signals import STOP_SIGNALS, StopFlag, ignore_stop_signals
+from equissl.launch.signals import STOP_SIGNALS, StopFlag
 from equissl.launch.sync_bn import convert_sync_batchnorm
 from equissl.ssl.base import Objective
 from equissl.types import StepOutput, Views
@@ -83,18 +82,6 @@ class RunResult:
     step: int
     status: str  # "finished", "interrupted" or "already finished"
     last_metrics: dict[str, float] = field(default_factory=dict)
-
-
-def _shut_down_workers(batches) -> None:
-    """End a DataLoader iterator's worker processes now.
-
-    Workers ignore the stop signals (:func:`ignore_stop_signals`), so one left alive (its iterator kept by
-    a traceback, say) would also ignore the SIGTERM with which ``multiprocessing`` ends daemonic children
-    at interpreter exit, and the exit would wait for it forever. torch has no public call for this.
-    """
-    shut_down = getattr(batches, "_shutdown_workers", None)
-    if shut_down is not None:
-        shut_down()
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -262,34 +249,28 @@ class Trainer:
 
     # -- data ------------------------------------------------------------------------------------
     def _batches(self):
-        """Yield batches forever, tracking (epoch, batch_in_epoch) in ``self.state`` for resumes."""
+        """Yield batches forever, tracking (epoch, batch_in_epoch) in ``self.state`` for resumes; one
+        loader for the whole run, its workers kept across epochs (:mod:`equissl.launch.data`)."""
         tc = self.config.trainer
-        while True:
-            self.sampler.set_position(self.state.epoch, self.state.batch_in_epoch)
-            if hasattr(self.dataset, "set_epoch"):
-                self.dataset.set_epoch(self.state.epoch)
-            loader = DataLoader(
-                GuardedDataset(self.dataset),
-                batch_size=tc.batch_size,
-                sampler=self.sampler,
-                drop_last=True,
-                num_workers=self.config.data.num_workers,
-                collate_fn=GuardedCollate(getattr(self.dataset, "collate_fn", None)),
-                pin_memory=self.accelerator.device.type == "cuda",
-                worker_init_fn=ignore_stop_signals,  # a group signal stops the run, not its workers
-            )
-            epoch_batches = iter(loader)
-            try:
-                for batch, bad_reads, bad_names in epoch_batches:
-                    self.state.batch_in_epoch += 1
-                    self._step_bad[0] += bad_reads
-                    self._step_bad[1] += tc.batch_size + bad_reads
-                    self._bad_names.extend(bad_names[: max(0, 10 - len(self._bad_names))])
-                    yield batch
-            finally:
-                _shut_down_workers(epoch_batches)
-            self.state.epoch += 1
-            self.state.batch_in_epoch = 0
+        source = train_batches(
+            self.dataset,
+            self.sampler,
+            self.state.epoch,
+            self.state.batch_in_epoch,
+            self.config.data,
+            self.accelerator.device,
+        )
+        try:
+            for epoch, batch, bad_reads, bad_names in source:
+                if epoch != self.state.epoch:  # the first batch of the next epoch
+                    self.state.epoch, self.state.batch_in_epoch = epoch, 0
+                self.state.batch_in_epoch += 1
+                self._step_bad[0] += bad_reads
+                self._step_bad[1] += tc.batch_size + bad_reads
+                self._bad_names.extend(bad_names[: max(0, 10 - len(self._bad_names))])
+                yield batch
+        finally:
+            source.close()  # its workers end now, not whenever the generator is collected
 
     # -- the loop --------------------------------------------------------------------------------
     def _micro_step(self, batch: dict, sync: bool) -> StepOutput:
