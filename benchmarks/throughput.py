@@ -2,7 +2,9 @@
 
 full_step: data loading + batched augmentation + forward + backward + optimizer step.
 forward_backward: forward + backward + optimizer step, repeated on one fixed batch of views.
-The difference is the data + augmentation overhead. Prints one JSON object.
+The difference is the data + augmentation overhead. Both run the trainer's own code (precision, loss
+scale, channels-last, compile), in alternating rounds (median round of each). Prints one JSON object, with
+the peak GPU memory on CUDA.
 
     python benchmarks/throughput.py --config simclr_resnet18_shapes3d --steps 10
 """
@@ -13,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 
@@ -58,7 +61,12 @@ class TrainerSteps:
         self.trainer._optimizer_step(self.logger)
 
 
-def measure(config, steps: int, warmup: int) -> dict:
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure(config, steps: int, warmup: int, rounds: int = 3) -> dict:
     from equissl.launch.trainer import _to_device
 
     steps_driver = TrainerSteps(config)
@@ -70,11 +78,8 @@ def measure(config, steps: int, warmup: int) -> dict:
         _to_device(steps_driver.next_batch(), trainer.accelerator.device), trainer.generators["augment"]
     )
 
-    def forward_backward():
-        with trainer.accelerator.autocast():
-            loss = trainer.model(views).loss
-        trainer._step_losses.append(loss.detach().float())  # what the step's finite check reads
-        trainer.accelerator.backward(loss)
+    def forward_backward():  # the trainer's own (precision, channels-last, compile, loss scale)
+        trainer._forward_backward(views, sync=True)
         trainer._optimizer_step(logger)
 
     def augmentation_only():
@@ -82,20 +87,35 @@ def measure(config, steps: int, warmup: int) -> dict:
             _to_device(steps_driver.next_batch(), trainer.accelerator.device), trainer.generators["augment"]
         )
 
-    figures = {}
-    for name, fn in (
-        ("full_step", full_step),
-        ("forward_backward", forward_backward),
-        ("data_and_augmentation", augmentation_only),
-    ):
+    parts = {
+        "full_step": full_step,
+        "forward_backward": forward_backward,
+        "data_and_augmentation": augmentation_only,
+    }
+    for fn in parts.values():
         for _ in range(warmup):
             fn()
-        start = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        elapsed = time.perf_counter() - start
-        figures[f"{name}_images_per_s"] = round(images_per_step * steps / elapsed, 1)
-        figures[f"{name}_ms_per_step"] = round(1000 * elapsed / steps, 1)
+    # Alternating rounds, so that the ratio of full step to forward + backward is measured under the
+    # same machine load; the median round of each part.
+    seconds: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(rounds):
+        for name, fn in parts.items():
+            _synchronize()
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            _synchronize()
+            seconds[name].append((time.perf_counter() - start) / steps)
+    figures = {}
+    for name, per_round in seconds.items():
+        per_step = statistics.median(per_round)
+        figures[f"{name}_images_per_s"] = round(images_per_step / per_step, 1)
+        figures[f"{name}_ms_per_step"] = round(1000 * per_step, 1)
+    figures["full_step_over_forward_backward"] = round(
+        figures["full_step_images_per_s"] / figures["forward_backward_images_per_s"], 3
+    )
+    if torch.cuda.is_available():
+        figures["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     steps_driver.stop()
     figures["augmentation_overhead_fraction"] = round(
         1 - figures["forward_backward_ms_per_step"] / figures["full_step_ms_per_step"], 3
@@ -108,6 +128,7 @@ def main() -> None:
     parser.add_argument("--config", default="simclr_resnet18_shapes3d")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the three parts")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     from equissl.config import build_config
@@ -116,7 +137,7 @@ def main() -> None:
         config = build_config(
             args.config, [*args.overrides, f"trainer.run_dir={run_dir}", "trainer.progress=false"]
         )
-        figures = measure(config, args.steps, args.warmup)
+        figures = measure(config, args.steps, args.warmup, args.rounds)
     print(
         json.dumps(
             {

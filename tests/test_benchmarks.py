@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from equissl.config import build_config
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -17,9 +19,13 @@ def _load(name: str):
 
 def test_throughput_measures_full_step_forward_backward_and_augmentation(tiny_overrides):
     config = build_config("simclr_resnet18_shapes3d", tiny_overrides)
-    figures = _load("throughput").measure(config, steps=1, warmup=0)
+    figures = _load("throughput").measure(config, steps=1, warmup=0, rounds=2)
     for name in ("full_step", "forward_backward", "data_and_augmentation"):
         assert figures[f"{name}_images_per_s"] > 0 and figures[f"{name}_ms_per_step"] > 0
+        # images/s is batch / median seconds per step
+        assert figures[f"{name}_images_per_s"] == pytest.approx(
+            8000 / figures[f"{name}_ms_per_step"], rel=0.01
+        )
     assert figures["augmentation_overhead_fraction"] < 1
 
 
@@ -149,3 +155,42 @@ def test_decode_benchmark_times_workers_and_device_decoding_in_a_dry_run(tmp_pat
     assert all(value > 0 for value in figures["images_per_s"].values()) and figures["device_over_workers"] > 0
     assert figures["device"] == "cpu" and figures["settings"]["backbone"] == "resnet18"
     assert len(figures["per_round"]) == 1
+
+
+def test_gpu_check_runs_every_part_in_its_dry_mode(tiny_shapes3d_root):
+    """``benchmarks/gpu_check.sh --dry``: the script a GPU machine runs, tiny and on the CPU; every part
+    must produce its JSON (no part may come back as an error record)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY_DATA
+
+    overrides = [f"data.root={tiny_shapes3d_root}", *TINY_DATA]
+    env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        PYTHONPATH=os.pathsep.join([str(BENCHMARKS.parent), os.environ.get("PYTHONPATH", "")]),
+    )
+    done = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry", *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["dry"] is True and report["device"] == "cpu"
+    parts = {"throughput_fp16_nhwc-false", "throughput_fp16_nhwc-true_compiled", "decode", "peers"}
+    assert parts <= report.keys()
+    errors = {name: report[name]["stderr_tail"] for name in parts if "error" in report[name]}
+    assert not errors, errors
+    for name in ("throughput_fp16_nhwc-false", "throughput_fp16_nhwc-true_compiled"):
+        assert (
+            report[name]["full_step_images_per_s"] > 0
+            and "trainer.precision=fp16" in report[name]["overrides"]
+        )
+    assert report["decode"]["images_per_s"]["device"] > 0 and report["peers"]["equissl"]["images_per_s"] > 0

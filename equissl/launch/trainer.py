@@ -275,8 +275,13 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def _micro_step(self, batch: dict, sync: bool) -> StepOutput:
         self._step_batches.append(batch)
-        tc = self.config.trainer
         views = self.view_maker(_to_device(batch, self.accelerator.device), self.generators["augment"])
+        return self._forward_backward(views, sync)
+
+    def _forward_backward(self, views: Views, sync: bool) -> StepOutput:
+        """Forward and backward of one micro-batch of views (gradients accumulate until the optimizer
+        step); ``sync``: DDP all-reduces the gradients in this backward."""
+        tc = self.config.trainer
         if tc.precision == "fp64":
             views = as_float64(views)
         if tc.channels_last:
