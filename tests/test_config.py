@@ -30,7 +30,7 @@ def test_recipe_then_overrides_take_precedence(tmp_path):
         ("optim.lr=nan", "optim.lr"),
         ("optim.lr=2e-3e", "optim.lr"),
         ("trainer.max_steps=2.5", "trainer.max_steps"),
-        ("trainer.precision=fp16", "trainer.precision"),
+        ("trainer.precision=fp8", "trainer.precision"),
         ("augment.crop_scale=[0.2]", "augment.crop_scale"),
         ("backbone.stemm=cifar", "backbone.stemm"),
         ("backbone.name=resnet19", "backbone.name"),
