@@ -241,6 +241,10 @@ def load_torch(checkpoint: Path, name: str) -> Any:
     return torch.load(Path(checkpoint) / name, map_location="cpu", weights_only=True)
 
 
+def load_torch_if_present(checkpoint: Path, name: str) -> Any | None:
+    """``load_torch`` of an optional part (the fp16 scaler, a rank's RNG), or None when it is absent."""
+    return load_torch(checkpoint, name) if (Path(checkpoint) / name).is_file() else None
+
+
 def load_rank_rng(checkpoint: Path, rank: int) -> dict[str, Any] | None:
-    path = Path(checkpoint) / f"rng-rank{rank}.pt"
-    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    return load_torch_if_present(checkpoint, f"rng-rank{rank}.pt")

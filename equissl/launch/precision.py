@@ -16,9 +16,9 @@
 convolutions on recent GPUs and on CPUs with oneDNN); the maths is unchanged, results agree to float
 rounding. ``compile`` wraps the objective's forward in ``torch.compile`` (``trainer.compile_mode``:
 ``default``, ``reduce-overhead`` -- CUDA graphs, for small batches --, ``max-autotune`` or
-``max-autotune-no-cudagraphs``; ``trainer.compile_backend=aot_eager`` traces without generating kernels,
-to check in seconds that a model compiles); the state-dict keys are unchanged, so checkpoints, resumes and exports
-do not notice. Compilation takes tens of seconds at the first step (and after a shape change).
+``max-autotune-no-cudagraphs``; ``trainer.compile_backend=aot_eager`` traces without generating
+kernels, to check in seconds that a model compiles); the state-dict keys are unchanged, so checkpoints,
+resumes and exports do not notice. Compilation takes tens of seconds at the first step (and after a shape change).
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ import dataclasses
 
 import torch
 from torch import Tensor, nn
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def accelerate_mixed_precision(precision: str) -> str:

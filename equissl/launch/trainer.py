@@ -179,9 +179,7 @@ class Trainer:
             "scheduler": ckpt.load_torch(checkpoint, "scheduler.pt"),
             "state": ckpt.load_trainer_state(checkpoint),
             "rng": ckpt.load_rank_rng(checkpoint, self.rank),
-            "scaler": ckpt.load_torch(checkpoint, "scaler.pt")
-            if (checkpoint / "scaler.pt").is_file()
-            else None,
+            "scaler": ckpt.load_torch_if_present(checkpoint, "scaler.pt"),  # fp16 runs only
         }
 
     def _apply(self, parts: dict) -> None:
