@@ -10,6 +10,15 @@ Protocol (also in docs/evaluation.md, "Fine-tune and low-label"), with the setti
   are trained together with cross-entropy and SGD (momentum 0.9, ``weight_decay`` 0), the backbone at
   ``lr_backbone`` 0.005 and the head at ``lr_head`` 0.5, both following a cosine to 0 over every step, for
   ``epochs`` = 20 epochs of mini-batches of ``batch_size`` = 256 (the last one smaller);
+- at least ``min_steps`` (200) optimizer steps (:func:`finetune_schedule`): on a labelled set too small for
+  that many batches of ``batch_size`` in ``epochs``, the batch shrinks (to no fewer than
+  ``min_batch_size`` = 32 images) and both learning rates scale with it linearly (Goyal et al., 2017), so
+  the same images are seen in more, smaller steps; only if that is not enough are epochs added. Barlow
+  Twins' smallest ImageNet run (1% labels) takes 1,000 steps and is unchanged. On shapes3d at 10% labels
+  (600 images) the unmodified settings take 60 steps, and both the pretrained and the random backbone
+  ended near chance (13.2% and 14.5% top-1): the head's learning rate 0.5 had no steps left to settle in;
+  with the batch of 60 the rule gives, the pretrained backbone reaches about 53%
+  (docs/reports/2026-12-03-evaluation-protocols.md);
 - views: the standard augmentation of :mod:`equissl.eval.linear_standard` (RandomResizedCrop (0.08, 1) +
   flip) for training, resized centre views (``val_crop_fraction`` 0.875) for the val top-1 after the last
   epoch;
@@ -60,6 +69,8 @@ class FinetuneConfig:
     batch_size: PositiveInt = 256
     lr_backbone: NonNegativeFloat = 0.005  # SGD, cosine to 0 over every step
     lr_head: PositiveFloat = 0.5
+    min_steps: NonNegativeInt = 200  # fewest optimizer steps (see finetune_schedule); 0: off
+    min_batch_size: PositiveInt = 32  # the smallest batch min_steps may shrink to
     weight_decay: NonNegativeFloat = 0.0
     momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
     crop_scale: tuple[UnitOpenLow, UnitOpenLow] = (0.08, 1.0)
@@ -104,6 +115,33 @@ def labelled_fraction(labels: Tensor, fraction: float, seed: int = 0) -> Tensor:
     return torch.sort(torch.cat(chosen)).values
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """The fine-tune's effective budget: ``epochs`` of ``batch_size`` images, ``steps`` optimizer steps in
+    all, learning rates multiplied by ``lr_scale``."""
+
+    batch_size: int
+    epochs: int
+    steps: int
+    lr_scale: float
+
+
+def finetune_schedule(images: int, cfg: FinetuneConfig) -> Schedule:
+    """The budget for ``images`` labelled images: ``cfg.epochs`` of ``cfg.batch_size`` when that makes at
+    least ``cfg.min_steps`` steps; else the batch shrinks to ``floor(images * epochs / min_steps)`` (not
+    below ``min(min_batch_size, batch_size, images)``) with the learning rates scaled by
+    ``batch / batch_size``, and, if still short, the epochs grow to ``ceil(min_steps / batches per epoch)``.
+
+    E.g. 600 images, 20 epochs of 256, 200 steps: batch 60, 20 epochs, 200 steps, lr x 60/256."""
+    floor_batch = min(cfg.min_batch_size, cfg.batch_size, images)
+    batch = cfg.batch_size
+    if cfg.min_steps > 0:
+        batch = max(floor_batch, min(batch, images * cfg.epochs // cfg.min_steps))
+    per_epoch = math.ceil(images / batch)
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch))
+    return Schedule(batch, epochs, epochs * per_epoch, batch / cfg.batch_size)
+
+
 def finetune_classifier(
     backbone: nn.Module,
     train_set: Dataset,
@@ -115,9 +153,11 @@ def finetune_classifier(
     device: str | torch.device = "cpu",
     num_workers: int = 0,
 ) -> dict[str, float]:
-    """Fine-tune ``backbone`` and a linear head on every item of ``train_set`` by the module's protocol;
-    returns ``{"top1": val %, "train_top1": last epoch %, "final_train_loss", "seconds"}``."""
+    """Fine-tune ``backbone`` and a linear head on every item of ``train_set`` by the module's protocol
+    (the budget of :func:`finetune_schedule`); returns ``{"top1": val %, "train_top1": last epoch %,
+    "final_train_loss", "seconds", "schedule"}``."""
     start = time.perf_counter()
+    schedule = finetune_schedule(len(train_set), cfg)
     backbone = backbone.to(device).train().requires_grad_(True)
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -126,15 +166,17 @@ def finetune_classifier(
     head = nn.Linear(dim, num_classes).to(device)
     nn.init.normal_(head.weight, 0.0, 0.01)
     nn.init.zeros_(head.bias)
-    groups = [{"params": list(head.parameters()), "lr": cfg.lr_head}]
-    if cfg.lr_backbone > 0:
-        groups.append({"params": list(backbone.parameters()), "lr": cfg.lr_backbone})
+    lr_head, lr_backbone = cfg.lr_head * schedule.lr_scale, cfg.lr_backbone * schedule.lr_scale
+    groups = [{"params": list(head.parameters()), "lr": lr_head}]
+    if lr_backbone > 0:
+        groups.append({"params": list(backbone.parameters()), "lr": lr_backbone})
     else:
         backbone.requires_grad_(False)
-    optimizer = torch.optim.SGD(groups, lr=cfg.lr_head, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(groups, lr=lr_head, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     train = ImageSource(train_set, cfg.image_cache_mib, num_workers)
+    budget = dataclasses.replace(cfg, epochs=schedule.epochs, batch_size=schedule.batch_size)
     epoch_loss, train_top1 = train_on_augmented_views(
-        lambda x: head(backbone(x)), optimizer, train, cfg, view, seed, device, log=None
+        lambda x: head(backbone(x)), optimizer, train, budget, view, seed, device, log=None
     )
     backbone.eval()
     top1 = evaluate_classifier(
@@ -145,6 +187,7 @@ def finetune_classifier(
         "train_top1": train_top1,
         "final_train_loss": epoch_loss[-1] if epoch_loss else 0.0,
         "seconds": round(time.perf_counter() - start, 1),
+        "schedule": dataclasses.asdict(schedule),
     }
 
 
@@ -168,8 +211,10 @@ def finetune_run(
     workers = config.data.num_workers if cfg.num_workers < 0 else cfg.num_workers
     view = ViewSettings(config.augment.crop_size, tuple(config.augment.mean), tuple(config.augment.std))
     train = Subset(train_all, subset.tolist())
+    schedule = finetune_schedule(len(subset), cfg)
     log(
-        f"fine-tune on {len(subset)} of {len(labels)} train images ({cfg.fraction:g} per class), {cfg.epochs} epochs"
+        f"fine-tune on {len(subset)} of {len(labels)} train images ({cfg.fraction:g} per class): "
+        f"{schedule.epochs} epochs of batch {schedule.batch_size}, {schedule.steps} steps, lr x {schedule.lr_scale:.3g}"
     )
     models = [("pretrained", path)] + ([("random init", None)] if cfg.compare_random else [])
     results = {}
@@ -188,6 +233,7 @@ def finetune_run(
         "checkpoint": str(path),
         "checkpoint_sha256": checkpoint_digest(path),
         "step": checkpoint_step(path),
+        "schedule": dataclasses.asdict(schedule),
         "labelled_images": len(subset),
         "labelled_per_class": torch.bincount(labels[subset], minlength=num_classes).tolist(),
         "train_images": len(labels),

@@ -8,7 +8,14 @@ import json
 import torch
 from torch import nn
 
-from equissl.eval.finetune import FinetuneConfig, finetune_classifier, item_labels, labelled_fraction
+from equissl.eval.finetune import (
+    FinetuneConfig,
+    Schedule,
+    finetune_classifier,
+    finetune_schedule,
+    item_labels,
+    labelled_fraction,
+)
 from equissl.eval.linear_standard import ViewSettings
 from tests.eval.test_standard_probe import MEAN, STD, _ColourSquares
 
@@ -60,11 +67,25 @@ class _Conv(nn.Module):
         return torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
 
 
+def test_finetune_schedule_takes_at_least_min_steps_with_hand_computed_budgets():
+    cfg = FinetuneConfig()  # 20 epochs of 256, at least 200 steps, batch no smaller than 32
+    # Barlow Twins' 1% ImageNet (12,811 images): 20 x 51 = 1,020 steps already, unchanged
+    assert finetune_schedule(12811, cfg) == Schedule(256, 20, 1020, 1.0)
+    # shapes3d at 10%: 20 x ceil(600/256) = 60 steps; batch floor(600 * 20 / 200) = 60 -> 20 x 10 steps
+    assert finetune_schedule(600, cfg) == Schedule(60, 20, 200, 60 / 256)
+    # 60 images: the batch stops at 32 (2 per epoch), so the epochs grow to ceil(200 / 2) = 100
+    assert finetune_schedule(60, cfg) == Schedule(32, 100, 200, 32 / 256)
+    # fewer images than the smallest batch: one batch of all of them per epoch
+    assert finetune_schedule(10, cfg) == Schedule(10, 200, 200, 10 / 256)
+    # min_steps 0: the settings as given
+    assert finetune_schedule(600, FinetuneConfig(min_steps=0)) == Schedule(256, 20, 60, 1.0)
+
+
 def test_finetune_learns_separable_classes_and_trains_the_backbone():
     torch.manual_seed(0)
     backbone = _Conv()
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    cfg = FinetuneConfig(epochs=20, batch_size=8, lr_backbone=0.05, lr_head=0.5)
+    cfg = FinetuneConfig(epochs=20, batch_size=8, lr_backbone=0.05, lr_head=0.5, min_steps=0)
     result = finetune_classifier(
         backbone, _ColourSquares(40, 0), _ColourSquares(20, 1), 4, ViewSettings(16, MEAN, STD), cfg, seed=0
     )
@@ -82,13 +103,16 @@ def test_finetune_cli_reports_pretrained_and_random_on_the_labelled_fraction(
 
     pretrain(build_config(None, [*tiny_overrides, "trainer.max_steps=2"]))
     run = tmp_path / "run"
-    assert main(["finetune", "--run", str(run), "--fraction", "0.25", "epochs=1", "batch_size=16"]) == 0
+    settings = ["epochs=1", "batch_size=16", "min_steps=4", "min_batch_size=4"]
+    assert main(["finetune", "--run", str(run), "--fraction", "0.25", *settings]) == 0
     printed = capsys.readouterr().out
     assert "pretrained" in printed and "random init" in printed
     report = json.loads((run / "eval" / "finetune_fraction-0.25.json").read_text())
     assert report["evaluation"] == "finetune" and report["protocol"] == "fraction=0.25"
     # 10 classes x 2 train objects x 4 views = 8 images per class; 0.25 of 8 = 2 per class
     assert report["labelled_per_class"] == [2] * 10 and report["labelled_images"] == 20
+    # 20 images x 1 epoch / 4 steps = batches of 5, learning rates x 5/16
+    assert report["schedule"] == {"batch_size": 5, "epochs": 1, "steps": 4, "lr_scale": 5 / 16}
     for model in ("pretrained", "random init"):
         assert 0.0 <= report["results"][model]["top1"] <= 100.0
     assert main(["finetune", "--run", str(run), "--fraction", "0", "epochs=1"]) == 2
