@@ -14,9 +14,9 @@ Protocol (also in docs/evaluation.md, "Fine-tune and low-label"), with the setti
   that many batches of ``batch_size`` in ``epochs``, the batch shrinks (to no fewer than
   ``min_batch_size`` = 32 images) and both learning rates scale with it linearly (Goyal et al., 2017), so
   the same images are seen in more, smaller steps; only if that is not enough are epochs added. Barlow
-  Twins' smallest ImageNet run (1% labels) takes 1,000 steps and is unchanged. On shapes3d at 10% labels
-  (600 images) the unmodified settings take 60 steps, and both the pretrained and the random backbone
-  ended near chance (13.2% and 14.5% top-1): the head's learning rate 0.5 had no steps left to settle in;
+  Twins' smallest ImageNet run (1% labels: 12,811 images, 1,020 steps) is unchanged. On shapes3d at 10%
+  labels (600 images) the unmodified settings take 60 steps, and both the pretrained and the random
+  backbone ended near chance (13.2% and 14.5% top-1): the head's learning rate 0.5 had no steps left to settle in;
   with the batch of 60 this rule gives (200 steps, the same images seen), they reach 53.5% and 25.2%
   (docs/reports/2026-12-03-evaluation-protocols.md);
 - views: the standard augmentation of :mod:`equissl.eval.linear_standard` (RandomResizedCrop (0.08, 1) +
@@ -152,7 +152,7 @@ def finetune_classifier(
     seed: int = 0,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
-) -> dict[str, float]:
+) -> dict:
     """Fine-tune ``backbone`` and a linear head on every item of ``train_set`` by the module's protocol
     (the budget of :func:`finetune_schedule`); returns ``{"top1": val %, "train_top1": last epoch %,
     "final_train_loss", "seconds", "schedule"}``."""
