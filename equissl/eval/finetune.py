@@ -16,9 +16,9 @@ Protocol (also in docs/evaluation.md, "Fine-tune and low-label"), with the setti
   the same images are seen in more, smaller steps; only if that is not enough are epochs added. Barlow
   Twins' smallest ImageNet run (1% labels: 12,811 images, 1,020 steps) is unchanged. On shapes3d at 10%
   labels (600 images) the unmodified settings take 60 steps, and both the pretrained and the random
-  backbone ended near chance (13.2% and 14.5% top-1): the head's learning rate 0.5 had no steps left to settle in;
-  with the batch of 60 this rule gives (200 steps, the same images seen), they reach 53.5% and 25.2%
-  (docs/reports/2026-12-03-evaluation-protocols.md);
+  backbone ended near chance (13.2% and 14.5% top-1): the head's learning rate 0.5 had no steps left to
+  settle in; with the batch of 60 this rule gives (200 steps, the same images seen), they reach 53.5% and
+  25.2% (docs/reports/2026-12-03-evaluation-protocols.md);
 - views: the standard augmentation of :mod:`equissl.eval.linear_standard` (RandomResizedCrop (0.08, 1) +
   flip) for training, resized centre views (``val_crop_fraction`` 0.875) for the val top-1 after the last
   epoch;
