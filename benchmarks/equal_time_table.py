@@ -15,9 +15,11 @@ the methods rather than falling on one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -56,12 +58,14 @@ def train_and_probe(
 
     run_dir = out / label.replace("/", "_")
     base = [*overrides, f"trainer.run_dir={run_dir}", "trainer.progress=false"]
-    calibration = calibrate(build_config(name, base), minutes, measure)
-    config = build_config(name, [*base, calibration.override])
-    start = time.perf_counter()
-    result = pretrain(config)
-    seconds = time.perf_counter() - start
-    report = evaluate_run(run_dir, ("linear", "knn"), compare_random=first)
+    # The runs' log lines go to stderr so that stdout holds only the JSON rows and the table.
+    with contextlib.redirect_stdout(sys.stderr):
+        calibration = calibrate(build_config(name, base), minutes, measure)
+        config = build_config(name, [*base, calibration.override])
+        start = time.perf_counter()
+        result = pretrain(config)
+        seconds = time.perf_counter() - start
+        report = evaluate_run(run_dir, ("linear", "knn"), compare_random=first)
     row = {
         "run": label,
         "recipe": name,

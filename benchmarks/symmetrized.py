@@ -19,6 +19,7 @@ objects, random init beside).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -104,10 +105,12 @@ def probe(args: argparse.Namespace) -> dict:
             *args.probe_overrides,
         ]
         config = build_config("simclr_resnet18_shapes3d", overrides)
-        start = time.perf_counter()
-        pretrain(config)
-        minutes = (time.perf_counter() - start) / 60
-        report = evaluate_run(run_dir, ("linear", "knn"), name == "bare", None, config.probe)
+        # The run's log lines go to stderr so that stdout stays one JSON object.
+        with contextlib.redirect_stdout(sys.stderr):
+            start = time.perf_counter()
+            pretrain(config)
+            minutes = (time.perf_counter() - start) / 60
+            report = evaluate_run(run_dir, ("linear", "knn"), name == "bare", None, config.probe)
         results[name] = {"pretrain_minutes": round(minutes, 2), **report["results"]}
     return {"backbone": args.probe_backbone, "steps": args.probe_steps, "results": results}
 
