@@ -9,7 +9,8 @@ Runs alternate base, E-SSL on that base, next base..., so that a change in the m
 the methods rather than falling on one.
 
     python benchmarks/equal_time_table.py --minutes 6 --out runs/equal_time
-    python benchmarks/equal_time_table.py --minutes 2 --bases simclr byol --no-essl data.image_size=32
+    python benchmarks/equal_time_table.py --minutes 2 --bases simclr dino --no-essl \
+        data.image_size=32 dino:objective.local_crop_size=16
 """
 
 from __future__ import annotations
@@ -32,17 +33,33 @@ def recipe(base: str) -> str:
     return f"{base}_resnet18_shapes3d"
 
 
-def runs(bases: list[str], essl: bool) -> list[tuple[str, str, list[str]]]:
-    """(label, recipe, extra overrides) in the order they run."""
+def overrides_for(base: str, overrides: list[str]) -> list[str]:
+    """The overrides a base's runs (and its E-SSL run) get: every plain ``key=value``, and the
+    ``BASE:key=value`` ones of this base without their prefix (keys only one recipe has, such as DINO's
+    ``objective.local_crop_size``)."""
+    chosen = []
+    for override in overrides:
+        prefix, _, rest = override.partition(":")
+        if prefix in BASES:
+            if prefix == base:
+                chosen.append(rest)
+        else:
+            chosen.append(override)
+    return chosen
+
+
+def runs(bases: list[str], essl: bool, overrides: list[str] = ()) -> list[tuple[str, str, list[str]]]:
+    """(label, recipe, overrides) in the order they run."""
     order = []
     for base in bases:
-        order.append((base, recipe(base), []))
+        common = overrides_for(base, list(overrides))
+        order.append((base, recipe(base), common))
         if essl:
             order.append(
                 (
                     f"essl/{base}",
                     recipe(base),
-                    ["objective.name=essl", f"objective.base={base}", *ESSL_OVERRIDES],
+                    [*common, "objective.name=essl", f"objective.base={base}", *ESSL_OVERRIDES],
                 )
             )
     return order
@@ -104,14 +121,14 @@ def main() -> None:
     parser.add_argument("--bases", nargs="*", default=list(BASES), choices=BASES)
     parser.add_argument("--no-essl", action="store_true", help="only the base methods")
     parser.add_argument("--out", default="runs/equal_time")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value for every run; BASE:key=value for one base's runs only"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     rows, random_init = [], None
-    for k, (label, name, extra) in enumerate(runs(args.bases, not args.no_essl)):
-        row = train_and_probe(
-            label, name, [*args.overrides, *extra], args.minutes, args.measure_steps, out, k == 0
-        )
+    for k, (label, name, overrides) in enumerate(runs(args.bases, not args.no_essl, args.overrides)):
+        row = train_and_probe(label, name, overrides, args.minutes, args.measure_steps, out, k == 0)
         random_init = row.pop("random_init", random_init)
         rows.append(row)
         print(json.dumps(row), flush=True)

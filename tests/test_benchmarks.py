@@ -88,9 +88,13 @@ def test_equal_time_table_alternates_bases_and_their_essl_and_writes_markdown():
     """The order and the table; calibrate, pretrain and evaluate_run, which it chains, are tested elsewhere
     (a real run of the chain takes about a minute on 2 cores)."""
     table = _load("equal_time_table")
-    order = table.runs(["byol", "dino"], essl=True)
+    order = table.runs(
+        ["byol", "dino"], essl=True, overrides=["data.image_size=32", "dino:objective.local_crop_size=16"]
+    )
     assert [label for label, _, _ in order] == ["byol", "essl/byol", "dino", "essl/dino"]
     assert order[1][1] == "byol_resnet18_shapes3d" and "objective.base=byol" in order[1][2]
+    assert order[0][2] == ["data.image_size=32"]  # a BASE: override reaches that base's runs only
+    assert order[2][2] == order[3][2][:2] == ["data.image_size=32", "objective.local_crop_size=16"]
     for _, name, overrides in order:
         build_config(name, overrides)  # every run's config is valid
     row = {
