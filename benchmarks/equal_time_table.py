@@ -48,7 +48,9 @@ def overrides_for(base: str, overrides: list[str]) -> list[str]:
     return chosen
 
 
-def runs(bases: list[str], essl: bool, overrides: list[str] = ()) -> list[tuple[str, str, list[str]]]:
+def runs(
+    bases: list[str], essl: bool, overrides: list[str] | tuple[str, ...] = ()
+) -> list[tuple[str, str, list[str]]]:
     """(label, recipe, overrides) in the order they run."""
     order = []
     for base in bases:
