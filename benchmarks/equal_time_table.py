@@ -22,6 +22,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 BASES = ("simclr", "vicreg", "byol", "simsiam", "barlowtwins", "mocov3", "dino")
@@ -33,7 +34,7 @@ def recipe(base: str) -> str:
     return f"{base}_resnet18_shapes3d"
 
 
-def overrides_for(base: str, overrides: list[str]) -> list[str]:
+def overrides_for(base: str, overrides: Sequence[str]) -> list[str]:
     """The overrides a base's runs (and its E-SSL run) get: every plain ``key=value``, and the
     ``BASE:key=value`` ones of this base without their prefix (keys only one recipe has, such as DINO's
     ``objective.local_crop_size``)."""
@@ -48,13 +49,11 @@ def overrides_for(base: str, overrides: list[str]) -> list[str]:
     return chosen
 
 
-def runs(
-    bases: list[str], essl: bool, overrides: list[str] | tuple[str, ...] = ()
-) -> list[tuple[str, str, list[str]]]:
+def runs(bases: list[str], essl: bool, overrides: Sequence[str] = ()) -> list[tuple[str, str, list[str]]]:
     """(label, recipe, overrides) in the order they run."""
     order = []
     for base in bases:
-        common = overrides_for(base, list(overrides))
+        common = overrides_for(base, overrides)
         order.append((base, recipe(base), common))
         if essl:
             order.append(
