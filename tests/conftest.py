@@ -3,7 +3,22 @@ backbone (:class:`tests.helpers.TinyBackbone`), all fast on 2 CPU cores."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
+
+# The most the suite holds on disk at once, measured 2026-12-04 (3.0 GB: the module of 2-process runs), plus
+# a margin. Below it, tests would fail one by one on "run directory has N MiB free".
+SUITE_DISK_GB = 4.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def enough_disk(tmp_path_factory):
+    """Stop the session at once, with one line, when the temporary directory cannot hold the suite."""
+    base = tmp_path_factory.getbasetemp()
+    free_gb = shutil.disk_usage(base).free / 1e9
+    if free_gb < SUITE_DISK_GB:
+        pytest.exit(f"{base} has {free_gb:.1f} GB free; the test suite needs about {SUITE_DISK_GB} GB", 1)
 
 
 @pytest.fixture(scope="session")

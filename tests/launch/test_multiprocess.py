@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -140,7 +141,8 @@ def runs(tiny_shapes3d_root, tmp_path_factory):
             ).step
             == STEPS
         )
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)  # ~3 GB of checkpoints; module-scoped, so pytest keeps it
 
 
 @pytest.mark.parametrize("name", OBJECTIVE_NAMES)
