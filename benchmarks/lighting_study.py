@@ -18,6 +18,10 @@ learning-rate schedule spans the run); linear / kNN top-1 from ``--probe``, and 
     python benchmarks/lighting_study.py                       # hours on 2 CPU cores; renders first
     python benchmarks/lighting_study.py --study care
     python benchmarks/lighting_study.py --tiny --data-dir /tmp/s3d --runs-dir /tmp/runs   # a smoke run
+    python benchmarks/lighting_study.py trainer.precision=fp32 --methods seqjepa simclr_obj   # no native bf16
+
+``key=value`` overrides (before the options, or after ``--``) reach every ``pretrain`` command, after the
+study's own, so they win.
 
 ``--tiny`` replaces the data by a 10-class render of 2 + 1 objects of 4 views at 32 px, the budgets by 2
 steps of 8 and the evaluation by a few epochs: it checks the pipeline end to end, its figures mean
@@ -33,6 +37,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,8 +135,10 @@ def render_arguments(lighting: str, tiny: bool = False) -> list[str]:
     return [f"data.lighting={lighting}", *SHAPES, *(TINY_DATA[:6] if tiny else [])]
 
 
-def pretrain_arguments(method: str, lighting: str, run_dir: Path, tiny: bool = False) -> list[str]:
-    """``equissl pretrain`` arguments of one training of the lighting study."""
+def pretrain_arguments(
+    method: str, lighting: str, run_dir: Path, tiny: bool = False, extra: Sequence[str] = ()
+) -> list[str]:
+    """``equissl pretrain`` arguments of one training of the lighting study; ``extra`` overrides come last."""
     recipe, overrides, steps, _ = METHODS[method]
     budget = ["trainer.max_steps=2", *TINY_DATA] if tiny else []
     return [
@@ -144,19 +151,20 @@ def pretrain_arguments(method: str, lighting: str, run_dir: Path, tiny: bool = F
         *budget,
         f"name={run_dir.name}",
         f"trainer.run_dir={run_dir}",
+        *extra,
     ]
 
 
 def lighting_study(args, env: dict) -> dict:
     runs: dict[str, dict] = {}
-    for lighting in LIGHTINGS:
+    for lighting in args.lightings:
         render_seconds = run(
             equissl("data", "make", "shapes3d", *render_arguments(lighting, args.tiny)), env, args.dry_run
         )
         runs[f"render_{lighting}"] = {"command_seconds": render_seconds}
         for method in args.methods:
             run_dir = Path(args.runs_dir) / f"{method}_{lighting}_2x"
-            command = equissl(*pretrain_arguments(method, lighting, run_dir, args.tiny))
+            command = equissl(*pretrain_arguments(method, lighting, run_dir, args.tiny, args.overrides))
             entry = {"method": method, "lighting": lighting, "pretrain_command": shown(command)}
             entry["pretrain_command_seconds"] = run(command, env, args.dry_run)
             entry.update(trained_seconds(run_dir) if not args.dry_run else {})
@@ -211,6 +219,7 @@ def care_study(args, env: dict) -> dict:
         "name=care_study_simclr",
         f"trainer.run_dir={simclr_dir}",
         *probe,
+        *args.overrides,
     )
     runs["simclr"] = {"command": shown(command), "command_seconds": run(command, env, args.dry_run)}
     if not args.dry_run:
@@ -225,6 +234,7 @@ def care_study(args, env: dict) -> dict:
         *tiny,
         "name=care_study_calibration",
         f"trainer.run_dir={calibration_dir}",
+        *args.overrides,
     )
     runs["calibration"] = {
         "command": shown(calibration),
@@ -249,6 +259,7 @@ def care_study(args, env: dict) -> dict:
             f"name=care_study_{name}",
             f"trainer.run_dir={run_dir}",
             *probe,
+            *args.overrides,
         )
         entry = {"command": shown(command), "command_seconds": run(command, env, args.dry_run)}
         if not args.dry_run:
@@ -263,10 +274,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--study", choices=["lighting", "care"], default="lighting")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--lightings", nargs="+", choices=LIGHTINGS, default=list(LIGHTINGS))
     parser.add_argument("--runs-dir", default="runs/lighting_study")
     parser.add_argument("--data-dir", default="", help="EQUISSL_DATA for every command (render cache)")
     parser.add_argument("--tiny", action="store_true", help="a minutes-long smoke run (figures meaningless)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value for every pretrain, e.g. trainer.precision=fp32"
+    )
     args = parser.parse_args()
     env = dict(os.environ)
     if args.data_dir:

@@ -63,6 +63,9 @@ def test_lighting_study_commands_are_valid_recipes_with_fixed_or_varied_lighting
             assert tiny.trainer.max_steps == 2 and tiny.data.lighting == lighting
     recipe, overrides, _, part = study.METHODS["simclr_obj"]
     assert build_config(recipe, overrides).objective.views == "object" and part == "full"
+    extra = ["trainer.precision=fp32"]  # the command line's overrides win over the study's bf16
+    arguments = study.pretrain_arguments("seqjepa", "fixed", tmp_path / "s", extra=extra)
+    assert arguments[-1] == extra[0] and build_config(arguments[2], arguments[3:]).trainer.precision == "fp32"
 
 
 def test_symmetrized_benchmark_times_every_variant_against_the_bare_model():
