@@ -21,6 +21,18 @@ def enough_disk(tmp_path_factory):
         pytest.exit(f"{base} has {free_gb:.1f} GB free; the test suite needs about {SUITE_DISK_GB} GB", 1)
 
 
+@pytest.fixture(scope="module")
+def module_tmp_path(request, tmp_path_factory):
+    """A directory for one test module, deleted after the module's last test.
+
+    pytest's retention policy (``tmp_path_retention_policy = "failed"`` in pyproject) deletes only
+    function-scoped ``tmp_path``; a module's run checkpoints (up to ~3 GB) would stay until the session ends.
+    """
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_shapes3d_root(tmp_path_factory):
     """10 classes x (2 train + 1 val) objects x 4 views at 32 px, rendered once per test session."""

@@ -20,8 +20,8 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("api")
+def folders(module_tmp_path):
+    root = module_tmp_path
     photos, labelled = root / "photos", root / "labelled"
     for k in range(6):  # unlabelled, nested, mixed sizes
         path = photos / ("a" if k % 2 else "b") / f"{k}.jpg"

@@ -43,9 +43,9 @@ def tiny(**overrides) -> Shapes3DConfig:
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
+def rendered(module_tmp_path):
     cfg = tiny()
-    return render_shapes3d(tmp_path_factory.mktemp("s3d") / "shapes3d", cfg, progress=False), cfg
+    return render_shapes3d(module_tmp_path / "shapes3d", cfg, progress=False), cfg
 
 
 def tree_bytes(root) -> dict[str, bytes]:

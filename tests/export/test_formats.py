@@ -3,7 +3,6 @@ timm, onnxruntime), else checked against the consumer's exact key names and shap
 
 import json
 import pickle
-import shutil
 
 import numpy as np
 import pytest
@@ -25,9 +24,9 @@ RECIPE = "simclr_resnet18_shapes3d"
 
 
 @pytest.fixture(scope="module")
-def resnet_run(tiny_shapes3d_root, tmp_path_factory):
-    """A 2-step SimCLR ResNet-18 run with the detectors' 7x7 stem; yields (run_dir, trained backbone)."""
-    run_dir = tmp_path_factory.mktemp("formats") / "run"
+def resnet_run(tiny_shapes3d_root, module_tmp_path):
+    """A 2-step SimCLR ResNet-18 run with the detectors' 7x7 stem; returns (run_dir, trained backbone)."""
+    run_dir = module_tmp_path / "run"
     overrides = [
         f"data.root={tiny_shapes3d_root}",
         *TINY_DATA,
@@ -44,8 +43,7 @@ def resnet_run(tiny_shapes3d_root, tmp_path_factory):
     ]
     pretrain(build_config(RECIPE, overrides))
     config, checkpoint = load_run(run_dir)
-    yield run_dir, load_backbone(config, checkpoint)
-    shutil.rmtree(run_dir.parent, ignore_errors=True)  # module-scoped: pytest's retention policy misses it
+    return run_dir, load_backbone(config, checkpoint)
 
 
 def _export(run_dir, fmt, out):

@@ -142,8 +142,8 @@ def _worker(process, port, out_dir):
 
 
 @pytest.fixture(scope="module")
-def distributed_results(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("dist")
+def distributed_results(module_tmp_path):
+    out_dir = module_tmp_path
     mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=True)
     return torch.load(out_dir / "results.pt", weights_only=True)
 

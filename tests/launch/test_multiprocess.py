@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -120,11 +119,11 @@ def _worker(rank: int, port: int, jobs: list[tuple[str, list[str]]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_shapes3d_root, tmp_path_factory):
+def runs(tiny_shapes3d_root, module_tmp_path):
     from tests.conftest import TINY_DATA
 
     data = [f"data.root={tiny_shapes3d_root}", *TINY_DATA]
-    root = tmp_path_factory.mktemp("multiprocess")
+    root = module_tmp_path
     jobs = [
         (RECIPES[n][0], _overrides(n, data, root / f"{n}-2proc", GLOBAL_BATCH // WORLD))
         for n in OBJECTIVE_NAMES
@@ -141,8 +140,7 @@ def runs(tiny_shapes3d_root, tmp_path_factory):
             ).step
             == STEPS
         )
-    yield root
-    shutil.rmtree(root, ignore_errors=True)  # ~3 GB of checkpoints; module-scoped, so pytest keeps it
+    return root
 
 
 @pytest.mark.parametrize("name", OBJECTIVE_NAMES)
