@@ -10,9 +10,10 @@ predictor's MRR beside MRR_shuffled (one-view queries against online encodings; 
 trained, 3-view queries against the EMA target's encodings).
 
 ``--study care``: SimCLR's recipe (900 steps), then CARE's recipe and CARE with equivariance weight 0
-for the same training wall time (their step count from a 30-step calibration run of CARE, so that the
-learning-rate schedule spans the run); linear / kNN top-1 from ``--probe``, and the equivariance loss
-(``loss/equi`` of metrics.jsonl) at the start, middle and end of training.
+for the same training wall time (their step count from ``equissl calibrate``: CARE's median step time over
+30 steps after 3 warm-up steps, so that the learning-rate schedule spans the run and a GPU's slow first
+steps do not shorten it); linear / kNN top-1 from ``--probe``, and the equivariance loss (``loss/equi`` of
+metrics.jsonl) at the start, middle and end of training.
 
     python benchmarks/lighting_study.py --dry-run             # the commands, nothing run
     python benchmarks/lighting_study.py                       # hours on 2 CPU cores; renders first
@@ -98,6 +99,18 @@ def run(command: list[str], env: dict, dry_run: bool) -> float:
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=sys.stderr)
     return round(time.perf_counter() - start, 1)
+
+
+def run_json(command: list[str], env: dict, dry_run: bool) -> tuple[float, dict]:
+    """Run ``command`` like :func:`run`, and parse the last line of its stdout that is a JSON object ({}
+    when dry): the run's own log lines come before it."""
+    print(f"$ {shown(command)}", file=sys.stderr, flush=True)
+    if dry_run:
+        return 0.0, {}
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=subprocess.PIPE, text=True)
+    objects = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    return round(time.perf_counter() - start, 1), json.loads(objects[-1])
 
 
 def trained_seconds(run_dir: Path) -> dict:
@@ -225,26 +238,23 @@ def care_study(args, env: dict) -> dict:
     if not args.dry_run:
         runs["simclr"].update({**trained_seconds(simclr_dir), "top1": probe_scores(simclr_dir)})
     seconds = runs["simclr"].get("train_seconds", 60.0)
-    calibration_dir = Path(args.runs_dir) / "care_study_calibration"
+    measure, skip = (2, 1) if args.tiny else (CALIBRATION_STEPS, 3)
     calibration = equissl(
-        "pretrain",
+        "calibrate",
         "--config",
         CARE_RECIPE,
-        f"trainer.max_steps={CALIBRATION_STEPS}",
+        "--minutes",
+        f"{seconds / 60:.4f}",
+        "--measure-steps",
+        str(measure),
+        "--skip",
+        str(skip),
         *tiny,
-        "name=care_study_calibration",
-        f"trainer.run_dir={calibration_dir}",
         *args.overrides,
     )
-    runs["calibration"] = {
-        "command": shown(calibration),
-        "command_seconds": run(calibration, env, args.dry_run),
-    }
-    steps = 600
-    if not args.dry_run:
-        measured = trained_seconds(calibration_dir)
-        runs["calibration"].update(measured)
-        steps = max(1, round(seconds * measured["steps"] / measured["train_seconds"]))
+    command_seconds, measured = run_json(calibration, env, args.dry_run)
+    runs["calibration"] = {"command": shown(calibration), "command_seconds": command_seconds, **measured}
+    steps = max(1, int(measured.get("max_steps", 600)))
     for name, extra in (("care", []), ("care_weight0", ["objective.equivariance_weight=0"])):
         run_dir = Path(args.runs_dir) / f"care_study_{name}"
         command = equissl(

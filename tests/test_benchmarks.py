@@ -68,6 +68,24 @@ def test_lighting_study_commands_are_valid_recipes_with_fixed_or_varied_lighting
     assert arguments[-1] == extra[0] and build_config(arguments[2], arguments[3:]).trainer.precision == "fp32"
 
 
+def test_care_study_reads_calibrate_s_json_after_the_run_s_log_lines():
+    """The CARE runs' step count comes from ``equissl calibrate``'s JSON, the last JSON line of its stdout
+    (the calibration run's own log lines come first); the steps it needs are its warm-up + timed ones."""
+    import argparse
+    import sys
+
+    study = _load("lighting_study")
+    printer = (
+        "print('1 process(es) x 1 accumulation'); print('{\"max_steps\": 417}'); print('equissl pretrain')"
+    )
+    seconds, parsed = study.run_json([sys.executable, "-c", printer], {}, dry_run=False)
+    assert parsed == {"max_steps": 417} and seconds >= 0
+    args = argparse.Namespace(runs_dir="r", tiny=False, dry_run=True, overrides=["trainer.precision=fp32"])
+    calibration = study.care_study(args, {})["calibration"]["command"].split()
+    assert calibration[1:4] == ["calibrate", "--config", "care_resnet18_shapes3d"]
+    assert calibration[calibration.index("--skip") + 1] == "3" and calibration[-1] == "trainer.precision=fp32"
+
+
 def test_symmetrized_benchmark_times_every_variant_against_the_bare_model():
     import argparse
 
