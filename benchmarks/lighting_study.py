@@ -91,26 +91,33 @@ def shown(command: list[str]) -> str:
     return shlex.join([".venv/bin/equissl", *command[3:]])
 
 
-def run(command: list[str], env: dict, dry_run: bool) -> float:
-    """Run ``command`` from the repository root; returns its wall time in seconds (0 when dry)."""
+def timed(
+    command: list[str], env: dict, dry_run: bool, **how
+) -> tuple[float, subprocess.CompletedProcess | None]:
+    """Print ``command``, then run it from the repository root (``how``: :func:`subprocess.run`'s keywords);
+    returns its wall time in seconds and its result ((0, None) when dry)."""
     print(f"$ {shown(command)}", file=sys.stderr, flush=True)
     if dry_run:
-        return 0.0
+        return 0.0, None
     start = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=sys.stderr)
-    return round(time.perf_counter() - start, 1)
+    done = subprocess.run(command, cwd=ROOT, env=env, check=True, **how)
+    return round(time.perf_counter() - start, 1), done
+
+
+def run(command: list[str], env: dict, dry_run: bool) -> float:
+    """Run ``command``, its output streamed to stderr; returns its wall time in seconds (0 when dry)."""
+    return timed(command, env, dry_run, stdout=sys.stderr)[0]
 
 
 def run_json(command: list[str], env: dict, dry_run: bool) -> tuple[float, dict]:
     """Run ``command`` like :func:`run`, and parse the last line of its stdout that is a JSON object ({}
-    when dry): the run's own log lines come before it."""
-    print(f"$ {shown(command)}", file=sys.stderr, flush=True)
-    if dry_run:
-        return 0.0, {}
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=subprocess.PIPE, text=True)
+    when dry): the run's own log lines come before it, and go to stderr once it has finished."""
+    seconds, done = timed(command, env, dry_run, stdout=subprocess.PIPE, text=True)
+    if done is None:
+        return seconds, {}
+    sys.stderr.write(done.stdout)
     objects = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    return round(time.perf_counter() - start, 1), json.loads(objects[-1])
+    return seconds, json.loads(objects[-1])
 
 
 def trained_seconds(run_dir: Path) -> dict:
