@@ -4,7 +4,7 @@ Why. ``trainer.max_minutes`` stops a run when its time is spent, but the learnin
 schedules follow ``max_steps``, so a run stopped on time ends un-annealed, and a faster method is stopped
 further from its schedule's end than a slower one. Calibrating instead measures the seconds per optimizer
 step of *this* recipe on *this* machine (a short real run: the same data pipeline, model, precision and
-online probe) and sets ``max_steps = floor(minutes * 60 / seconds per step)``: every method then gets its
+online probe) and sets ``max_steps = floor((minutes * 60 - warm-up) / seconds per step)``: every method gets its
 whole schedule within (about) the same time, and the run is an ordinary fixed-step run, so resumes stay
 exact.
 
@@ -14,10 +14,14 @@ The seconds per step are the recipe's whole cost of a step, periodic work includ
   at ``log_every=1``), after ``skip`` warm-up steps (first-call kernel selection, worker start). The median
   ignores the odd slow step of a shared machine;
 - plus one *checkpoint write* per ``trainer.checkpoint_every`` steps: the calibration writes one after its
-  measured steps and times it as the excess of the next step over the median step. On a GPU a step of
-  ResNet-18 takes tens of milliseconds and a write about half a second, so leaving the writes out
-  undercounted a CARE run by about 8% (docs/reports/2026-12-03-lighting-study.md);
-- plus one *online kNN* (``val/knn_seconds``) per ``trainer.eval_every`` steps, when it is on.
+  measured steps and times it as the excess of the next step over the median step;
+- plus one *online kNN* (``val/knn_seconds``) per ``trainer.eval_every`` steps, when it is on;
+
+and the run's *warm-up* (what the ``skip`` first steps took beyond as many median steps: worker start,
+first-call kernel selection, a GPU's allocator) is paid once, so it comes off the budget before it is
+divided. A run's clock (``trainer.max_minutes``, the checkpoint's ``elapsed_seconds``) counts all of them.
+On a GPU, where a ResNet-18 step takes tens of milliseconds, the median step alone left the lighting
+study's CARE run (docs/reports/2026-12-03-lighting-study.md) about 19% slower a step than calibrated.
 
 On a machine whose load changes, equal minutes are still not equal compute: calibrate the recipes to
 compare one after another in one session (``benchmarks/equal_time_table.py`` alternates them) and report
@@ -40,8 +44,9 @@ from equissl.errors import ConfigError
 
 @dataclass
 class Calibration:
-    """The result of :func:`calibrate`; ``max_steps`` is what to train for ``minutes``. Seconds per step =
-    ``step_seconds + checkpoint_seconds / checkpoint_every + eval_seconds / eval_every``."""
+    """The result of :func:`calibrate`; ``max_steps`` is what to train for ``minutes``: ``(minutes * 60 -
+    warmup_seconds) / seconds_per_step``, with ``seconds_per_step = step_seconds + checkpoint_seconds /
+    checkpoint_every + eval_seconds / eval_every``."""
 
     minutes: float
     seconds_per_step: float
@@ -49,6 +54,7 @@ class Calibration:
     measured_steps: int
     images_per_step: int
     step_seconds: float  # the median optimizer step
+    warmup_seconds: float  # what the first steps cost beyond as many median steps, once per run
     checkpoint_seconds: float  # one checkpoint write
     eval_seconds: float  # one online kNN (0 when trainer.eval_every is 0)
 
@@ -57,32 +63,42 @@ class Calibration:
         return f"trainer.max_steps={self.max_steps}"
 
 
+@dataclass
+class StepCosts:
+    """What a calibration run's metrics rows say a run costs, seconds."""
+
+    step: float  # the median of the measured steps
+    warmup: float  # the warm-up steps' excess over as many median steps (never below 0)
+    checkpoint: float  # one write: the excess of the step after it over the median (never below 0)
+    eval: float  # one online kNN (its ``val/knn_seconds`` row; 0 without one)
+
+
+def step_costs(rows: list[dict], images_per_step: int, skip: int, measured: int) -> StepCosts:
+    """The :class:`StepCosts` of a calibration run that trained ``skip`` warm-up steps, ``measured``
+    steps, wrote a checkpoint (and ran the online kNN, if on) after step ``skip + measured``, and trained
+    one more step; ``rows`` are its metrics.jsonl rows at ``log_every=1``."""
+    end = skip + measured
+    seconds = {row["step"]: images_per_step / row["images_per_s"] for row in rows if "images_per_s" in row}
+    median = statistics.median(seconds[step] for step in range(skip + 1, end + 1))
+    warmup = max(0.0, sum(seconds[step] for step in range(1, skip + 1)) - skip * median)
+    checkpoint = max(0.0, seconds[end + 1] - median) if end + 1 in seconds else 0.0
+    knn = [row["val/knn_seconds"] for row in rows if "val/knn_seconds" in row]
+    return StepCosts(median, warmup, checkpoint, knn[0] if knn else 0.0)
+
+
 def steps_for_budget(
-    rates: list[float], images_per_step: int, minutes: float, periodic_seconds: float = 0.0
+    costs: StepCosts, minutes: float, checkpoint_every: int, eval_every: int = 0
 ) -> tuple[float, int]:
-    """(seconds per step, max_steps) from measured per-step image rates (images/s): the median rate gives
-    the step time, ``periodic_seconds`` (checkpoints, online evaluation, amortised per step) is added, and
-    ``max_steps = max(1, floor(minutes * 60 / seconds per step))``."""
-    if not rates or any(rate <= 0 for rate in rates):
-        raise ValueError(f"steps_for_budget needs positive measured rates, got {rates}")
+    """(seconds per step, max_steps) for ``minutes`` of training: a step costs ``costs.step`` plus one
+    checkpoint write per ``checkpoint_every`` steps plus one online kNN per ``eval_every`` (0: off), and
+    ``max_steps = max(1, floor((minutes * 60 - costs.warmup) / seconds per step))``."""
     if minutes <= 0:
         raise ConfigError(f"--minutes must be > 0, got {minutes}")
-    seconds_per_step = images_per_step / statistics.median(rates) + periodic_seconds
-    return seconds_per_step, max(1, math.floor(minutes * 60 / seconds_per_step))
-
-
-def periodic_costs(rows: list[dict], images_per_step: int, skip: int, measured: int) -> tuple[float, float]:
-    """(one checkpoint write, one online kNN), seconds, from a calibration run's metrics rows: the write
-    happened after step ``skip + measured`` and is the excess of the next step's time over the median of
-    the measured steps' (never below 0); the kNN is that step's ``val/knn_seconds`` row (0 without one)."""
-    end = skip + measured
-    step_seconds = {
-        row["step"]: images_per_step / row["images_per_s"] for row in rows if "images_per_s" in row
-    }
-    median = statistics.median(step_seconds[step] for step in range(skip + 1, end + 1))
-    checkpoint = max(0.0, step_seconds[end + 1] - median) if end + 1 in step_seconds else 0.0
-    knn = [row["val/knn_seconds"] for row in rows if "val/knn_seconds" in row]
-    return checkpoint, (knn[0] if knn else 0.0)
+    if costs.step <= 0:
+        raise ValueError(f"steps_for_budget needs a positive measured step time, got {costs.step}")
+    seconds_per_step = costs.step + costs.checkpoint / checkpoint_every
+    seconds_per_step += costs.eval / eval_every if eval_every else 0.0
+    return seconds_per_step, max(1, math.floor((minutes * 60 - costs.warmup) / seconds_per_step))
 
 
 def calibrate(config: Config, minutes: float, measure_steps: int = 20, skip: int = 3) -> Calibration:
@@ -113,11 +129,16 @@ def calibrate(config: Config, minutes: float, measure_steps: int = 20, skip: int
         rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
         launch = json.loads((result.run_dir / "launch.json").read_text())
     images_per_step = int(launch["global_batch"])
-    rates = [
-        row["images_per_s"] for row in rows if "images_per_s" in row and skip < row["step"] <= measured_end
-    ]
-    checkpoint, knn = periodic_costs(rows, images_per_step, skip, measure_steps)
-    periodic = checkpoint / recipe.checkpoint_every + (knn / recipe.eval_every if recipe.eval_every else 0.0)
-    seconds, max_steps = steps_for_budget(rates, images_per_step, minutes, periodic)
-    step = images_per_step / statistics.median(rates)
-    return Calibration(minutes, seconds, max_steps, len(rates), images_per_step, step, checkpoint, knn)
+    costs = step_costs(rows, images_per_step, skip, measure_steps)
+    seconds, max_steps = steps_for_budget(costs, minutes, recipe.checkpoint_every, recipe.eval_every)
+    return Calibration(
+        minutes,
+        seconds,
+        max_steps,
+        measure_steps,
+        images_per_step,
+        costs.step,
+        costs.warmup,
+        costs.checkpoint,
+        costs.eval,
+    )
