@@ -19,6 +19,8 @@ Fidelity notes (paper vs deepmind/byol, which is followed where the paper is sil
   (``ema_schedule="cosine"``); ``ema_schedule="constant"`` keeps ``ema_base``. The code updates the
   target at the start of the next step with that step's tau; ours updates after the optimizer step with
   the tau of the step just taken (the same parameters move, the schedule is one step earlier).
+  ``ema_time_constant > 0`` (not in the paper) sets the base from the run's length instead, for runs far
+  shorter than the paper's (:func:`equissl.ssl.ema.run_base`).
 - Augmentations: the paper and code draw view 1 with blur p=1.0 and no solarisation and view 2 with blur
   p=0.1 and solarisation p=0.2. Not offered: the image pipeline draws every view from one distribution and
   has no solarisation (``augment.blur_prob`` applies to both views).
@@ -33,12 +35,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from equissl.config import ObjectiveConfig
+from equissl.config import NonNegativeFloat, ObjectiveConfig
 from equissl.errors import ConfigError
 from equissl.heads.mlp import projection_mlp
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
-from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy
+from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy, run_base
 from equissl.ssl.losses import byol_loss
 from equissl.ssl.simclr import global_pair
 from equissl.types import StepOutput, Views, ViewSpec
@@ -52,6 +54,9 @@ class BYOLConfig(ObjectiveConfig):
     pred_hidden_dim: int = 4096
     ema_base: float = 0.996
     ema_schedule: MomentumSchedule = "cosine"
+    # > 0: the base momentum from the run's length, 1 - 1 / (ema_time_constant * max_steps), replacing
+    # ema_base (ssl/ema.py run_base; for runs far shorter than the paper's)
+    ema_time_constant: NonNegativeFloat = 0.0
     joint_forward: bool = False  # True: both views in one batch (BatchNorm statistics over both)
 
 
@@ -102,7 +107,8 @@ class MomentumTwoView(Objective):
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
         """EMA update after optimizer step ``step`` (1-based) with the momentum of that (0-based) step."""
-        tau = ema_momentum(step - 1, total_steps, self.cfg.ema_base, self.cfg.ema_schedule)
+        base = run_base(self.cfg.ema_base, self.cfg.ema_time_constant, total_steps)
+        tau = ema_momentum(step - 1, total_steps, base, self.cfg.ema_schedule)
         ema_update(self.target_backbone, self.backbone, tau)
         ema_update(self.target_projector, self.projector, tau)
         self.momentum.fill_(tau)

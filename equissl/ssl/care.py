@@ -60,12 +60,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from equissl.augmentations.image import chunk_index
-from equissl.config import ObjectiveConfig
+from equissl.config import NonNegativeFloat, ObjectiveConfig
 from equissl.errors import ConfigError
 from equissl.heads.mlp import projection_mlp
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
-from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy
+from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy, run_base
 from equissl.ssl.losses import momentum_infonce, nt_xent, upcast
 from equissl.ssl.simclr import global_pair
 from equissl.types import StepOutput, Views, ViewSpec
@@ -129,6 +129,9 @@ class CAREConfig(ObjectiveConfig):
     pred_hidden_dim: int = 512  # mocov3: the predictor's hidden width
     ema_base: float = 0.99  # mocov3: momentum of the key encoder
     ema_schedule: MomentumSchedule = "cosine"
+    # mocov3, > 0: the base momentum from the run's length, 1 - 1 / (ema_time_constant * max_steps), replacing
+    # ema_base (ssl/ema.py run_base; for runs far shorter than the paper's)
+    ema_time_constant: NonNegativeFloat = 0.0
 
 
 class CARE(Objective):
@@ -167,7 +170,8 @@ class CARE(Objective):
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
         if self.cfg.base == "mocov3":
-            tau = ema_momentum(step - 1, total_steps, self.cfg.ema_base, self.cfg.ema_schedule)
+            base = run_base(self.cfg.ema_base, self.cfg.ema_time_constant, total_steps)
+            tau = ema_momentum(step - 1, total_steps, base, self.cfg.ema_schedule)
             ema_update(self.target_backbone, self.backbone, tau)
             ema_update(self.target_projector, self.projector, tau)
 

@@ -46,11 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from equissl.config import ObjectiveConfig
+from equissl.config import NonNegativeFloat, ObjectiveConfig
 from equissl.errors import ConfigError
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
-from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy
+from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy, run_base
 from equissl.ssl.losses import dino_center_update, dino_loss
 from equissl.types import CropGroup, StepOutput, Views, ViewSpec
 
@@ -71,6 +71,9 @@ class DINOConfig(ObjectiveConfig):
     center_momentum: float = 0.9
     ema_base: float = 0.996
     ema_schedule: MomentumSchedule = "cosine"
+    # > 0: the base momentum from the run's length, 1 - 1 / (ema_time_constant * max_steps), replacing
+    # ema_base (ssl/ema.py run_base; for runs far shorter than the paper's)
+    ema_time_constant: NonNegativeFloat = 0.0
     freeze_last_layer_epochs: int = 1
     global_crop_scale: tuple[float, float] = (0.4, 1.0)
     local_crops: int = 8
@@ -191,7 +194,8 @@ class DINO(Objective):
 
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
-        tau = ema_momentum(step - 1, total_steps, self.cfg.ema_base, self.cfg.ema_schedule)
+        base = run_base(self.cfg.ema_base, self.cfg.ema_time_constant, total_steps)
+        tau = ema_momentum(step - 1, total_steps, base, self.cfg.ema_schedule)
         ema_update(self.target_backbone, self.backbone, tau)
         ema_update(self.target_head, self.head, tau)
         self.momentum.fill_(tau)

@@ -73,6 +73,17 @@ def base_from_time_constant(fraction: float, total_steps: int) -> float:
     return max(0.0, 1.0 - 1.0 / (fraction * total_steps))
 
 
+def run_base(base: float, time_constant: float, total_steps: int) -> float:
+    """The base momentum a run uses: ``base``, or with ``time_constant > 0`` the base whose time constant is
+    that fraction of the run's ``total_steps`` (:func:`base_from_time_constant`). Every momentum-target
+    objective offers it as ``objective.ema_time_constant``: a paper's base momentum was set for a run of
+    tens of thousands of steps, and over a few hundred steps its cosine schedule leaves the target with a
+    large share of its random initial weights (:func:`initial_weight_fraction`)."""
+    if time_constant < 0 or not math.isfinite(time_constant):
+        raise ValueError(f"objective.ema_time_constant must be >= 0 (0: off), got {time_constant}")
+    return base_from_time_constant(time_constant, total_steps) if time_constant > 0 else base
+
+
 def initial_weight_fraction(
     total_steps: int, base: float, schedule: MomentumSchedule = "cosine", steps_per_epoch: float = 0.0
 ) -> float:

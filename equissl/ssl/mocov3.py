@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from equissl.config import ObjectiveConfig
+from equissl.config import NonNegativeFloat, ObjectiveConfig
 from equissl.errors import ConfigError
 from equissl.heads.mlp import projection_mlp
 from equissl.registry import OBJECTIVES
@@ -52,6 +52,9 @@ class MoCoV3Config(ObjectiveConfig):
     pred_last_bn: bool = True  # the code's MoCo_ResNet: False
     ema_base: float = 0.99
     ema_schedule: MomentumSchedule = "cosine"
+    # > 0: the base momentum from the run's length, 1 - 1 / (ema_time_constant * max_steps), replacing
+    # ema_base (ssl/ema.py run_base; for runs far shorter than the paper's)
+    ema_time_constant: NonNegativeFloat = 0.0
     freeze_patch_embed: bool = False  # ViT: the code's --stop-grad-conv1
     scale_by_2t: bool = True  # the paper's and code's ``loss * 2t``
 

@@ -100,13 +100,7 @@ from equissl.heads.mlp import projection_mlp
 from equissl.latents import ACTION_DIMS, relative_action, sequence_actions
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import EquivariantObjective
-from equissl.ssl.ema import (
-    MomentumSchedule,
-    base_from_time_constant,
-    ema_momentum,
-    ema_update,
-    frozen_copy,
-)
+from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy, run_base
 from equissl.ssl.losses import negative_cosine_loss
 from equissl.types import StepOutput, Views, ViewSpec
 
@@ -306,9 +300,7 @@ class SeqJEPA(EquivariantObjective):
     def momentum(self, step: int, total_steps: int) -> float:
         """The EMA momentum of the update after optimizer step ``step`` (0-based) of ``total_steps``."""
         cfg = self.cfg
-        base = cfg.ema_base
-        if cfg.ema_time_constant > 0:
-            base = base_from_time_constant(cfg.ema_time_constant, total_steps)
+        base = run_base(cfg.ema_base, cfg.ema_time_constant, total_steps)
         if cfg.ema_schedule == "cosine_per_epoch" and self.steps_per_epoch <= 0:
             raise ValueError(
                 "objective.ema_schedule=cosine_per_epoch needs the epoch's length: the trainer sets it "

@@ -4,6 +4,8 @@ the stop-gradients, SimSiam's constant predictor learning rate and DINO's frozen
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from equissl.config import OptimConfig
 from equissl.launch.optim import build_optimizer, build_scheduler
 from equissl.ssl.barlowtwins import BarlowTwins, BarlowTwinsConfig
 from equissl.ssl.byol import BYOL, BYOLConfig
+from equissl.ssl.care import CARE, CAREConfig
 from equissl.ssl.dino import DINO, DINOConfig, teacher_temperature
 from equissl.ssl.ema import ema_momentum
 from equissl.ssl.mocov3 import MoCoV3, MoCoV3Config
@@ -83,6 +86,34 @@ def test_ema_target_gets_no_gradient_and_moves_only_by_the_momentum_update(build
         torch.testing.assert_close(params[name], tau * value + (1 - tau) * moved_online[source])
     assert all(torch.equal(params[n], v) for n, v in moved_online.items())
     assert online  # the comparison above is over real parameters
+
+
+def _care_mocov3(**kw) -> CARE:
+    torch.manual_seed(0)
+    cfg = CAREConfig(base="mocov3", proj_hidden_dims=(16,), proj_out_dim=8, pred_hidden_dim=16, **kw)
+    return CARE(TinyBackbone(8), cfg)
+
+
+@pytest.mark.parametrize("build", [_byol, _mocov3, _dino, _care_mocov3])
+@pytest.mark.parametrize(
+    ("step", "tau"), [(1, 0.9), (501, 0.95), (1000, 1.0 - 0.1 * (1 - math.cos(math.pi / 1000)) / 2)]
+)
+def test_ema_time_constant_sets_the_base_from_the_run_length(build, step, tau):
+    # time constant 0.01 of a 1000-step run = 10 steps: base 1 - 1/10 = 0.9 whatever ema_base says; the
+    # cosine schedule then goes 0.9 at step 0, 0.95 half-way (step 500, 0-based), near 1 at the end
+    model = build()
+    model.cfg.ema_base, model.cfg.ema_time_constant = 0.999, 0.01
+    target = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("target_")}
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, p in params.items():
+            if not name.startswith("target_"):
+                p.add_(1.0)  # online and target now differ everywhere
+    model.on_step_end(step, 1000)
+    for name, value in target.items():
+        online = params[name.replace("target_", "", 1)].detach()
+        torch.testing.assert_close(params[name].detach(), tau * value + (1 - tau) * online)
+    assert target
 
 
 def test_simsiam_loss_values_and_stop_gradient():
