@@ -12,8 +12,8 @@ trained, 3-view queries against the EMA target's encodings).
 ``--study care``: SimCLR's recipe (900 steps), then CARE's recipe and CARE with equivariance weight 0
 for the same training wall time (their step count from ``equissl calibrate``: CARE's median step time over
 30 steps after 3 warm-up steps plus its checkpoint writes, amortised, with the warm-up's excess paid once,
-so that the learning-rate schedule spans the run); linear / kNN top-1 from ``--probe``, and the equivariance loss (``loss/equi`` of
-metrics.jsonl) at the start, middle and end of training.
+so that the learning-rate schedule spans the run); linear / kNN top-1 from ``--probe``, and the
+equivariance loss (``loss/equi`` of metrics.jsonl) at the start, middle and end of training.
 
     python benchmarks/lighting_study.py --dry-run             # the commands, nothing run
     python benchmarks/lighting_study.py                       # hours on 2 CPU cores; renders first

@@ -4,9 +4,9 @@ Why. ``trainer.max_minutes`` stops a run when its time is spent, but the learnin
 schedules follow ``max_steps``, so a run stopped on time ends un-annealed, and a faster method is stopped
 further from its schedule's end than a slower one. Calibrating instead measures the seconds per optimizer
 step of *this* recipe on *this* machine (a short real run: the same data pipeline, model, precision and
-online probe) and sets ``max_steps = floor((minutes * 60 - warm-up) / seconds per step)``: every method gets its
-whole schedule within (about) the same time, and the run is an ordinary fixed-step run, so resumes stay
-exact.
+online probe) and sets ``max_steps = floor((minutes * 60 - warm-up) / seconds per step)``: every method
+gets its whole schedule within (about) the same time, and the run is an ordinary fixed-step run, so
+resumes stay exact.
 
 The seconds per step are the recipe's whole cost of a step, periodic work included:
 
