@@ -40,7 +40,7 @@ from equissl.errors import ConfigError
 from equissl.heads.mlp import projection_mlp
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
-from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy, run_base
+from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy
 from equissl.ssl.losses import byol_loss
 from equissl.ssl.simclr import global_pair
 from equissl.types import StepOutput, Views, ViewSpec
@@ -107,8 +107,10 @@ class MomentumTwoView(Objective):
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
         """EMA update after optimizer step ``step`` (1-based) with the momentum of that (0-based) step."""
-        base = run_base(self.cfg.ema_base, self.cfg.ema_time_constant, total_steps)
-        tau = ema_momentum(step - 1, total_steps, base, self.cfg.ema_schedule)
+        cfg = self.cfg
+        tau = ema_momentum(
+            step - 1, total_steps, cfg.ema_base, cfg.ema_schedule, time_constant=cfg.ema_time_constant
+        )
         ema_update(self.target_backbone, self.backbone, tau)
         ema_update(self.target_projector, self.projector, tau)
         self.momentum.fill_(tau)

@@ -50,7 +50,7 @@ from equissl.config import NonNegativeFloat, ObjectiveConfig
 from equissl.errors import ConfigError
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
-from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy, run_base
+from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy
 from equissl.ssl.losses import dino_center_update, dino_loss
 from equissl.types import CropGroup, StepOutput, Views, ViewSpec
 
@@ -194,8 +194,10 @@ class DINO(Objective):
 
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
-        base = run_base(self.cfg.ema_base, self.cfg.ema_time_constant, total_steps)
-        tau = ema_momentum(step - 1, total_steps, base, self.cfg.ema_schedule)
+        cfg = self.cfg
+        tau = ema_momentum(
+            step - 1, total_steps, cfg.ema_base, cfg.ema_schedule, time_constant=cfg.ema_time_constant
+        )
         ema_update(self.target_backbone, self.backbone, tau)
         ema_update(self.target_head, self.head, tau)
         self.momentum.fill_(tau)

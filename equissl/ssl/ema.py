@@ -31,8 +31,11 @@ def ema_momentum(
     base: float = 0.996,
     schedule: MomentumSchedule = "cosine",
     steps_per_epoch: float = 0.0,
+    time_constant: float = 0.0,
 ) -> float:
-    """EMA momentum for the update after optimizer step ``step`` (0-based) of ``total_steps``.
+    """EMA momentum for the update after optimizer step ``step`` (0-based) of ``total_steps``; with
+    ``time_constant > 0`` (``objective.ema_time_constant``) the base comes from the run's length instead of
+    ``base`` (:func:`run_base`).
 
     ``"cosine"`` (BYOL, Grill et al. 2020): ``1 - (1 - base) * (cos(pi * step / total_steps) + 1) / 2``:
     ``base`` at step 0, ``(1 + base) / 2`` half-way, 1 at ``total_steps``. ``"cosine_per_epoch"``: the same
@@ -40,6 +43,7 @@ def ema_momentum(
     ``steps_per_epoch`` optimizer steps (``1 - (1 - base) (cos(pi e / E) + 1) / 2`` in epoch e of
     E = total_steps / steps_per_epoch; seq-JEPA's official code). ``"constant"``: ``base``.
     """
+    base = run_base(base, time_constant, total_steps)
     if not 0.0 <= base <= 1.0:
         raise ValueError(f"EMA base momentum must be in [0, 1], got {base}")
     if schedule == "constant":

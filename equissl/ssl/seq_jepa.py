@@ -100,7 +100,7 @@ from equissl.heads.mlp import projection_mlp
 from equissl.latents import ACTION_DIMS, relative_action, sequence_actions
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import EquivariantObjective
-from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy, run_base
+from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy
 from equissl.ssl.losses import negative_cosine_loss
 from equissl.types import StepOutput, Views, ViewSpec
 
@@ -300,13 +300,14 @@ class SeqJEPA(EquivariantObjective):
     def momentum(self, step: int, total_steps: int) -> float:
         """The EMA momentum of the update after optimizer step ``step`` (0-based) of ``total_steps``."""
         cfg = self.cfg
-        base = run_base(cfg.ema_base, cfg.ema_time_constant, total_steps)
         if cfg.ema_schedule == "cosine_per_epoch" and self.steps_per_epoch <= 0:
             raise ValueError(
                 "objective.ema_schedule=cosine_per_epoch needs the epoch's length: the trainer sets it "
                 "with set_steps_per_epoch()"
             )
-        return ema_momentum(step, total_steps, base, cfg.ema_schedule, self.steps_per_epoch)
+        return ema_momentum(
+            step, total_steps, cfg.ema_base, cfg.ema_schedule, self.steps_per_epoch, cfg.ema_time_constant
+        )
 
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
