@@ -67,7 +67,14 @@ def runs(bases: list[str], essl: bool, overrides: Sequence[str] = ()) -> list[tu
 
 
 def train_and_probe(
-    label: str, name: str, overrides: list[str], minutes: float, measure: int, out: Path, first: bool
+    label: str,
+    name: str,
+    overrides: list[str],
+    minutes: float,
+    measure: int,
+    out: Path,
+    first: bool,
+    steps: int = 0,
 ) -> dict:
     from equissl.config import build_config
     from equissl.eval.report import evaluate_run
@@ -78,8 +85,12 @@ def train_and_probe(
     base = [*overrides, f"trainer.run_dir={run_dir}", "trainer.progress=false"]
     # The runs' log lines go to stderr so that stdout holds only the JSON rows and the table.
     with contextlib.redirect_stdout(sys.stderr):
-        calibration = calibrate(build_config(name, base), minutes, measure)
-        config = build_config(name, [*base, calibration.override])
+        if steps:  # a screening run: a fixed step count instead of a calibrated one
+            calibration = None
+            config = build_config(name, [*base, f"trainer.max_steps={steps}"])
+        else:
+            calibration = calibrate(build_config(name, base), minutes, measure)
+            config = build_config(name, [*base, calibration.override])
         start = time.perf_counter()
         result = pretrain(config)
         seconds = time.perf_counter() - start
@@ -90,7 +101,7 @@ def train_and_probe(
         "overrides": overrides,
         "steps": result.step,
         "train_seconds": round(seconds, 1),
-        "calibrated_seconds_per_step": round(calibration.seconds_per_step, 4),
+        "calibrated_seconds_per_step": calibration and round(calibration.seconds_per_step, 4),
         "linear": report["results"]["pretrained"].get("linear"),
         "knn": report["results"]["pretrained"].get("knn"),
         "rotation_acc": (report.get("objective_metrics_val") or {}).get("rotation_acc"),
@@ -119,8 +130,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=6.0, help="training time per run")
     parser.add_argument("--measure-steps", type=int, default=20)
+    parser.add_argument(
+        "--steps", type=int, default=0, help="train every run this many steps instead of calibrating"
+    )
     parser.add_argument("--bases", nargs="*", default=list(BASES), choices=BASES)
     parser.add_argument("--no-essl", action="store_true", help="only the base methods")
+    parser.add_argument("--no-random-init", action="store_true", help="skip probing random init")
     parser.add_argument("--out", default="runs/equal_time")
     parser.add_argument(
         "overrides", nargs="*", help="key=value for every run; BASE:key=value for one base's runs only"
@@ -129,7 +144,16 @@ def main() -> None:
     out = Path(args.out)
     rows, random_init = [], None
     for k, (label, name, overrides) in enumerate(runs(args.bases, not args.no_essl, args.overrides)):
-        row = train_and_probe(label, name, overrides, args.minutes, args.measure_steps, out, k == 0)
+        row = train_and_probe(
+            label,
+            name,
+            overrides,
+            args.minutes,
+            args.measure_steps,
+            out,
+            k == 0 and not args.no_random_init,
+            args.steps,
+        )
         random_init = row.pop("random_init", random_init)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -137,7 +161,8 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
     summary = {
-        "minutes": args.minutes,
+        "minutes": None if args.steps else args.minutes,
+        "steps": args.steps or None,
         "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": platform.processor() or platform.machine(),
