@@ -133,6 +133,37 @@ def test_equal_time_table_alternates_bases_and_their_essl_and_writes_markdown():
     )
 
 
+def test_equal_time_table_steps_mode_trains_the_given_steps_without_calibrating(monkeypatch, tmp_path):
+    """``--steps N`` (screening) sets trainer.max_steps to N and never calls the calibration; without it
+    the calibrated override is what reaches the trainer."""
+    import types
+
+    from equissl.eval import report
+    from equissl.launch import budget, trainer
+
+    table = _load("equal_time_table")
+    seen = []
+
+    def fake_pretrain(config):
+        seen.append(config.trainer.max_steps)
+        return types.SimpleNamespace(step=config.trainer.max_steps)
+
+    def fake_report(run_dir, methods, compare_random=False):
+        return {"results": {"pretrained": {"linear": 50.0, "knn": 40.0}}}
+
+    def fake_calibrate(config, minutes, measure):
+        return types.SimpleNamespace(override="trainer.max_steps=7", seconds_per_step=0.5)
+
+    monkeypatch.setattr(trainer, "pretrain", fake_pretrain)
+    monkeypatch.setattr(report, "evaluate_run", fake_report)
+    monkeypatch.setattr(budget, "calibrate", lambda *a: pytest.fail("--steps must not calibrate"))
+    row = table.train_and_probe("byol", "byol_resnet18_shapes3d", [], 1.0, 5, tmp_path, False, steps=11)
+    assert seen == [11] and row["steps"] == 11 and row["calibrated_seconds_per_step"] is None
+    monkeypatch.setattr(budget, "calibrate", fake_calibrate)
+    row = table.train_and_probe("byol", "byol_resnet18_shapes3d", [], 1.0, 5, tmp_path, False)
+    assert seen == [11, 7] and row["calibrated_seconds_per_step"] == 0.5
+
+
 def test_peers_dry_run_times_equissl_and_lightly_when_installed(tiny_shapes3d_root):
     """``peers.py --dry`` in a subprocess, as a user runs it: the equissl side always runs; the lightly side
     runs when lightly (the bench extra) is installed, and the JSON says "not installed" otherwise."""
