@@ -174,6 +174,9 @@ class OptimConfig:
     exclude_bias_and_norm: bool = True  # no weight decay (and no LARS adaptation) on biases and norms
     warmup_steps: NonNegativeInt = 0
     min_lr_ratio: Probability = 0.0  # cosine decays to lr * min_lr_ratio
+    # Learning-rate multipliers by module of the objective, e.g. {predictor: 10} (a faster predictor, Tian,
+    # Chen & Ganguli 2021); keys are dotted module paths (backbone.layer4), the longest match wins.
+    lr_scales: dict[str, PositiveFloat] = field(default_factory=dict)
 
 
 @dataclass

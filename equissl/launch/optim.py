@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from equissl.config import OptimConfig
+from equissl.errors import ConfigError
 
 
 class LARS(torch.optim.Optimizer):
@@ -73,23 +74,57 @@ def constant_lr_names(model: nn.Module) -> set[str]:
     return names
 
 
+# The trainer wraps the objective (``PretrainModel.objective``); ``optim.lr_scales`` names modules of the
+# objective, so this leading component of a parameter's name is not part of what its keys match.
+WRAPPER_PREFIX = "objective."
+
+
+def lr_scale_of(name: str, scales: dict[str, float]) -> tuple[str | None, float]:
+    """(the ``optim.lr_scales`` key that sets parameter ``name``'s multiplier, the multiplier): the longest
+    key that is the name's dotted module path or a prefix of it at a dot, else (None, 1)."""
+    path = name.removeprefix(WRAPPER_PREFIX)
+    matches = [key for key in scales if path == key or path.startswith(key + ".")]
+    if not matches:
+        return None, 1.0
+    key = max(matches, key=len)
+    return key, scales[key]
+
+
 def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Trainable parameters in groups: with / without weight decay (and LARS adaptation), each split again
-    into scheduled and constant learning rate (``constant_lr: True``, see :func:`constant_lr_names`)."""
+    into scheduled and constant learning rate (``constant_lr: True``, see :func:`constant_lr_names`) and by
+    learning-rate multiplier (``lr_scale``, from ``optim.lr_scales``; a key that names no trainable
+    parameter is a ConfigError)."""
     constant = constant_lr_names(model)
-    buckets: dict[tuple[bool, bool], list] = {}
+    buckets: dict[tuple[bool, bool, float], list] = {}
+    used = set()
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         decays = not (cfg.exclude_bias_and_norm and is_bias_or_norm(name, param))
-        buckets.setdefault((decays, name in constant), []).append(param)
+        key, scale = lr_scale_of(name, cfg.lr_scales)
+        used.add(key)
+        buckets.setdefault((decays, name in constant, scale), []).append(param)
+    unused = sorted(set(cfg.lr_scales) - used)
+    if unused:
+        modules = sorted(
+            {name.removeprefix(WRAPPER_PREFIX).split(".")[0] for name, _ in model.named_parameters()}
+        )
+        raise ConfigError(
+            f"optim.lr_scales: {', '.join(map(repr, unused))} names no trainable parameter; expected dotted "
+            f"module paths of the objective (its modules: {', '.join(modules)})"
+        )
     groups = []
-    for (decays, fixed), params in sorted(buckets.items(), key=lambda item: (not item[0][0], item[0][1])):
+    for (decays, fixed, scale), params in sorted(
+        buckets.items(), key=lambda item: (not item[0][0], item[0][1], item[0][2])
+    ):
         group = {"params": params, "weight_decay": cfg.weight_decay if decays else 0.0}
         if not decays:
             group["lars_adapt"] = False
         if fixed:
             group["constant_lr"] = True
+        if scale != 1.0:
+            group["lr_scale"] = scale
         groups.append(group)
     return groups or [{"params": [], "weight_decay": cfg.weight_decay}]
 
@@ -103,6 +138,9 @@ def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
 def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> torch.optim.Optimizer:
     groups = parameter_groups(model, cfg)
     lr = scaled_lr(cfg, global_batch)
+    for group in groups:
+        if "lr_scale" in group:  # the scheduler's base lr of a group is the lr it starts with
+            group["lr"] = lr * group["lr_scale"]
     if cfg.name == "sgd":
         for group in groups:
             group.pop("lars_adapt", None)

@@ -30,7 +30,7 @@ from torch import nn
 
 from equissl.build import build_dataset, build_objective, build_view_maker
 from equissl.config import Config, from_dict, to_dict
-from equissl.errors import BadDataError, NonFiniteLossError, RunStopped, UserError
+from equissl.errors import BadDataError, ConfigError, NonFiniteLossError, RunStopped, UserError
 from equissl.launch import checkpoint as ckpt
 from equissl.launch.data import train_batches
 from equissl.launch.logging import MetricLogger, check_loggers
@@ -198,14 +198,23 @@ class Trainer:
         """``--override-optim``: this config's optimiser values replace the checkpoint's (its moments stay)."""
         oc = self.config.optim
         fresh = build_optimizer(self.accelerator.unwrap_model(self.model), oc, self.global_batch)
+        if [len(g["params"]) for g in fresh.param_groups] != [
+            len(g["params"]) for g in self.optimizer.param_groups
+        ]:
+            raise ConfigError(
+                "--override-optim: these optim settings (optim.lr_scales or optim.exclude_bias_and_norm) group "
+                "the parameters differently from the checkpoint's optimizer; a resume cannot regroup them"
+            )
         for group, new in zip(self.optimizer.param_groups, fresh.param_groups, strict=True):
             for key in ("weight_decay", "momentum", "betas", "eta"):
                 if key in new:
                     group[key] = new[key]
         base = scaled_lr(oc, self.global_batch)
-        self.scheduler.base_lrs = [base] * len(self.optimizer.param_groups)
-        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True):
-            group["lr"] = base * factor(self.scheduler.last_epoch)
+        self.scheduler.base_lrs = [base * new.get("lr_scale", 1.0) for new in fresh.param_groups]
+        for group, start, factor in zip(
+            self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = start * factor(self.scheduler.last_epoch)
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def save(self) -> Path:
