@@ -183,6 +183,12 @@ class Trainer:
         }
 
     def _apply(self, parts: dict) -> None:
+        saved = [len(group["params"]) for group in parts["optimizer"]["param_groups"]]
+        if saved != [len(group["params"]) for group in self.optimizer.param_groups]:
+            raise ConfigError(
+                "--override-optim: these optim settings (optim.lr_scales or optim.exclude_bias_and_norm) group "
+                "the parameters differently from the checkpoint's optimizer; a resume cannot regroup them"
+            )
         self.accelerator.unwrap_model(self.model).load_state_dict(parts["model"])
         self.optimizer.load_state_dict(parts["optimizer"])
         self.scheduler.load_state_dict(parts["scheduler"])
@@ -198,13 +204,6 @@ class Trainer:
         """``--override-optim``: this config's optimiser values replace the checkpoint's (its moments stay)."""
         oc = self.config.optim
         fresh = build_optimizer(self.accelerator.unwrap_model(self.model), oc, self.global_batch)
-        if [len(g["params"]) for g in fresh.param_groups] != [
-            len(g["params"]) for g in self.optimizer.param_groups
-        ]:
-            raise ConfigError(
-                "--override-optim: these optim settings (optim.lr_scales or optim.exclude_bias_and_norm) group "
-                "the parameters differently from the checkpoint's optimizer; a resume cannot regroup them"
-            )
         for group, new in zip(self.optimizer.param_groups, fresh.param_groups, strict=True):
             for key in ("weight_decay", "momentum", "betas", "eta"):
                 if key in new:

@@ -168,6 +168,18 @@ def test_a_changed_learning_rate_is_refused_unless_overridden_and_then_takes_eff
     assert build_config(run / "config.yaml").optim.lr == pytest.approx(1e-4)  # the config now in use
 
 
+def test_override_optim_cannot_regroup_the_parameters_of_the_checkpoint_optimizer(four_steps):
+    """optim.lr_scales on a resume splits the projector into its own parameter group, which the
+    checkpoint's optimizer state has no slot for: refused in one line before a step, nothing written."""
+    overrides, run = four_steps
+    saved = (run / "config.yaml").read_bytes()
+    changed = build_config(RECIPE, [*overrides, "optim.lr_scales.projector=2", "trainer.max_steps=6"])
+    with pytest.raises(ConfigError, match="group the parameters differently"):
+        pretrain(changed, override_optim=True)
+    assert (run / "config.yaml").read_bytes() == saved
+    assert _logged_steps(run) == [1, 2, 3, 4]
+
+
 def test_a_changed_objective_is_refused_with_the_diff_and_how_to_start_anew(four_steps):
     overrides, run = four_steps
     saved = (run / "config.yaml").read_bytes()
