@@ -208,6 +208,9 @@ class Trainer:
             for key in ("weight_decay", "momentum", "betas", "eta"):
                 if key in new:
                     group[key] = new[key]
+            group.pop("lr_scale", None)  # the group's multiplier is now this config's (or none)
+            if "lr_scale" in new:
+                group["lr_scale"] = new["lr_scale"]
         base = scaled_lr(oc, self.global_batch)
         self.scheduler.base_lrs = [base * new.get("lr_scale", 1.0) for new in fresh.param_groups]
         for group, start, factor in zip(
