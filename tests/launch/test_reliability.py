@@ -180,6 +180,26 @@ def test_override_optim_cannot_regroup_the_parameters_of_the_checkpoint_optimize
     assert _logged_steps(run) == [1, 2, 3, 4]
 
 
+def test_override_optim_gives_a_module_its_new_learning_rate_multiplier(tiny_overrides, tmp_path):
+    """optim.lr_scales.projector 2 -> 3 on a resume with --override-optim (same parameter groups): the
+    projector's group restarts its schedule from 3 x the base rate, every other group from 1 x."""
+    first = [
+        *tiny_overrides,
+        "trainer.max_steps=4",
+        "trainer.checkpoint_every=2",
+        "optim.lr_scales.projector=2",
+    ]
+    assert pretrain(build_config(RECIPE, first)).status == "finished"
+    resumed = [*first, "optim.lr_scales.projector=3", "trainer.max_steps=6"]
+    assert pretrain(build_config(RECIPE, resumed), override_optim=True).status == "finished"
+    newest = next(iter(ckpt.usable_checkpoints(tmp_path / "run")))
+    base = build_config(RECIPE, resumed).optim.lr
+    groups = ckpt.load_torch(newest, "optimizer.pt")["param_groups"]
+    assert sorted({g.get("lr_scale", 1.0) for g in groups}) == [1.0, 3.0]
+    starts = ckpt.load_torch(newest, "scheduler.pt")["base_lrs"]
+    assert starts == [pytest.approx(base * g.get("lr_scale", 1.0)) for g in groups]
+
+
 def test_a_changed_objective_is_refused_with_the_diff_and_how_to_start_anew(four_steps):
     overrides, run = four_steps
     saved = (run / "config.yaml").read_bytes()
