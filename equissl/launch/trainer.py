@@ -211,8 +211,8 @@ class Trainer:
             group.pop("lr_scale", None)  # the group's multiplier is now this config's (or none)
             if "lr_scale" in new:
                 group["lr_scale"] = new["lr_scale"]
-        base = scaled_lr(oc, self.global_batch)
-        self.scheduler.base_lrs = [base * new.get("lr_scale", 1.0) for new in fresh.param_groups]
+        # each fresh group starts at this config's (scaled) base lr times its optim.lr_scales multiplier
+        self.scheduler.base_lrs = [new["lr"] for new in fresh.param_groups]
         for group, start, factor in zip(
             self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas, strict=True
         ):
