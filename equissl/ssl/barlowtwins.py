@@ -31,7 +31,7 @@ from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
 from equissl.ssl.losses import barlow_twins_loss
 from equissl.ssl.losses.redundancy import Standardisation
-from equissl.ssl.simclr import global_pair
+from equissl.ssl.simclr import PairViews, global_pair, pair_views
 from equissl.types import StepOutput, Views, ViewSpec
 
 
@@ -41,6 +41,7 @@ class BarlowTwinsConfig(ObjectiveConfig):
     projector_dims: tuple[int, ...] = (8192, 8192, 8192)  # hidden..., output
     lambda_offdiag: float = 5e-3
     standardisation: Standardisation = "std"
+    views: PairViews = "image"  # "object": two rendered views of one object (simclr.pair_views)
 
 
 class BarlowTwins(Objective):
@@ -54,6 +55,7 @@ class BarlowTwins(Objective):
         if cfg.lambda_offdiag < 0:
             raise ConfigError(f"objective.lambda_offdiag must be >= 0, got {cfg.lambda_offdiag}")
         self.cfg = cfg
+        self.required_views = pair_views(self.required_views, cfg.views)
         dims = list(cfg.projector_dims)
         self.projector = projection_mlp(backbone.num_features, dims[:-1], dims[-1], norm="bn")
 

@@ -42,7 +42,7 @@ from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
 from equissl.ssl.ema import MomentumSchedule, ema_momentum, ema_update, frozen_copy
 from equissl.ssl.losses import byol_loss
-from equissl.ssl.simclr import global_pair
+from equissl.ssl.simclr import PairViews, global_pair, pair_views
 from equissl.types import StepOutput, Views, ViewSpec
 
 
@@ -58,6 +58,7 @@ class BYOLConfig(ObjectiveConfig):
     # ema_base (ssl/ema.py run_base; for runs far shorter than the paper's)
     ema_time_constant: NonNegativeFloat = 0.0
     joint_forward: bool = False  # True: both views in one batch (BatchNorm statistics over both)
+    views: PairViews = "image"  # "object": two rendered views of one object (simclr.pair_views)
 
 
 def check_momentum(base: float) -> None:
@@ -76,6 +77,7 @@ class MomentumTwoView(Objective):
         super().__init__(backbone)
         check_momentum(cfg.ema_base)
         self.cfg = cfg
+        self.required_views = pair_views(self.required_views, cfg.views)
         self.projector, self.predictor = projector, predictor
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(projector)

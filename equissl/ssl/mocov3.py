@@ -38,6 +38,7 @@ from equissl.registry import OBJECTIVES
 from equissl.ssl.byol import MomentumTwoView
 from equissl.ssl.ema import MomentumSchedule
 from equissl.ssl.losses import momentum_infonce
+from equissl.ssl.simclr import PairViews
 from equissl.types import StepOutput, Views
 
 
@@ -57,6 +58,7 @@ class MoCoV3Config(ObjectiveConfig):
     ema_time_constant: NonNegativeFloat = 0.0
     freeze_patch_embed: bool = False  # ViT: the code's --stop-grad-conv1
     scale_by_2t: bool = True  # the paper's and code's ``loss * 2t``
+    views: PairViews = "image"  # "object": two rendered views of one object (simclr.pair_views)
 
 
 class MoCoV3(MomentumTwoView):

@@ -36,6 +36,8 @@ from equissl.ssl.base import Objective
 from equissl.ssl.losses import nt_xent
 from equissl.types import StepOutput, Views, ViewSpec
 
+PairViews = Literal["image", "object"]  # objective.views of the two-view methods (pair_views)
+
 
 @dataclass
 class SimCLRConfig(ObjectiveConfig):
@@ -47,7 +49,20 @@ class SimCLRConfig(ObjectiveConfig):
     proj_last_norm: LastNorm = "bn_scale_only"
     same_view_negatives: bool = True  # False: only other-view negatives (official E-SSL code)
     joint_forward: bool = True  # both views in one batch through backbone and projector
-    views: Literal["image", "object"] = "image"  # "object": two rendered views of one object
+    views: PairViews = "image"  # "object": two rendered views of one object (pair_views)
+
+
+def pair_views(spec: ViewSpec, views: str) -> ViewSpec:
+    """``spec`` with its two views drawn as ``objective.views`` says, for every two-view method.
+
+    ``"image"``: two augmentations of one image, as the papers. ``"object"``: two rendered views of one
+    object of a 3DIEBench-format dataset (each augmented as ``augment.object_views`` says), the pairs SIE,
+    EquiCaps and seq-JEPA train their invariant baselines on; they then differ by the object's pose and
+    lighting, and share no floor hue (docs/reports/2026-12-04-equal-time-bases.md).
+    """
+    if views not in ("image", "object"):  # a config validates this; a direct caller may not have
+        raise ConfigError(f"objective.views must be 'image' or 'object', got {views!r}")
+    return dataclasses.replace(spec, source=views)
 
 
 def global_pair(views: Views, who: str) -> tuple[Tensor, Tensor]:
@@ -68,8 +83,7 @@ class SimCLR(Objective):
         if cfg.proj_num_layers < 1:
             raise ConfigError(f"objective.proj_num_layers must be >= 1, got {cfg.proj_num_layers}")
         self.cfg = cfg
-        if cfg.views == "object":
-            self.required_views = dataclasses.replace(self.required_views, source="object")
+        self.required_views = pair_views(self.required_views, cfg.views)
         width = backbone.num_features
         hidden = cfg.proj_hidden_dim or width
         self.projector = projection_mlp(

@@ -31,7 +31,7 @@ from equissl.heads.mlp import projection_mlp
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
 from equissl.ssl.losses import negative_cosine_loss
-from equissl.ssl.simclr import global_pair
+from equissl.ssl.simclr import PairViews, global_pair, pair_views
 from equissl.types import StepOutput, Views, ViewSpec
 
 
@@ -43,6 +43,7 @@ class SimSiamConfig(ObjectiveConfig):
     proj_out_dim: int = 2048
     pred_hidden_dim: int = 512
     fix_predictor_lr: bool = True
+    views: PairViews = "image"  # "object": two rendered views of one object (simclr.pair_views)
 
 
 def simsiam_loss(p_a: Tensor, p_b: Tensor, z_a: Tensor, z_b: Tensor) -> Tensor:
@@ -60,6 +61,7 @@ class SimSiam(Objective):
         if cfg.proj_num_layers < 1:
             raise ConfigError(f"objective.proj_num_layers must be >= 1, got {cfg.proj_num_layers}")
         self.cfg = cfg
+        self.required_views = pair_views(self.required_views, cfg.views)
         width = backbone.num_features
         hidden = cfg.proj_hidden_dim or width
         self.projector = projection_mlp(

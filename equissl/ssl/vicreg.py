@@ -25,7 +25,7 @@ from equissl.heads.mlp import projection_mlp
 from equissl.registry import OBJECTIVES
 from equissl.ssl.base import Objective
 from equissl.ssl.losses import vicreg_loss
-from equissl.ssl.simclr import global_pair
+from equissl.ssl.simclr import PairViews, global_pair, pair_views
 from equissl.types import StepOutput, Views, ViewSpec
 
 
@@ -37,6 +37,7 @@ class VICRegConfig(ObjectiveConfig):
     std_coeff: float = 25.0
     cov_coeff: float = 1.0
     variance_average_branches: bool = False  # True: official code's [v(Z) + v(Z')] / 2
+    views: PairViews = "image"  # "object": two rendered views of one object (simclr.pair_views)
 
 
 class VICReg(Objective):
@@ -48,6 +49,7 @@ class VICReg(Objective):
         if len(cfg.expander_dims) < 1:
             raise ConfigError("objective.expander_dims needs at least the output dimension")
         self.cfg = cfg
+        self.required_views = pair_views(self.required_views, cfg.views)
         dims = list(cfg.expander_dims)
         self.expander = projection_mlp(
             backbone.num_features, dims[:-1], dims[-1], norm="bn", last_norm="none"

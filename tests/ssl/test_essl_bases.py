@@ -13,21 +13,7 @@ from equissl.config import build_config
 from equissl.registry import OBJECTIVES
 from equissl.ssl.essl import BASES, DEFAULT_ROTATION_WEIGHTS, ESSL, essl_config_class
 from tests.helpers import TinyBackbone
-from tests.ssl.test_objectives import BATCH, make_views, small_config
-
-
-def _shrunk(cfg):
-    """``small_config``'s shrinking applied to any config instance."""
-    changes = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if "dim" in f.name and isinstance(value, int) and not isinstance(value, bool) and value > 32:
-            changes[f.name] = 32
-        elif "dim" in f.name and isinstance(value, tuple) and all(isinstance(v, int) for v in value):
-            changes[f.name] = tuple(min(v, 32) for v in value)
-    if hasattr(cfg, "local_crops"):
-        changes.update(local_crops=2, local_crop_size=8)
-    return dataclasses.replace(cfg, **changes)
+from tests.ssl.test_objectives import BATCH, make_views, shrink, small_config
 
 
 def _backbone():
@@ -37,10 +23,10 @@ def _backbone():
 
 @pytest.mark.parametrize("base", BASES)
 def test_essl_on_every_base_is_the_base_loss_plus_the_weighted_rotation_term(base):
-    cfg = _shrunk(essl_config_class(base)(rotation_weight=0.7))
+    cfg = shrink(essl_config_class(base)(rotation_weight=0.7))
     assert cfg.base == base and cfg.name == "essl"
     essl = OBJECTIVES.build("essl", cfg, _backbone()).train()
-    base_spec = OBJECTIVES.build(base, _shrunk(OBJECTIVES.get(base).config_cls()), _backbone()).required_views
+    base_spec = OBJECTIVES.build(base, shrink(OBJECTIVES.get(base).config_cls()), _backbone()).required_views
     assert essl.required_views.num_small == base_spec.num_small + 1  # the rotation crop comes last
     assert essl.required_views.num_views == base_spec.num_views
     views = make_views(essl.required_views)
@@ -48,7 +34,7 @@ def test_essl_on_every_base_is_the_base_loss_plus_the_weighted_rotation_term(bas
     reference = OBJECTIVES.build(
         base,
         dataclasses.replace(
-            _shrunk(OBJECTIVES.get(base).config_cls()),
+            shrink(OBJECTIVES.get(base).config_cls()),
             **{
                 f.name: getattr(cfg, f.name)
                 for f in dataclasses.fields(OBJECTIVES.get(base).config_cls())

@@ -30,9 +30,8 @@ def test_import_ssl_is_still_the_standard_library():
     assert hasattr(ssl, "SSLContext")
 
 
-def small_config(name: str):
-    """The entry's default config with every width above 32 shrunk to 32, for fast CPU tests."""
-    cfg = OBJECTIVES.get(name).config_cls()
+def shrink(cfg):
+    """``cfg`` (an objective config) with every width above 32 shrunk to 32, for fast CPU tests."""
     changes = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -47,6 +46,11 @@ def small_config(name: str):
     if hasattr(cfg, "num_chunks"):  # CARE: chunk-shared augmentations need at least one image per chunk
         changes["num_chunks"] = 2
     return dataclasses.replace(cfg, **changes)
+
+
+def small_config(name: str):
+    """The entry's default config, shrunk (:func:`shrink`)."""
+    return shrink(OBJECTIVES.get(name).config_cls())
 
 
 def make_views(spec: ViewSpec, seed: int = 0) -> Views:
@@ -116,24 +120,45 @@ def test_registered_names_and_paper_defaults():
     assert SimCLR.required_views == ViewSpec(source="image", num_views=2)
 
 
-def test_simclr_object_views_pair_two_renders_of_one_object():
-    simclr = SimCLR(TinyBackbone(16), SimCLRConfig(views="object", proj_hidden_dim=8, proj_out_dim=4))
-    assert simclr.required_views == ViewSpec(source="object", num_views=2)
-    essl = ESSL(TinyBackbone(16), ESSLConfig(views="object", proj_hidden_dim=8, rotation_hidden_dims=(8,)))
+TWO_VIEW_METHODS = ("simclr", "vicreg", "byol", "simsiam", "barlowtwins", "mocov3")
+
+
+def test_every_registered_two_view_method_offers_object_views():
+    """The list above is every registered method whose config has ``views``: a new two-view method is
+    added here (and so tested below) or the assertion names it."""
+    with_views = {
+        name
+        for name in OBJECTIVES.names()
+        if name != "essl" and "views" in {f.name for f in dataclasses.fields(OBJECTIVES.get(name).config_cls)}
+    }
+    assert with_views == set(TWO_VIEW_METHODS)
+
+
+@pytest.mark.parametrize("name", TWO_VIEW_METHODS)
+def test_object_views_pair_two_renders_of_one_object(name):
+    from equissl.ssl.essl import essl_config_class
+
+    objective = OBJECTIVES.build(
+        name, dataclasses.replace(small_config(name), views="object"), TinyBackbone(16)
+    )
+    assert objective.required_views == ViewSpec(source="object", num_views=2)
+    default = OBJECTIVES.build(name, small_config(name), TinyBackbone(16))
+    assert default.required_views == ViewSpec(source="image", num_views=2)  # the papers' pairs
+    essl = OBJECTIVES.build("essl", shrink(essl_config_class(name)(views="object")), TinyBackbone(16))
     assert essl.required_views == ViewSpec(source="object", num_views=2, num_small=1)
     g = torch.Generator().manual_seed(3)
     renders = torch.randint(
         0, 256, (BATCH, 3, 3, 4, 4), generator=g, dtype=torch.uint8
     )  # TinyBackbone's 4 px
     batch = {"images": renders, "latents": torch.rand(BATCH, 3, 7, generator=g)}
-    maker = ObjectViewMaker(AugmentConfig(crop_size=4, object_views="none"), simclr.required_views)
+    maker = ObjectViewMaker(AugmentConfig(crop_size=4, object_views="none"), objective.required_views)
     views = maker(batch, g)
     # the positive pair is renders 0 and 1 of each object, only normalised: equal renders, equal views
     same = maker({**batch, "images": renders[:, [0, 0, 2]]}, g)
     torch.testing.assert_close(same.images[0], same.images[1])
     torch.testing.assert_close(same.images[0], views.images[0])
     assert (views.images[0] - views.images[1]).abs().max() > 0.1
-    out = simclr.train()(views)
+    out = objective.train()(views)
     out.loss.backward()
     assert torch.isfinite(out.loss)
 
