@@ -14,7 +14,7 @@ from equissl.backbones.resnet import ResNetConfig
 from equissl.config import AugmentConfig, build_config
 from equissl.registry import BACKBONES, OBJECTIVES
 from equissl.ssl.base import Objective
-from equissl.ssl.essl import ESSL, ESSLConfig
+from equissl.ssl.essl import ESSL, ESSLConfig, essl_config_class
 from equissl.ssl.simclr import SimCLR, SimCLRConfig
 from equissl.ssl.vicreg import VICRegConfig
 from equissl.types import StepOutput, Views, ViewSpec
@@ -136,8 +136,6 @@ def test_every_registered_two_view_method_offers_object_views():
 
 @pytest.mark.parametrize("name", TWO_VIEW_METHODS)
 def test_object_views_pair_two_renders_of_one_object(name):
-    from equissl.ssl.essl import essl_config_class
-
     objective = OBJECTIVES.build(
         name, dataclasses.replace(small_config(name), views="object"), TinyBackbone(16)
     )
