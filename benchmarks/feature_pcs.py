@@ -22,26 +22,20 @@ import argparse
 
 import numpy as np
 import torch
-from torchvision.io import decode_jpeg, read_file
 
 from equissl.datasets.shapes3d import Shapes3DConfig, build_shapes3d
+from equissl.latents import LATENT_NAMES
 
-FLOOR_HUE = 3  # index of the floor hue (fraction of a turn) in the 7 latents
+FLOOR_HUE = LATENT_NAMES.index("floor_hue")  # its latent is a fraction of a turn
 
 
 def view_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, 7) latents, (N, 3) mean RGB (0-255) and (N,) object index of the training views, dataset order."""
     ds = build_shapes3d(Shapes3DConfig(), "train", "image", 1, 0)
-    views = [(i, v) for i in range(ds.num_objects) for v in range(ds.views_per_object)]
-    folder = [ds.root / ds.objects[i] for i, _ in views]
-    latents = np.stack([np.load(f / f"latent_{v}.npy") for f, (_, v) in zip(folder, views)])
-    rgb = np.stack(
-        [
-            decode_jpeg(read_file(str(f / f"image_{v}.jpg"))).float().mean((1, 2)).numpy()
-            for f, (_, v) in zip(folder, views)
-        ]
-    )
-    return latents, rgb, np.array([i for i, _ in views])
+    items = [ds[index] for index in range(len(ds))]
+    latents = np.stack([item["latent"].numpy() for item in items])
+    rgb = np.stack([item["image"].float().mean((1, 2)).numpy() for item in items])
+    return latents, rgb, np.array([ds.locate(index)[0] for index in range(len(ds))])
 
 
 def r2(y: np.ndarray, x: np.ndarray) -> np.ndarray:
