@@ -250,3 +250,16 @@ def test_gpu_check_runs_every_part_in_its_dry_mode(tiny_shapes3d_root):
             and "trainer.precision=fp16" in report[name]["overrides"]
         )
     assert report["decode"]["images_per_s"]["device"] > 0 and report["peers"]["equissl"]["images_per_s"] > 0
+
+
+def test_feature_pcs_r2_against_hand_computed_cases():
+    import numpy as np
+
+    pcs = _load("feature_pcs")
+    x = np.array([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0], [1.0, 3.0]])  # a constant and t = 0..3
+    y = np.stack([2.0 * x[:, 1] + 1.0, np.array([1.0, -1.0, -1.0, 1.0])], axis=1)
+    # column 0 is linear in t (R^2 = 1); column 1 is orthogonal to both design columns (R^2 = 0)
+    np.testing.assert_allclose(pcs.r2(y, x), [1.0, 0.0], atol=1e-12)
+    # groups {0, 1} and {2, 3}: column 1's group means are 0 and 0, so R^2 = 0; column 0's are 2 and 6,
+    # leaving residuals +-1 (sum 4) against a total sum of squares of 20, so R^2 = 1 - 4 / 20 = 0.8
+    np.testing.assert_allclose(pcs.r2_by_group(y, np.array([0, 0, 1, 1])), [0.8, 0.0], atol=1e-12)
