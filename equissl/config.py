@@ -146,6 +146,14 @@ class AugmentConfig:
     grayscale_prob: Probability = 0.2
     blur_prob: Probability = 0.0
     blur_sigma: tuple[PositiveFloat, PositiveFloat] = (0.1, 2.0)
+    # Solarisation (BYOL's; DINO, MoCo v3 and Barlow Twins use it too): with this probability a view's
+    # values at or above the threshold (in [0, 1]) become 1 minus themselves; threshold 0 inverts the image.
+    solarize_prob: Probability = 0.0
+    solarize_threshold: Probability = 0.5
+    # Per global view i, blur / solarisation probability view_*_prob[i] instead of blur_prob / solarize_prob
+    # (BYOL's asymmetric pair: blur (1.0, 0.1), solarise (0.0, 0.2)); empty: the same for every view.
+    view_blur_prob: tuple[Probability, ...] = ()
+    view_solarize_prob: tuple[Probability, ...] = ()
     # Resample shrunk crops with an antialiasing (area-widened) bilinear filter, as PIL's resize in the
     # torchvision pipelines of the official codes; False: plain bilinear sampling (aliases when shrinking).
     antialias: bool = True

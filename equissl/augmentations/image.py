@@ -3,7 +3,7 @@
 Pipeline, in this order (SimCLR / torchvision)::
 
     RandomResizedCrop -> horizontal flip -> colour jitter (prob) -> grayscale (prob) -> Gaussian blur (prob)
-    -> normalise with mean / std
+    -> solarisation (prob; BYOL's) -> normalise with mean / std
 
 Every random number is drawn from an explicit :class:`torch.Generator`, in a fixed count per call (so a
 resumed run draws the same stream), and the parameters that were drawn are returned. The image ops are
@@ -35,6 +35,9 @@ Parameters (``params`` dict; every tensor has the batch size B as its first dime
 ``gray``          (B,) float32: 1 where the view was converted to grayscale (three equal channels).
 ``blur_sigma``    (B,) float32: standard deviation of the Gaussian blur in *output* pixels, 0 = no blur.
                   The kernel side is :func:`blur_kernel_size` of the output side.
+``solarize``      (B,) float32: 1 where the view was solarised: every value (of each channel, in [0, 1]) at
+                  or above ``augment.solarize_threshold`` replaced by 1 minus it (BYOL's and torchvision's
+                  definition; threshold 0 inverts the whole image).
 
 ``shared_chunks = n > 0`` splits the batch into ``n`` contiguous chunks (sizes differ by at most one,
 like :func:`torch.tensor_split`) and draws one parameter set per chunk (CARE's batch-shared mode).
@@ -50,7 +53,15 @@ from torch import Tensor, nn
 
 from equissl.config import AugmentConfig
 
-PARAM_KEYS = ("crop", "flip", "jitter", "jitter_order", "gray", "blur_sigma")  # "antialias" is optional
+PARAM_KEYS = (
+    "crop",
+    "flip",
+    "jitter",
+    "jitter_order",
+    "gray",
+    "blur_sigma",
+    "solarize",
+)  # "antialias" is optional
 IDENTITY_JITTER = (1.0, 1.0, 1.0, 0.0)
 _CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback
 
@@ -155,7 +166,7 @@ def sample_crop_boxes(
 def identity_params(
     batch_size: int, height: int, width: int, device: torch.device | str = "cpu"
 ) -> dict[str, Tensor]:
-    """Parameters of the identity augmentation: full-image box, no flip/jitter/gray/blur."""
+    """Parameters of the identity augmentation: full-image box, no flip/jitter/gray/blur/solarisation."""
     crop = torch.tensor([0.0, 0.0, float(width), float(height)], device=device)
     return {
         "crop": crop.expand(batch_size, 4).clone(),
@@ -164,6 +175,7 @@ def identity_params(
         "jitter_order": torch.arange(4, device=device).expand(batch_size, 4).clone(),
         "gray": torch.zeros(batch_size, device=device),
         "blur_sigma": torch.zeros(batch_size, device=device),
+        "solarize": torch.zeros(batch_size, device=device),
     }
 
 
@@ -179,7 +191,9 @@ def sample_params(
     """Draw the parameters of one batch (units in the module docstring), on the generator's device.
 
     Exactly the same number of random values is drawn whatever the probabilities, so the stream stays
-    aligned across configurations of equal batch size and chunk count.
+    aligned across configurations of equal batch size and chunk count. One exception: the solarisation
+    coin is drawn only when ``cfg.solarize_prob > 0``, so settings without solarisation draw the stream
+    they drew before it existed (and reproduce the figures measured then).
     """
     index = chunk_index(batch_size, shared_chunks)
     n = batch_size if shared_chunks == 0 else shared_chunks
@@ -212,6 +226,9 @@ def sample_params(
     gray = coin(cfg.grayscale_prob)
     blur_on = coin(cfg.blur_prob)
     sigma = torch.where(blur_on, uniform(*cfg.blur_sigma), 0.0)
+    solarize = (
+        coin(cfg.solarize_prob) if cfg.solarize_prob > 0 else torch.zeros(n, dtype=torch.bool, device=device)
+    )
 
     params = {
         "crop": crop,
@@ -220,6 +237,7 @@ def sample_params(
         "jitter_order": order,
         "gray": gray.float(),
         "blur_sigma": sigma.float(),
+        "solarize": solarize.float(),
     }
     index = index.to(device)
     return {key: value[index] for key, value in params.items()}
@@ -348,6 +366,13 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     return _on_subset(x, sigma.cpu() > 0, blur, sigma.to(device=x.device, dtype=x.dtype))
 
 
+def solarize(x: Tensor, flags: Tensor, threshold: float) -> Tensor:
+    """Where ``flags`` (B,) is nonzero, every value of x (B, C, H, W) in [0, 1] at or above ``threshold``
+    becomes ``1 - value`` (BYOL's ``where(x < t, x, 1 - x)``; torchvision's ``solarize``)."""
+    selected = (flags.to(x.device) > 0).view(-1, 1, 1, 1) & (x >= threshold)
+    return torch.where(selected, 1.0 - x, x)
+
+
 def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """(x - mean) / std per channel."""
     mean_t = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
@@ -387,11 +412,12 @@ def crop_views(x: Tensor, params: dict[str, Tensor], out_size: Size, antialias_a
 
 def finish_view(x: Tensor, params: dict[str, Tensor], cfg: AugmentConfig, out_size: Size) -> Tensor:
     """Every step of :func:`apply_params` after the crop, on crops (B, 3, out_h, out_w) float in [0, 1]:
-    flip, colour jitter, grayscale, blur, normalisation."""
+    flip, colour jitter, grayscale, blur, solarisation, normalisation."""
     x = horizontal_flip(x, params["flip"])
     x = color_jitter(x, params["jitter"], params["jitter_order"])
     x = grayscale(x, params["gray"])
     x = gaussian_blur(x, params["blur_sigma"], blur_kernel_size(out_size))
+    x = solarize(x, params["solarize"], cfg.solarize_threshold)
     return normalize(x, cfg.mean, cfg.std)
 
 

@@ -17,13 +17,36 @@ spec.source, config, spec)``, then ``views = maker(batch, generator)``. Paramete
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, nn
 
 from equissl.augmentations.image import ImageAugment, apply_params, finish_view, identity_params
 from equissl.config import AugmentConfig, Config
+from equissl.errors import ConfigError
 from equissl.registry import VIEW_MAKERS
 from equissl.types import Views, ViewSpec
+
+PER_VIEW_KEYS = {"view_blur_prob": "blur_prob", "view_solarize_prob": "solarize_prob"}
+
+
+def view_config(cfg: AugmentConfig, index: int, num_views: int) -> AugmentConfig:
+    """The settings of global view ``index`` of ``num_views``: ``cfg`` with that view's entries of
+    ``augment.view_blur_prob`` / ``augment.view_solarize_prob`` where those are given (BYOL's asymmetric
+    pair); a list of another length than the views is a :class:`ConfigError`."""
+    changes = {}
+    for key, shared_key in PER_VIEW_KEYS.items():
+        values = getattr(cfg, key)
+        if not values:
+            continue
+        if len(values) != num_views:
+            raise ConfigError(
+                f"augment.{key} has {len(values)} entries and the objective makes {num_views} global "
+                f"views: give one probability per view, or none to use augment.{shared_key} for all"
+            )
+        changes[shared_key] = values[index]
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 class _ImageViewsBase(nn.Module):
@@ -40,13 +63,24 @@ class _ImageViewsBase(nn.Module):
         if spec.num_views < 1 or spec.num_small < 0:
             raise ValueError(f"ViewSpec needs num_views >= 1 and num_small >= 0, got {spec}")
         self.cfg, self.spec = cfg, spec
-        self.global_augment = ImageAugment(cfg, cfg.crop_size, cfg.crop_scale)
-        self.small_augment = ImageAugment(cfg, cfg.small_crop_size, cfg.small_crop_scale)
-        # one augmentation per crop group (multi-crop: each its own size and scale range), in spec order
-        self.groups = [
-            (kind, count, ImageAugment(cfg, size, scale))
-            for kind, count, size, scale in spec.crop_groups(cfg)
+        num_global = sum(count for kind, count, _, _ in spec.crop_groups(cfg) if kind == "global")
+        # one augmentation per global view (each may have its own blur / solarisation probability)
+        self.global_augments = [
+            ImageAugment(view_config(cfg, i, num_global), cfg.crop_size, cfg.crop_scale)
+            for i in range(num_global)
         ]
+        self.small_augment = ImageAugment(cfg, cfg.small_crop_size, cfg.small_crop_scale)
+        # per crop group (multi-crop: each its own size and scale range), in spec order, the augmentation
+        # of each of its crops
+        self.groups: list[tuple[str, list[ImageAugment]]] = []
+        globals_before = 0
+        for kind, count, size, scale in spec.crop_groups(cfg):
+            if kind == "global":
+                configs = [view_config(cfg, globals_before + i, num_global) for i in range(count)]
+                globals_before += count
+            else:
+                configs = [cfg] * count
+            self.groups.append((kind, [ImageAugment(view_cfg, size, scale) for view_cfg in configs]))
 
     @staticmethod
     def _finish_cut(
@@ -73,8 +107,8 @@ class _ImageViewsBase(nn.Module):
             )
         out: dict[str, list] = {"global": [], "small": []}
         cut = {"global": (crops, boxes), "small": (small_crops, small_boxes)}
-        for kind, count, augment in self.groups:
-            for _ in range(count):
+        for kind, augments in self.groups:
+            for augment in augments:
                 k = len(out[kind])
                 out[kind].append(self._finish_cut(augment, cut[kind][0][:, k], cut[kind][1][:, k], generator))
         views, small = out["global"], out["small"]
@@ -86,8 +120,8 @@ class _ImageViewsBase(nn.Module):
         """(global views, their params, small views, their params) of a batch (B, 3, H, W): each crop
         one batched augmentation of the whole batch at its group's size and scale, groups in spec order."""
         out: dict[str, list] = {"global": [], "small": []}
-        for kind, count, augment in self.groups:
-            out[kind].extend(augment(images, generator, self.spec.shared_chunks) for _ in range(count))
+        for kind, augments in self.groups:
+            out[kind].extend(augment(images, generator, self.spec.shared_chunks) for augment in augments)
         views, small = out["global"], out["small"]
         return [v for v, _ in views], [p for _, p in views], [v for v, _ in small], [p for _, p in small]
 
@@ -140,7 +174,7 @@ class ObjectViewMaker(_ImageViewsBase):
         for k in range(spec.num_views):
             view = rendered[:, k]
             if self.cfg.object_views == "full":
-                out, view_params = self.global_augment(view, generator, spec.shared_chunks)
+                out, view_params = self.global_augments[k](view, generator, spec.shared_chunks)
             else:
                 view_params = identity_params(view.shape[0], view.shape[-2], view.shape[-1], view.device)
                 out = apply_params(view, view_params, self.cfg, self.cfg.crop_size)

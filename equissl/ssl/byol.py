@@ -22,8 +22,9 @@ Fidelity notes (paper vs deepmind/byol, which is followed where the paper is sil
   ``ema_time_constant > 0`` (not in the paper) sets the base from the run's length instead, for runs far
   shorter than the paper's (:func:`equissl.ssl.ema.run_base`).
 - Augmentations: the paper and code draw view 1 with blur p=1.0 and no solarisation and view 2 with blur
-  p=0.1 and solarisation p=0.2. Not offered: the image pipeline draws every view from one distribution and
-  has no solarisation (``augment.blur_prob`` applies to both views).
+  p=0.1 and solarisation p=0.2: ``augment.view_blur_prob=[1.0, 0.1] augment.view_solarize_prob=[0.0,
+  0.2]`` (the paper-budget recipe sets them; without them every view uses ``augment.blur_prob`` and
+  ``augment.solarize_prob``).
 - Optimiser (recipes): LARS, lr 0.2 x batch / 256, weight decay 1.5e-6, biases and BN parameters excluded
   from both decay and adaptation, 10 warmup epochs, cosine decay (``optim.*``).
 """

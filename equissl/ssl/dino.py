@@ -32,8 +32,9 @@ Fidelity notes (paper vs facebookresearch/dino):
 - Weight decay: the code raises it from 0.04 to 0.4 with a cosine; ``optim.weight_decay`` is constant
   here. Not offered (the recipes use 0.04, the start value).
 - Augmentations: the code blurs global crop 1 always, global crop 2 with p=0.1 (and solarises it with
-  p=0.2), local crops with p=0.5. Not offered: one augmentation distribution for every crop, no
-  solarisation.
+  p=0.2), local crops with p=0.5: ``augment.view_blur_prob=[1.0, 0.1] augment.view_solarize_prob=[0.0,
+  0.2] augment.blur_prob=0.5`` (the per-view lists set the global crops; the paper-budget recipe sets
+  them).
 - The centre is updated from the teacher's outputs of both global crops after the loss, as the code.
 """
 

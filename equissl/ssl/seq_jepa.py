@@ -72,8 +72,9 @@ Fidelity notes (paper vs hafezgh/seq-jepa, ``src/models.py: SeqJEPA_Transforms``
   code uses torchvision's ``(top, left, height, width)`` in pixels -- a per-coordinate scale, which
   ``"views"`` cancels exactly.
 - The code draws the target view of the augmentation setting from a slightly different pipeline (blur
-  probability 0.1 and solarisation 0.2, vs blur 1.0 for the observed views); our view maker draws every
-  view from the same ``augment`` pipeline.
+  probability 0.1 and solarisation 0.2, vs blur 1.0 for the observed views); our recipes draw every
+  view from the same ``augment`` pipeline (``augment.view_blur_prob`` / ``view_solarize_prob`` set
+  probabilities per view).
 - Optimiser of the official training (``main_transformed_views.py``; ``scripts/script_transformed_views.sh``
   runs it on 3DIEBench at 128 px, batch 512, 1000 epochs): ``torch.optim.Adam(lr=0.001, weight_decay=0)``
   over every parameter, then per epoch a linear warm-up over the first 20 epochs from 1e-5 to 4e-4, then
@@ -108,7 +109,7 @@ ActionKind = Literal["rotation", "rotation_colour", "augment"]
 ActionNorm = Literal["params", "views", "none"]
 
 # Width of each augmentation parameter in an action vector (units: see augmentation_vectors).
-AUG_PARAM_WIDTHS = {"crop": 4, "flip": 1, "jitter": 4, "gray": 1, "blur_sigma": 1}
+AUG_PARAM_WIDTHS = {"crop": 4, "flip": 1, "jitter": 4, "gray": 1, "blur_sigma": 1, "solarize": 1}
 
 
 @dataclass
@@ -140,7 +141,7 @@ def augmentation_vectors(params: list[dict[str, Tensor]], keys: tuple[str, ...],
 
     ``crop`` becomes ``(x0, y0, x1 - x0, y1 - y0) / view_size`` (the box in input pixels, see
     :mod:`equissl.augmentations.image`, over the output side); ``jitter`` the four factors (brightness,
-    contrast, saturation, hue shift); ``flip``, ``gray`` 0/1; ``blur_sigma`` in output pixels.
+    contrast, saturation, hue shift); ``flip``, ``gray``, ``solarize`` 0/1; ``blur_sigma`` in output pixels.
     """
     unknown = [k for k in keys if k not in AUG_PARAM_WIDTHS]
     if unknown or not keys:

@@ -15,7 +15,8 @@ from equissl.config import AugmentConfig, build_config
 from equissl.datasets.folders import ImageFolderDataset
 from equissl.types import ViewSpec
 
-CFG = AugmentConfig(crop_size=24, small_crop_size=12, blur_prob=0.5, grayscale_prob=0.3)
+CFG = AugmentConfig(crop_size=24, small_crop_size=12, blur_prob=0.5, grayscale_prob=0.3, solarize_prob=0.5)
+CHANGED = ("crop_size", "small_crop_size", "blur_prob", "grayscale_prob", "solarize_prob")
 SPEC = ViewSpec(source="image", num_views=2, num_small=2)
 SIZES = ((143, 97), (40, 300), (64, 64), (17, 23))  # (width, height): non-square, larger and smaller
 
@@ -38,9 +39,12 @@ def test_parameters_reproduce_every_view_from_the_original_image(photos):
     root, originals = photos
     dataset = FullImageViews(ImageFolderDataset(root, full_images=True), CFG, SPEC, seed=3)
     batch = torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
-    maker = build_view_maker(build_config(None, ["augment.crop_size=24", "augment.small_crop_size=12"]), SPEC)
-    maker.global_augment.cfg = maker.small_augment.cfg = CFG  # blur and grayscale on, so they are checked
+    overrides = [f"augment.{key}={getattr(CFG, key)}" for key in CHANGED]
+    maker = build_view_maker(build_config(None, overrides), SPEC)
     views = maker(batch, torch.Generator().manual_seed(0))
+    every = views.params + views.small_params
+    for key in ("gray", "blur_sigma", "solarize"):  # on somewhere, so that reproducing them is checked
+        assert any(bool((p[key] > 0).any()) for p in every), key
     assert [v.shape for v in views.images] == [(4, 3, 24, 24)] * 2 and len(views.small) == 2
     checked = 0
     for images, params, size in ((views.images, views.params, 24), (views.small, views.small_params, 12)):

@@ -17,11 +17,13 @@ from equissl.augmentations.image import (
     normalize,
     resized_crop,
     sample_crop_boxes,
+    sample_params,
+    solarize,
 )
 from equissl.config import AugmentConfig
 
 # Every stage fires often, so the reproduction tests cover all of them.
-BUSY = AugmentConfig(jitter_prob=0.8, grayscale_prob=0.3, blur_prob=0.5, hflip_prob=0.5)
+BUSY = AugmentConfig(jitter_prob=0.8, grayscale_prob=0.3, blur_prob=0.5, hflip_prob=0.5, solarize_prob=0.3)
 PLAIN = AugmentConfig(
     hflip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, mean=(0, 0, 0), std=(1, 1, 1)
 )
@@ -55,6 +57,7 @@ def test_params_reproduce_the_applied_transform(dtype, shared_chunks):
     if shared_chunks == 0:
         assert (
             params["gray"].sum() > 0
+            and params["solarize"].sum() > 0
             and (params["blur_sigma"] > 0).any()
             and (params["jitter"][:, 3] != 0).any()
         )
@@ -239,6 +242,30 @@ def test_blur_matches_torchvision_and_sigma_range():
     on = params["blur_sigma"] > 0
     assert 0.35 < on.float().mean() < 0.65
     assert params["blur_sigma"][on].min() >= 0.1 and params["blur_sigma"][on].max() <= 2.0
+
+
+def test_solarize_by_hand_against_torchvision_and_threshold_zero_inverts():
+    column = torch.tensor([0.0, 0.2, 0.5, 0.8, 1.0]).view(1, 1, 5, 1).expand(1, 3, 5, 1)
+    by_hand = torch.tensor([0.0, 0.2, 0.5, 0.2, 0.0]).view(1, 1, 5, 1).expand(1, 3, 5, 1)
+    torch.testing.assert_close(solarize(column, torch.ones(1), 0.5), by_hand)  # values >= 0.5 become 1 - v
+    x = images(batch=3, dtype=torch.float32)
+    out = solarize(x, torch.tensor([0.0, 1.0, 1.0]), 0.5)
+    assert torch.equal(out[0], x[0])
+    for b in (1, 2):
+        torch.testing.assert_close(out[b], TF.solarize(x[b], 0.5), atol=0, rtol=0)
+    torch.testing.assert_close(solarize(x, torch.ones(3), 0.0), 1.0 - x, atol=0, rtol=0)
+
+
+def test_solarize_coin_is_drawn_last_and_only_when_asked_for():
+    for prob, low, high in ((0.0, 0.0, 0.0), (0.3, 0.2, 0.4), (1.0, 1.0, 1.0)):
+        g = gen(4)
+        params = sample_params(AugmentConfig(solarize_prob=prob), 400, 32, 32, (0.2, 1.0), g)
+        assert low <= float(params["solarize"].mean()) <= high
+        if prob == 0.0:
+            without, after_without = params, torch.rand(1, generator=g)
+        else:  # every other parameter as without solarisation; the stream then moved by the coin
+            assert all(torch.equal(params[k], without[k]) for k in PARAM_KEYS if k != "solarize")
+            assert not torch.equal(torch.rand(1, generator=g), after_without)
 
 
 def test_same_seed_same_output_different_seed_different():

@@ -4,6 +4,7 @@ import torch
 from equissl.augmentations.image import PARAM_KEYS, apply_params, chunk_index, normalize
 from equissl.augmentations.views import ImageViewMaker, ObjectViewMaker
 from equissl.config import AugmentConfig
+from equissl.errors import ConfigError
 from equissl.types import Views, ViewSpec
 from tests.helpers import make_views
 
@@ -150,3 +151,26 @@ def test_mismatched_batches_raise():
         ImageViewMaker(CFG, ViewSpec(source="object"))
     with pytest.raises(ValueError, match="source"):
         ObjectViewMaker(CFG, ViewSpec(source="image"))
+
+
+@pytest.mark.parametrize("source", ["image", "object"])
+def test_per_view_probabilities_make_byols_asymmetric_pair(source):
+    cfg = AugmentConfig(
+        crop_size=24, object_views="full", view_blur_prob=(1.0, 0.0), view_solarize_prob=(0.0, 1.0)
+    )
+    batch = image_batch() if source == "image" else object_batch()
+    images = batch["image"] if source == "image" else batch["images"]
+    views = make_views(cfg, ViewSpec(source=source, num_views=2, num_small=1), batch, gen())
+    first, second = views.params
+    assert bool((first["blur_sigma"] > 0).all()) and bool((first["solarize"] == 0).all())
+    assert bool((second["blur_sigma"] == 0).all()) and bool((second["solarize"] == 1).all())
+    assert bool((views.small_params[0]["solarize"] == 0).all())  # small crops: augment.solarize_prob (0)
+    for k, (view, params) in enumerate(zip(views.images, views.params)):
+        source_images = images if source == "image" else images[:, k]
+        torch.testing.assert_close(apply_params(source_images, params, cfg, 24), view, atol=1e-5, rtol=0)
+
+
+def test_per_view_probabilities_of_another_length_than_the_views_are_refused():
+    cfg = AugmentConfig(view_solarize_prob=(0.0, 0.2, 0.2))
+    with pytest.raises(ConfigError, match="augment.view_solarize_prob has 3 entries .* 2 global views"):
+        ImageViewMaker(cfg, ViewSpec(source="image", num_views=2))

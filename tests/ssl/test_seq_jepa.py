@@ -280,7 +280,7 @@ def test_configuration_errors():
     with pytest.raises(ValueError):
         build(num_observed=0)
     with pytest.raises(ValueError):
-        build(actions="augment", aug_action_params=("solarize",))
+        build(actions="augment", aug_action_params=("posterize",))
     views = object_views()
     with pytest.raises(ValueError, match="latents"):
         build()(Views(images=views.images, params=views.params))
