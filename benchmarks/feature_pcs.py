@@ -8,7 +8,8 @@ views in dataset order), centre the features and report:
 - the R^2 of PC1 and PC2 regressed on the floor hue (its cos and sin), on the image's mean RGB and on the
   object (its mean over the object's 20 views);
 - the share of the centred variance held by the 5% of views with the largest feature norm, and their
-  classes.
+  classes;
+- the spread of the feature norms: the 99th percentile over the median.
 
     python benchmarks/feature_pcs.py "simclr=runs/t/simclr/eval/features-train-0123.pt" ...
 
@@ -51,6 +52,13 @@ def r2_by_group(y: np.ndarray, group: np.ndarray) -> np.ndarray:
     return 1 - ((y - means[group]) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
 
 
+def norm_spread(x: np.ndarray) -> float:
+    """99th-percentile feature norm over the median norm of features x (N, D): 1 when every view's
+    features have the same length; large when a few views' features outgrow the rest."""
+    norm = np.linalg.norm(x, axis=1)
+    return float(np.percentile(norm, 99) / np.median(norm))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="LABEL=PATH of a features-train-*.pt cache")
@@ -62,9 +70,9 @@ def main() -> None:
     rgb_design = np.hstack([ones, rgb])
     print(
         "| run | effective rank | PC1 / PC2 share (%) | R^2 on floor hue | R^2 on mean RGB | R^2 on object "
-        "| top-5% norm views: variance share (%), classes |"
+        "| top-5% norm views: variance share (%), classes | norm p99 / median |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for item in args.runs:
         label, path = item.split("=", 1)
         cache = torch.load(path, weights_only=True)
@@ -89,7 +97,8 @@ def main() -> None:
         print(
             f"| {label} | {np.exp(-(share * np.log(share + 1e-30)).sum()):.1f} | "
             f"{100 * share[0]:.1f} / {100 * share[1]:.1f} | {pair(r2(pcs, hue_design))} | "
-            f"{pair(r2(pcs, rgb_design))} | {pair(r2_by_group(pcs, objects))} | {top_share:.0f} ({classes}) |"
+            f"{pair(r2(pcs, rgb_design))} | {pair(r2_by_group(pcs, objects))} | {top_share:.0f} ({classes}) | "
+            f"{norm_spread(x):.1f} |"
         )
 
 
