@@ -15,8 +15,9 @@ Fidelity notes (paper vs facebookresearch/simsiam):
   ``fix_predictor_lr=True`` keeps the predictor's group at the base learning rate
   (:meth:`constant_lr_parameters`); False decays it with the rest.
 - Each view goes through the networks separately (the code does), so BatchNorm statistics are per view.
-- Optimiser (recipes): SGD, lr 0.05 x batch / 256, momentum 0.9, weight decay 1e-4 on *every* parameter
-  (the code does not exclude biases or BN: ``optim.exclude_bias_and_norm=false``), cosine decay, no warmup.
+- Optimiser (the paper-budget recipe): SGD, lr 0.05 x batch / 256, momentum 0.9, weight decay 1e-4 on
+  *every* parameter (the code does not exclude biases or BN: ``optim.exclude_bias_and_norm=false``),
+  cosine decay, no warmup. The shapes3d recipe trains with AdamW instead (its header gives why).
 """
 
 from __future__ import annotations
