@@ -53,15 +53,8 @@ from torch import Tensor, nn
 
 from equissl.config import AugmentConfig
 
-PARAM_KEYS = (
-    "crop",
-    "flip",
-    "jitter",
-    "jitter_order",
-    "gray",
-    "blur_sigma",
-    "solarize",
-)  # "antialias" is optional
+# every view's parameters; "antialias" is optional (1 on views cut from full images)
+PARAM_KEYS = ("crop", "flip", "jitter", "jitter_order", "gray", "blur_sigma", "solarize")
 IDENTITY_JITTER = (1.0, 1.0, 1.0, 0.0)
 _CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback
 

@@ -63,15 +63,10 @@ class _ImageViewsBase(nn.Module):
         if spec.num_views < 1 or spec.num_small < 0:
             raise ValueError(f"ViewSpec needs num_views >= 1 and num_small >= 0, got {spec}")
         self.cfg, self.spec = cfg, spec
-        num_global = sum(count for kind, count, _, _ in spec.crop_groups(cfg) if kind == "global")
-        # one augmentation per global view (each may have its own blur / solarisation probability)
-        self.global_augments = [
-            ImageAugment(view_config(cfg, i, num_global), cfg.crop_size, cfg.crop_scale)
-            for i in range(num_global)
-        ]
         self.small_augment = ImageAugment(cfg, cfg.small_crop_size, cfg.small_crop_scale)
         # per crop group (multi-crop: each its own size and scale range), in spec order, the augmentation
-        # of each of its crops
+        # of each of its crops; a global view's may have its own blur / solarisation probability
+        num_global = sum(count for kind, count, _, _ in spec.crop_groups(cfg) if kind == "global")
         self.groups: list[tuple[str, list[ImageAugment]]] = []
         globals_before = 0
         for kind, count, size, scale in spec.crop_groups(cfg):
@@ -81,6 +76,9 @@ class _ImageViewsBase(nn.Module):
             else:
                 configs = [cfg] * count
             self.groups.append((kind, [ImageAugment(view_cfg, size, scale) for view_cfg in configs]))
+        self.global_augments = [
+            augment for kind, augments in self.groups if kind == "global" for augment in augments
+        ]
 
     @staticmethod
     def _finish_cut(
