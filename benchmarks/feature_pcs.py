@@ -39,23 +39,28 @@ def view_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return latents, rgb, np.array([ds.locate(index)[0] for index in range(len(ds))])
 
 
+def explained(y: np.ndarray, fitted: np.ndarray) -> np.ndarray:
+    """R^2 of each column of y (N, K) given its fitted values (N, K)."""
+    return 1 - ((y - fitted) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
+
+
 def r2(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     """R^2 of each column of y (N, K) by least squares on x (N, P), x holding a constant column."""
     beta, *_ = np.linalg.lstsq(x, y, rcond=None)
-    return 1 - ((y - x @ beta) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
+    return explained(y, x @ beta)
 
 
 def r2_by_group(y: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """R^2 of each column of y (N, K) by its mean within each group (N,) of int labels."""
     means = np.zeros((group.max() + 1, y.shape[1]))
     np.add.at(means, group, y)
     means /= np.bincount(group)[:, None]
-    return 1 - ((y - means[group]) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
+    return explained(y, means[group])
 
 
-def norm_spread(x: np.ndarray) -> float:
-    """99th-percentile feature norm over the median norm of features x (N, D): 1 when every view's
-    features have the same length; large when a few views' features outgrow the rest."""
-    norm = np.linalg.norm(x, axis=1)
+def norm_spread(norm: np.ndarray) -> float:
+    """99th-percentile over median of feature norms (N,): 1 when every view's features have the same
+    length; large when a few views' features outgrow the rest."""
     return float(np.percentile(norm, 99) / np.median(norm))
 
 
@@ -98,7 +103,7 @@ def main() -> None:
             f"| {label} | {np.exp(-(share * np.log(share + 1e-30)).sum()):.1f} | "
             f"{100 * share[0]:.1f} / {100 * share[1]:.1f} | {pair(r2(pcs, hue_design))} | "
             f"{pair(r2(pcs, rgb_design))} | {pair(r2_by_group(pcs, objects))} | {top_share:.0f} ({classes}) | "
-            f"{norm_spread(x):.1f} |"
+            f"{norm_spread(norm):.1f} |"
         )
 
 

@@ -66,16 +66,19 @@ class _ImageViewsBase(nn.Module):
         self.small_augment = ImageAugment(cfg, cfg.small_crop_size, cfg.small_crop_scale)
         # per crop group (multi-crop: each its own size and scale range), in spec order, the augmentation
         # of each of its crops; a global view's may have its own blur / solarisation probability
-        num_global = sum(count for kind, count, _, _ in spec.crop_groups(cfg) if kind == "global")
-        self.groups: list[tuple[str, list[ImageAugment]]] = []
-        globals_before = 0
-        for kind, count, size, scale in spec.crop_groups(cfg):
-            if kind == "global":
-                configs = [view_config(cfg, globals_before + i, num_global) for i in range(count)]
-                globals_before += count
-            else:
-                configs = [cfg] * count
-            self.groups.append((kind, [ImageAugment(view_cfg, size, scale) for view_cfg in configs]))
+        crop_groups = spec.crop_groups(cfg)
+        num_global = sum(count for kind, count, _, _ in crop_groups if kind == "global")
+        global_configs = iter([view_config(cfg, i, num_global) for i in range(num_global)])
+        self.groups: list[tuple[str, list[ImageAugment]]] = [
+            (
+                kind,
+                [
+                    ImageAugment(next(global_configs) if kind == "global" else cfg, size, scale)
+                    for _ in range(count)
+                ],
+            )
+            for kind, count, size, scale in crop_groups
+        ]
         self.global_augments = [
             augment for kind, augments in self.groups if kind == "global" for augment in augments
         ]
