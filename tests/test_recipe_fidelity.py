@@ -2,7 +2,9 @@
 
 The official values are written here from the official repositories (facebookresearch/SIE README and
 ``src/models.py``; hafezgh/seq-jepa ``src/main_transformed_views.py`` and ``engine.py``; Sharut/CARE
-``main.py`` / ``utils.py``; AberdeenML/EquiCaps ``src/sr_capsnet.py``), not read from the code under test.
+``main.py`` / ``utils.py``; AberdeenML/EquiCaps ``src/sr_capsnet.py``; the ResNet-50 constructors of
+facebookresearch/simsiam, moco-v3, barlowtwins and deepmind-research/byol), not read from the code under
+test.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from equissl.config import build_config
 from equissl.launch.optim import warmup_cosine
+from equissl.registry import BACKBONES
 from equissl.ssl.ema import base_from_time_constant, initial_weight_fraction
 from equissl.ssl.sie import sie_loss
 from tests.ssl.test_sie import reference_sie_loss
@@ -109,3 +112,29 @@ def test_equicaps_recipes_initialise_votes_and_halve_the_std_term_as_the_code(re
     o = build_config(recipe).objective
     assert o.variance_average_branches and o.vote_init_std == 0.0  # 0: kaiming_normal_'s std of the code
     assert (o.inv_coeff, o.equi_coeff, o.std_coeff, o.cov_coeff, o.memax_coeff) == (0.1, 5.0, 10.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "byol_resnet50_imagenet",
+        "simsiam_resnet50_imagenet",
+        "mocov3_resnet50_imagenet",
+        "barlowtwins_resnet50_imagenet",
+    ],
+)
+def test_paper_resnet50_recipes_start_each_residual_branch_at_zero_as_the_official_code(recipe):
+    """simsiam builder.py, moco-v3 main_moco.py, barlowtwins main.py: torchvision's resnet50 with
+    ``zero_init_residual=True``; byol: haiku's bottleneck block, ``batchnorm_2`` with ``scale_init=zeros``.
+    So every block's last BatchNorm scale (bn3) starts at 0 and every other BatchNorm's at 1."""
+    config = build_config(recipe)
+    backbone = BACKBONES.build(config.backbone.name, config.backbone)
+    blocks = [
+        block
+        for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
+        for block in layer
+    ]
+    assert len(blocks) == 16
+    assert all(torch.count_nonzero(block.bn3.weight) == 0 for block in blocks)
+    others = [backbone.bn1, *(bn for block in blocks for bn in (block.bn1, block.bn2))]
+    assert all(torch.equal(bn.weight, torch.ones_like(bn.weight)) for bn in others)

@@ -13,6 +13,8 @@ Fidelity notes (paper vs facebookresearch/barlowtwins):
   gradient and does the same. (The backbone's and projector's own BatchNorms are per process unless
   ``trainer.sync_batchnorm=true``.)
 - Each view goes through the networks separately (the code does), so BatchNorm statistics are per view.
+- Backbone: the code builds ``resnet50(zero_init_residual=True)`` (the last BatchNorm of each residual
+  block starts at zero); the paper-budget recipe sets ``backbone.zero_init_residual: true``.
 - Optimiser (recipes): LARS, batch 2048, lr 0.2 for weights and 0.0048 for biases and BN parameters (x
   batch / 256), weight decay 1.5e-6, 10 warmup epochs, cosine decay. Not offered: one learning rate for
   every group (``optim.lr``); the recipes use the weights' rate.

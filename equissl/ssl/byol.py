@@ -25,6 +25,9 @@ Fidelity notes (paper vs deepmind/byol, which is followed where the paper is sil
   p=0.1 and solarisation p=0.2: ``augment.view_blur_prob=[1.0, 0.1] augment.view_solarize_prob=[0.0,
   0.2]`` (the paper-budget recipe sets them; without them every view uses ``augment.blur_prob`` and
   ``augment.solarize_prob``).
+- Backbone: the code builds haiku's ResNet-50, whose bottleneck blocks start their last BatchNorm's
+  scale at zero; the paper-budget recipe sets ``backbone.zero_init_residual: true`` to match. (Haiku's
+  basic blocks, ResNet-18 and -34, start it at one, as the shapes3d recipe does.)
 - Optimiser (recipes): LARS, lr 0.2 x batch / 256, weight decay 1.5e-6, biases and BN parameters excluded
   from both decay and adaptation, 10 warmup epochs, cosine decay (``optim.*``).
 """

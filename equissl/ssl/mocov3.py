@@ -20,6 +20,8 @@ Fidelity notes (paper vs facebookresearch/moco-v3):
   "random patch projection" for stability): ``freeze_patch_embed=True`` sets ``requires_grad=False`` on
   ``backbone.patch_embed`` (the EMA still copies it, unchanged).
 - Keys: gathered from every rank without gradient (the code's ``concat_all_gather``).
+- Backbone: the code builds its ResNet with ``zero_init_residual=True`` (the last BatchNorm of each
+  residual block starts at zero); the ResNet-50 recipe sets ``backbone.zero_init_residual: true``.
 - Optimiser (recipes): ViT-S: AdamW, lr 1.5e-4 x batch / 256, weight decay 0.1, 300 epochs, 40 warmup,
   batch 1024-4096; ResNet-50: LARS, lr 0.6 x batch / 256, weight decay 1e-6, batch 4096, 100 epochs,
   10 warmup, crops of scale (0.2, 1) (``--crop-min=.2``; ViT: 0.08).
