@@ -17,8 +17,8 @@ Fidelity notes (paper vs facebookresearch/simsiam):
 - Each view goes through the networks separately (the code does), so BatchNorm statistics are per view.
 - Backbone: the code builds its ResNet with ``zero_init_residual=True`` (the last BatchNorm of each
   residual block starts at zero); the paper-budget recipe sets ``backbone.zero_init_residual: true``.
-  The shapes3d recipe does not: at 7 minutes on 2 CPU cores it gave 41.4% linear, against 45.2 without
-  (2026-12-05, docs/reports/2026-12-04-equal-time-bases.md#a-third-screening-cpu).
+  The shapes3d recipe does not: at 7 minutes on 2 CPU cores it gave 41.4% linear, against 45.2 and 39.0
+  without (seeds 0 and 1; 2026-12-05, docs/reports/2026-12-04-equal-time-bases.md#a-third-screening-cpu).
 - Optimiser (the paper-budget recipe): SGD, lr 0.05 x batch / 256, momentum 0.9, weight decay 1e-4 on
   *every* parameter (the code does not exclude biases or BN: ``optim.exclude_bias_and_norm=false``),
   cosine decay, no warmup. The shapes3d recipe trains with AdamW instead (its header gives why).
