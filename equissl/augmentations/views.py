@@ -63,7 +63,6 @@ class _ImageViewsBase(nn.Module):
         if spec.num_views < 1 or spec.num_small < 0:
             raise ValueError(f"ViewSpec needs num_views >= 1 and num_small >= 0, got {spec}")
         self.cfg, self.spec = cfg, spec
-        self.small_augment = ImageAugment(cfg, cfg.small_crop_size, cfg.small_crop_scale)
         # per crop group (multi-crop: each its own size and scale range), in spec order, the augmentation
         # of each of its crops; a global view's may have its own blur / solarisation probability
         crop_groups = spec.crop_groups(cfg)
@@ -81,6 +80,9 @@ class _ImageViewsBase(nn.Module):
         ]
         self.global_augments = [
             augment for kind, augments in self.groups if kind == "global" for augment in augments
+        ]
+        self.small_augments = [
+            augment for kind, augments in self.groups if kind == "small" for augment in augments
         ]
 
     @staticmethod
@@ -126,14 +128,6 @@ class _ImageViewsBase(nn.Module):
         views, small = out["global"], out["small"]
         return [v for v, _ in views], [p for _, p in views], [v for v, _ in small], [p for _, p in small]
 
-    def _small_views(
-        self, images: Tensor, generator: torch.Generator | None
-    ) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
-        small = [
-            self.small_augment(images, generator, self.spec.shared_chunks) for _ in range(self.spec.num_small)
-        ]
-        return [view for view, _ in small], [params for _, params in small]
-
 
 class ImageViewMaker(_ImageViewsBase):
     """``spec.num_views`` independent global augmentations (``cfg.crop_size``, ``cfg.crop_scale``) of each
@@ -158,8 +152,8 @@ class ObjectViewMaker(_ImageViewsBase):
     """View i is made from rendered view i of the object (the first ``spec.num_views`` of k). With
     ``cfg.object_views == "none"`` it is only resized to ``cfg.crop_size`` and normalised (its params are
     the identity: full-image box, no flip, identity jitter, no gray, no blur); with ``"full"`` it goes
-    through the whole pipeline. Small crops, if asked for, are cut from rendered view 0. ``Views.latents``
-    holds the (B, 7) latents of the views used."""
+    through the whole pipeline. Small crops, if asked for, are cut from rendered view 0 (at their crop
+    groups' sizes and scales). ``Views.latents`` holds the (B, 7) latents of the views used."""
 
     source = "object"
 
@@ -181,12 +175,12 @@ class ObjectViewMaker(_ImageViewsBase):
                 out = apply_params(view, view_params, self.cfg, self.cfg.crop_size)
             images.append(out)
             params.append(view_params)
-        small, small_params = self._small_views(rendered[:, 0], generator)
+        small = [augment(rendered[:, 0], generator, spec.shared_chunks) for augment in self.small_augments]
         return Views(
             images=images,
             params=params,
-            small=small,
-            small_params=small_params,
+            small=[v for v, _ in small],
+            small_params=[p for _, p in small],
             labels=batch.get("label"),
             latents=[latents[:, k] for k in range(spec.num_views)],
         )
