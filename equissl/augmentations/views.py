@@ -114,8 +114,7 @@ class _ImageViewsBase(nn.Module):
             for augment in augments:
                 k = len(out[kind])
                 out[kind].append(self._finish_cut(augment, cut[kind][0][:, k], cut[kind][1][:, k], generator))
-        views, small = out["global"], out["small"]
-        return [v for v, _ in views], [p for _, p in views], [v for v, _ in small], [p for _, p in small]
+        return (*_unzip(out["global"]), *_unzip(out["small"]))
 
     def _group_views(
         self, images: Tensor, generator: torch.Generator | None
@@ -125,8 +124,7 @@ class _ImageViewsBase(nn.Module):
         out: dict[str, list] = {"global": [], "small": []}
         for kind, augments in self.groups:
             out[kind].extend(augment(images, generator, self.spec.shared_chunks) for augment in augments)
-        views, small = out["global"], out["small"]
-        return [v for v, _ in views], [p for _, p in views], [v for v, _ in small], [p for _, p in small]
+        return (*_unzip(out["global"]), *_unzip(out["small"]))
 
 
 class ImageViewMaker(_ImageViewsBase):
@@ -175,15 +173,22 @@ class ObjectViewMaker(_ImageViewsBase):
                 out = apply_params(view, view_params, self.cfg, self.cfg.crop_size)
             images.append(out)
             params.append(view_params)
-        small = [augment(rendered[:, 0], generator, spec.shared_chunks) for augment in self.small_augments]
+        small, small_params = _unzip(
+            [augment(rendered[:, 0], generator, spec.shared_chunks) for augment in self.small_augments]
+        )
         return Views(
             images=images,
             params=params,
-            small=[v for v, _ in small],
-            small_params=[p for _, p in small],
+            small=small,
+            small_params=small_params,
             labels=batch.get("label"),
             latents=[latents[:, k] for k in range(spec.num_views)],
         )
+
+
+def _unzip(pairs: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    """[(view, params), ...] from the augmentations -> ([views], [params])."""
+    return [view for view, _ in pairs], [params for _, params in pairs]
 
 
 def _require(batch: dict[str, Tensor], key: str, ndim: int) -> Tensor:
